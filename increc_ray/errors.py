@@ -1,0 +1,43 @@
+"""Every error increc_ray raises on purpose.
+
+    IncrecError
+    +-- ConfigError          a config key or value is wrong (names the key and the value)
+    +-- BadRequest           a client request is malformed -> HTTP 4xx with a JSON reason
+    |   +-- PayloadTooLarge  the body is over ingest.max_body_bytes -> 413
+    +-- DataError            a file or batch cannot be read as events (whole-file quarantine)
+
+Row-level problems are not exceptions: a bad row becomes a quarantined row
+with a reason (see ``increc_ray.clean``), so one bad event never sinks a batch.
+"""
+
+from __future__ import annotations
+
+
+class IncrecError(Exception):
+    """Base class of the errors raised on purpose by increc_ray."""
+
+
+class ConfigError(IncrecError, ValueError):
+    """A configuration key or value is invalid."""
+
+
+class BadRequest(IncrecError):
+    """A client request is malformed; becomes an HTTP 4xx with a JSON reason."""
+
+    status_code = 400
+
+    def __init__(self, reason: str, **detail: object) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+    def to_json(self) -> dict:
+        return {"error": self.reason, **self.detail}
+
+
+class PayloadTooLarge(BadRequest):
+    status_code = 413
+
+
+class DataError(IncrecError):
+    """A file or batch cannot be read as events at all."""
