@@ -78,11 +78,14 @@ class CleaningConfig:
     min_timestamp: str = "1990-01-01T00:00:00Z"  # older events are rejected
     max_future_skew_s: float = 86_400.0  # events this far past "now" are rejected
     max_id_length: int = 256
+    default_event_type: str = "click"  # used when an event carries no event_type (e.g. a bare user,item,timestamp file)
 
     def __post_init__(self) -> None:
         _check(len(self.event_types) > 0, "cleaning.event_types", dict(self.event_types), "must not be empty")
         _check(self.max_future_skew_s >= 0, "cleaning.max_future_skew_s", self.max_future_skew_s, "must be >= 0")
         _check(self.max_id_length > 0, "cleaning.max_id_length", self.max_id_length, "must be > 0")
+        _check(self.default_event_type in self.event_types, "cleaning.default_event_type", self.default_event_type,
+               f"must be one of cleaning.event_types ({', '.join(sorted(self.event_types))})")
         from datetime import datetime
 
         try:
