@@ -1,0 +1,91 @@
+"""Each user's recent history and the popularity fallback (Ray-free core).
+
+The serving layer reads this on every recommend call, and ingest writes to it
+before it answers, so a user's newest events shape their very next
+recommendation (read-your-writes) even before the model has been updated.
+
+Popularity decays in *event* time with a configurable half-life, so a burst
+of interest in a new item lifts it quickly and old hits fade.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from typing import Collection
+
+import numpy as np
+import pyarrow as pa
+
+# Rescale decayed counts before 2**x overflows float64 (max exponent ~1023).
+_MAX_EXPONENT = 60.0
+
+
+class UserHistoryIndex:
+    """Recent positive items per user, every item a user has seen, and decayed popularity."""
+
+    def __init__(self, history_len: int = 200, half_life_s: float = 3600.0) -> None:
+        assert history_len > 0, f"history_len must be > 0, got {history_len}"
+        assert half_life_s > 0, f"half_life_s must be > 0, got {half_life_s}"
+        self.history_len = history_len
+        self.half_life_s = half_life_s
+        self._history: dict[str, deque[str]] = {}
+        self._seen: dict[str, set[str]] = {}
+        self._pop: dict[str, float] = {}
+        self._t0: float | None = None  # reference event time of the popularity scores
+        self.n_events = 0
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def append(self, events: pa.Table) -> int:
+        """Add cleaned events (user_id, item_id, timestamp, label, weight); returns rows added."""
+        if events.num_rows == 0:
+            return 0
+        users = events.column("user_id").to_pylist()
+        items = events.column("item_id").to_pylist()
+        labels = events.column("label").to_numpy(zero_copy_only=False)
+        weights = events.column("weight").to_numpy(zero_copy_only=False)
+        # Event time in seconds; ordering keeps a user's sequence in time order even
+        # when a batch arrives shuffled.
+        ts = events.column("timestamp").cast(pa.int64()).to_numpy(zero_copy_only=False) / 1000.0
+        order = np.argsort(ts, kind="stable")
+        for i in order:
+            user, item = users[i], items[i]
+            self._seen.setdefault(user, set()).add(item)
+            if labels[i] == 1:
+                hist = self._history.get(user)
+                if hist is None:
+                    hist = self._history[user] = deque(maxlen=self.history_len)
+                hist.append(item)
+                self._bump(item, float(weights[i]), float(ts[i]))
+        self.n_events += events.num_rows
+        return events.num_rows
+
+    def _bump(self, item: str, weight: float, t: float) -> None:
+        if self._t0 is None:
+            self._t0 = t
+        exponent = (t - self._t0) / self.half_life_s
+        if exponent > _MAX_EXPONENT:
+            # Move the reference time forward; every score shrinks by the same factor,
+            # so the ranking is unchanged.
+            scale = 2.0 ** (-exponent)
+            self._pop = {k: v * scale for k, v in self._pop.items()}
+            self._t0, exponent = t, 0.0
+        self._pop[item] = self._pop.get(item, 0.0) + weight * 2.0 ** exponent
+
+    def get(self, user_id: str) -> tuple[list[str], list[str]]:
+        """(recent positive items oldest->newest, all items the user has seen)."""
+        return list(self._history.get(user_id, ())), sorted(self._seen.get(user_id, ()))
+
+    def popular(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
+        """The k most popular items not in ``exclude``, with their decayed scores (log-scaled)."""
+        excluded = set(exclude)
+        best = heapq.nlargest(k + len(excluded), self._pop.items(), key=lambda kv: (kv[1], kv[0]))
+        out = [(item, score) for item, score in best if item not in excluded][:k]
+        # Report log-scores: the raw values depend on the arbitrary reference time.
+        return [(item, math.log(score) if score > 0 else float("-inf")) for item, score in out]
+
+    def stats(self) -> dict:
+        return {"users": len(self._seen), "items": len(self._pop), "events": self.n_events}

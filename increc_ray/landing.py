@@ -1,0 +1,138 @@
+"""The landing zone: where raw event files arrive, and the clean store after it.
+
+Files land in a folder that is a local path or any pyarrow filesystem URI
+(``s3://bucket/prefix``, ``gs://...``, ``file:///...``). Writers never expose a
+half-written file: they write ``_tmp-*`` and then move it into place, so a
+reader that lists the folder sees whole files only. Processed files are moved
+into ``_processed/`` so the folder itself is the queue of pending work.
+
+The clean store is a folder of ``part-<seq>.parquet`` files (CLEAN_SCHEMA);
+``seq`` is the stream offset the trainer checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+import uuid
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+_PROCESSED = "_processed"
+_PART_RE = re.compile(r"^part-(\d{12})\.parquet$")
+
+
+def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Filesystem and path for a local path or a pyarrow filesystem URI."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(uri)
+    return pafs.FileSystem.from_uri(uri)
+
+
+def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
+    """Write ``table`` to ``path`` so that readers see the whole file or nothing.
+
+    On a local disk the file is fsynced before the rename and the folder after
+    it, so an answer sent after this returns survives a crash of the machine.
+    """
+    folder, name = path.rsplit("/", 1)
+    tmp = f"{folder}/_tmp-{uuid.uuid4().hex}-{name}"
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.makedirs(folder, exist_ok=True)
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        return
+    fs.create_dir(folder, recursive=True)
+    with fs.open_output_stream(tmp) as out:
+        pq.write_table(table, out)
+    fs.move(tmp, path)
+
+
+class LandingZone:
+    """The folder where raw event files arrive (by HTTP ingest or dropped in)."""
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self.fs, self.root = open_uri(uri)
+        self.fs.create_dir(self.root, recursive=True)
+
+    def new_path(self, prefix: str = "http") -> str:
+        """A fresh, unique landing file path (not yet written)."""
+        return f"{self.root}/{prefix}-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+
+    def write_to(self, path: str, table: pa.Table) -> str:
+        """Durably write a raw event table at ``path`` (from ``new_path``)."""
+        write_parquet_atomic(self.fs, path, table)
+        return path
+
+    def write(self, table: pa.Table, prefix: str = "http") -> str:
+        """Durably write a raw event table as a new landing file; returns its path."""
+        return self.write_to(self.new_path(prefix), table)
+
+    def pending(self) -> list[str]:
+        """Landing files not processed yet, oldest first (by modification time, then name)."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, recursive=True))
+        files = []
+        for info in infos:
+            if info.type != pafs.FileType.File:
+                continue
+            rel = info.path[len(self.root):].lstrip("/")
+            # Hidden, temporary and already-processed files are not work to do.
+            if any(part.startswith((".", "_")) for part in rel.split("/")):
+                continue
+            files.append((info.mtime_ns or 0, info.path))
+        return [path for _, path in sorted(files)]
+
+    def mark_processed(self, paths: list[str]) -> None:
+        """Move processed files under ``_processed/`` so they are not picked up again."""
+        done = f"{self.root}/{_PROCESSED}"
+        self.fs.create_dir(done, recursive=True)
+        for path in paths:
+            rel = path[len(self.root):].lstrip("/").replace("/", "__")
+            self.fs.move(path, f"{done}/{rel}")
+
+
+class CleanStore:
+    """Append-only, numbered Parquet parts of cleaned events: the trainer's input stream."""
+
+    def __init__(self, path: str) -> None:
+        self.fs, self.root = open_uri(path)
+        self.fs.create_dir(self.root, recursive=True)
+
+    def parts(self, after: int = -1) -> list[tuple[int, str]]:
+        """(seq, path) of the parts with seq > ``after``, in stream order."""
+        infos = self.fs.get_file_info(pafs.FileSelector(self.root, allow_not_found=True))
+        out = []
+        for info in infos:
+            m = _PART_RE.match(info.base_name)
+            if m and int(m.group(1)) > after:
+                out.append((int(m.group(1)), info.path))
+        return sorted(out)
+
+    def last_seq(self) -> int:
+        parts = self.parts()
+        return parts[-1][0] if parts else -1
+
+    def append(self, table: pa.Table, seq: int) -> str:
+        path = f"{self.root}/part-{seq:012d}.parquet"
+        write_parquet_atomic(self.fs, path, table)
+        return path
+
+    def read(self, path: str, columns: list[str] | None = None) -> pa.Table:
+        return pq.read_table(path, filesystem=self.fs, columns=columns)
+
+    def read_all(self, columns: list[str] | None = None, after: int = -1) -> pa.Table | None:
+        """All parts after ``after`` as one table, or None when there are none."""
+        tables = [self.read(p, columns) for _, p in self.parts(after)]
+        return pa.concat_tables(tables) if tables else None
