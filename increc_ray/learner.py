@@ -1,0 +1,331 @@
+"""The incremental update step: the exact code the live Ray Train worker runs (no Ray here).
+
+Data flow: ``observe(events)`` appends each user's positive events to their item sequence
+(adding new items to the vocab, growing the model if needed) and marks the new positions as
+pending targets; ``update()`` takes optimizer steps on those new positions plus replayed
+sequences from a reservoir of past users, then clears the pending targets.
+
+Loss: full softmax cross-entropy over every known item (pad and spare capacity rows are
+never candidates), weighted by the event weight of each target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+
+from increc_ray.config import ModelConfig, TrainerConfig
+from increc_ray.model import INIT_STD, ItemVocab, SeqRecModel, left_pad, masked_scores
+
+# Adaptive lr schedule: an update whose loss exceeds the running average by LR_RISE_RATIO
+# halves the lr (down to LR_FLOOR x base); otherwise it recovers by LR_RECOVER per update.
+LR_RISE_RATIO = 1.25
+LR_DECAY = 0.5
+LR_RECOVER = 1.05
+LR_FLOOR = 0.05
+LOSS_EMA = 0.9  # weight of the old running average of the update loss
+STATE_FORMAT = 1
+
+
+@dataclass
+class UpdateStats:
+    loss: float  # mean training loss over the update's steps
+    n_sequences: int  # users with new targets trained on
+    n_targets: int  # new target positions trained on
+    n_replay: int  # replayed sequences
+    lr: float  # lr used for this update
+    seconds: float
+    n_items: int
+
+
+class IncrementalLearner:
+    """Keeps user sequences, the model and its optimizer; learns from new events as they come."""
+
+    def __init__(self, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, device: str = "cpu") -> None:
+        self.model_cfg, self.trainer_cfg, self.device = model_cfg, trainer_cfg, torch.device(device)
+        self.vocab = ItemVocab()
+        torch_gen = torch.Generator().manual_seed(trainer_cfg.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(trainer_cfg.seed)  # model init is seeded, and leaves the global RNG alone
+            self.model = SeqRecModel(model_cfg).to(self.device).train()
+        self.optimizer = _make_optimizer(self.model, trainer_cfg)
+        self._seqs: dict[str, tuple[list[int], list[float]]] = {}  # user -> (items, weights), oldest first
+        self._pending: dict[str, int] = {}  # user -> new items since the last update
+        self._n_pending_targets = 0
+        self._reservoir: list[str] = []  # replay candidates (reservoir sample of users)
+        self._n_users_seen = 0
+        self._lr_scale = 1.0
+        self._loss_ema: float | None = None
+        self._rng = np.random.default_rng(trainer_cfg.seed)
+        self._torch_rng = torch_gen.get_state()  # dropout and warm-start noise, kept apart from global
+        self.n_updates = 0
+        self.n_events = 0
+
+    @property
+    def n_items(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def pending_targets(self) -> int:
+        """New target positions waiting for the next ``update``."""
+        return self._n_pending_targets
+
+    def observe(self, events: pa.Table) -> int:
+        """Add cleaned events (any order; processed by timestamp, stable). Returns new targets."""
+        for col in ("user_id", "item_id", "timestamp", "label", "weight"):
+            assert col in events.column_names, f"events need column {col!r}, got {events.column_names}"
+        self.n_events += events.num_rows
+        ts = pc.cast(events["timestamp"], pa.int64()).to_numpy(zero_copy_only=False)
+        order = np.argsort(ts, kind="stable")
+        label = events["label"].to_numpy(zero_copy_only=False)[order]
+        pos = order[label == 1]
+        if len(pos) == 0:
+            return 0
+        users = events["user_id"].take(pa.array(pos)).to_pylist()
+        weights = events["weight"].take(pa.array(pos)).to_numpy(zero_copy_only=False).astype(float).tolist()
+        n_old = self.n_items
+        items = self.vocab.add(events["item_id"].take(pa.array(pos)).to_pylist()).tolist()
+        if self.n_items > n_old:
+            self._add_item_rows(n_old)
+
+        keep = self.model_cfg.max_len + 1  # max_len inputs and their next-item targets
+        new_targets = 0
+        for user, item, w in zip(users, items, weights):
+            seq = self._seqs.get(user)
+            if seq is None:
+                seq = self._seqs[user] = ([], [])
+                self._reservoir_add(user)
+            seq[0].append(item)
+            seq[1].append(w)
+            if len(seq[0]) > keep:
+                del seq[0][0], seq[1][0]
+            self._pending[user] = self._pending.get(user, 0) + 1
+            if len(seq[0]) >= 2:  # a user's first item has no predecessor, so it is no target
+                new_targets += 1
+        self._n_pending_targets += new_targets
+        return new_targets
+
+    def update(self) -> UpdateStats | None:
+        """Train on the pending targets plus replay; None when nothing is pending."""
+        t0 = time.perf_counter()
+        # (user, first target position to score): new positions only for touched users
+        examples = []
+        n_targets = 0
+        for user, n_new in self._pending.items():
+            L = len(self._seqs[user][0])
+            n = min(n_new, L - 1)
+            if n > 0:
+                examples.append((user, L - 1 - n))
+                n_targets += n
+        self._pending.clear()
+        self._n_pending_targets = 0
+        if not examples:
+            return None
+        n_new_seqs = len(examples)
+        replay = self._sample_replay(round(self.trainer_cfg.replay_ratio * n_new_seqs), {u for u, _ in examples})
+        examples += [(u, 0) for u in replay]
+
+        lr = self.trainer_cfg.lr * self._lr_scale
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        bs = self.trainer_cfg.batch_size
+        losses = []
+        self.model.train()
+        with self._own_torch_rng():
+            for _ in range(self.trainer_cfg.steps_per_update):
+                perm = self._rng.permutation(len(examples))
+                for i in range(0, len(perm), bs):
+                    losses.append(self._step([examples[j] for j in perm[i:i + bs]]))
+        loss = float(np.mean(losses))
+        self._adapt_lr(loss)
+        self.n_updates += 1
+        return UpdateStats(loss=loss, n_sequences=n_new_seqs, n_targets=n_targets, n_replay=len(replay),
+                           lr=lr, seconds=time.perf_counter() - t0, n_items=self.n_items)
+
+    def export_weights(self, version: int, metrics: dict | None = None) -> dict:
+        """The published artifact: CPU numpy copies of the weights, with config and vocab."""
+        return {
+            "version": int(version),
+            "model_config": dataclasses.asdict(self.model_cfg),
+            "vocab": self.vocab.to_list(),
+            "state_dict": {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()},
+            "metrics": dict(metrics or {}),
+            "created_at": time.time(),
+        }
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly; only tensors and plain Python values (torch.save-able)."""
+        users = list(self._seqs)
+        lens = [len(self._seqs[u][0]) for u in users]
+        return {
+            "format": STATE_FORMAT,
+            "model_config": dataclasses.asdict(self.model_cfg),
+            "trainer_config": dataclasses.asdict(self.trainer_cfg),
+            "capacity": self.model.capacity,
+            "model": {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()},
+            "optimizer": _to_cpu(self.optimizer.state_dict()),
+            "vocab": self.vocab.to_list(),
+            "users": users,
+            "seq_offsets": torch.as_tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.long),
+            "seq_items": torch.as_tensor([i for u in users for i in self._seqs[u][0]], dtype=torch.long),
+            "seq_weights": torch.as_tensor([w for u in users for w in self._seqs[u][1]], dtype=torch.float64),
+            "pending": dict(self._pending),
+            "n_pending_targets": self._n_pending_targets,
+            "reservoir": list(self._reservoir),
+            "n_users_seen": self._n_users_seen,
+            "lr_scale": self._lr_scale,
+            "loss_ema": self._loss_ema,
+            "np_rng": self._rng.bit_generator.state,
+            "torch_rng": self._torch_rng.clone(),
+            "n_updates": self.n_updates,
+            "n_events": self.n_events,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: str = "cpu") -> "IncrementalLearner":
+        assert state.get("format") == STATE_FORMAT, f"learner state format {state.get('format')!r}, expected {STATE_FORMAT}"
+        self = cls(ModelConfig(**state["model_config"]), TrainerConfig(**state["trainer_config"]), device=device)
+        self.model.grow(state["capacity"])
+        self.optimizer = _make_optimizer(self.model, self.trainer_cfg)  # rebuilt on the grown parameter
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.vocab = ItemVocab.from_list(state["vocab"])
+        off = state["seq_offsets"].tolist()
+        items, weights = state["seq_items"].tolist(), state["seq_weights"].tolist()
+        self._seqs = {u: (items[off[i]:off[i + 1]], weights[off[i]:off[i + 1]]) for i, u in enumerate(state["users"])}
+        self._pending = dict(state["pending"])
+        self._n_pending_targets = state["n_pending_targets"]
+        self._reservoir = list(state["reservoir"])
+        self._n_users_seen = state["n_users_seen"]
+        self._lr_scale, self._loss_ema = state["lr_scale"], state["loss_ema"]
+        self._rng.bit_generator.state = state["np_rng"]
+        self._torch_rng = state["torch_rng"].clone()
+        self.n_updates, self.n_events = state["n_updates"], state["n_events"]
+        return self
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _step(self, batch: list[tuple[str, int]]) -> float:
+        """One optimizer step on ``batch`` of (user, first scored target position)."""
+        inputs, targets, weights = [], [], []
+        for user, start in batch:
+            items, w = self._seqs[user]
+            inputs.append(items[:-1])
+            targets.append(items[1:])
+            weights.append([0.0] * start + w[1 + start:])  # only positions >= start carry loss
+        x = left_pad(inputs).to(self.device)  # (B, T)
+        y = left_pad(targets, x.shape[1]).to(self.device)  # (B, T) next item at each position
+        T = x.shape[1]
+        wt = torch.zeros(len(batch), T, dtype=torch.float32)
+        for b, w in enumerate(weights):
+            wt[b, T - len(w):] = torch.as_tensor(w, dtype=torch.float32)
+        wt = wt.to(self.device)
+        sel = wt > 0  # (B, T)
+        hidden = self.model(x)[sel]  # (N, C) only the scored positions
+        logits = masked_scores(self.model, hidden, self.n_items)  # (N, n_items + 1)
+        ce = F.cross_entropy(logits, y[sel], reduction="none")  # (N,)
+        w = wt[sel]
+        loss = (ce * w).sum() / w.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer_cfg.grad_clip)
+        self.optimizer.step()
+        return loss.item()
+
+    def _add_item_rows(self, n_old: int) -> None:
+        """Make room for items n_old+1..n_items and warm-start their rows near the mean item."""
+        need = self.n_items + 1
+        if need > self.model.capacity:
+            new_cap = self.model.capacity
+            while new_cap < need:
+                new_cap *= 2
+            old_p = self.model.item_emb.weight
+            self.model.grow(new_cap)
+            _swap_param(self.optimizer, old_p, self.model.item_emb.weight)
+        emb = self.model.item_emb.weight
+        with torch.no_grad(), self._own_torch_rng():
+            mean = emb[1:n_old + 1].mean(0) if n_old > 0 else torch.zeros_like(emb[0])
+            noise = torch.randn(need - 1 - n_old, emb.shape[1]) * INIT_STD
+            emb[n_old + 1:need] = mean + noise.to(emb.device)
+
+    def _reservoir_add(self, user: str) -> None:
+        self._n_users_seen += 1
+        cap = self.trainer_cfg.replay_users
+        if len(self._reservoir) < cap:
+            self._reservoir.append(user)
+        elif cap > 0:
+            j = int(self._rng.integers(self._n_users_seen))
+            if j < cap:
+                self._reservoir[j] = user
+
+    def _sample_replay(self, n: int, exclude: set[str]) -> list[str]:
+        if n <= 0:
+            return []
+        candidates = [u for u in self._reservoir if u not in exclude and len(self._seqs[u][0]) >= 2]
+        if not candidates:
+            return []
+        picks = self._rng.choice(len(candidates), size=min(n, len(candidates)), replace=False)
+        return [candidates[i] for i in picks]
+
+    def _adapt_lr(self, loss: float) -> None:
+        if self.trainer_cfg.lr_schedule == "adaptive" and self._loss_ema is not None:
+            if loss > LR_RISE_RATIO * self._loss_ema:
+                self._lr_scale = max(LR_FLOOR, self._lr_scale * LR_DECAY)
+            else:
+                self._lr_scale = min(1.0, self._lr_scale * LR_RECOVER)
+        self._loss_ema = loss if self._loss_ema is None else LOSS_EMA * self._loss_ema + (1 - LOSS_EMA) * loss
+
+    @contextlib.contextmanager
+    def _own_torch_rng(self):
+        """Run with the learner's own CPU RNG stream (dropout, noise); the global RNG is untouched."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._torch_rng)
+            yield
+            self._torch_rng = torch.get_rng_state()
+
+
+def _make_optimizer(model: SeqRecModel, cfg: TrainerConfig) -> torch.optim.Optimizer:
+    # nanoGPT-style: decay matrices and embeddings, not biases and LayerNorm gains
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr)
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(groups, lr=cfg.lr)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=cfg.lr)
+    assert cfg.optimizer == "momentum", f"unknown optimizer {cfg.optimizer!r}"
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def _swap_param(opt: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor) -> None:
+    """Point ``opt`` at ``new`` (a grown copy of ``old``), zero-padding its per-row state."""
+    for group in opt.param_groups:
+        group["params"] = [new if p is old else p for p in group["params"]]
+    state = opt.state.pop(old, None)
+    if state is None:
+        return
+    for k, v in state.items():
+        if torch.is_tensor(v) and v.shape == old.shape:
+            pad = torch.zeros((new.shape[0] - old.shape[0], *old.shape[1:]), dtype=v.dtype, device=v.device)
+            state[k] = torch.cat([v, pad])
+    opt.state[new] = state
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj
