@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The main job: set up, start a local Ray cluster, deploy serve_config.yaml (the whole
+# loop: ingest, Ray Data cleaning, Ray Train incremental trainer, Serve replicas), stream
+# the synthetic event stream over HTTP and print live recommendations as the model learns.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash deploy/setup.sh
+. .venv/bin/activate
+export RAY_USAGE_STATS_ENABLED=0
+ray stop --force >/dev/null 2>&1 || true
+rm -rf /tmp/increc_ray   # the data_dir of serve_config.yaml: start from an empty stream
+ray start --head --disable-usage-stats
+serve deploy serve_config.yaml
+increc demo --events "${DEMO_EVENTS:-8000}"
+echo
+echo "The app keeps running: Ray dashboard at http://127.0.0.1:8265 (Serve and Metrics tabs),"
+echo "try: curl 'http://127.0.0.1:8000/recommend?user_id=u1&k=10'   stop with: ray stop"
