@@ -1,0 +1,68 @@
+"""Shared fixtures: a real local Ray cluster with the increc_ray Serve app deployed on it."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+SHARED_DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate, timeout_s: float, interval_s: float = 0.5, what: str = "condition"):
+    """Poll ``predicate`` until it returns a truthy value; fail the test after ``timeout_s``."""
+    deadline = time.time() + timeout_s
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval_s)
+    pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last value: {last!r})")
+
+
+# Small and fast settings for tests: the same code paths as serve_config.yaml.
+TEST_CONFIG = {
+    "ingest": {"poll_interval_s": 0.2},
+    "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 20, "dropout": 0.1,
+              "initial_item_capacity": 64},
+    "trainer": {"lr": 0.005, "batch_size": 64, "min_new_events": 20, "steps_per_update": 2,
+                "checkpoint_every": 5, "poll_interval_s": 0.2},
+    "serving": {"weight_poll_timeout_s": 2.0},
+}
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """A real local Ray cluster for the integration tests of this session."""
+    ray = pytest.importorskip("ray")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    from ray import serve
+
+    serve.shutdown()
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def app(ray_cluster, tmp_path_factory):
+    """The whole increc_ray app deployed with Serve; yields (base_url, data_dir)."""
+    from ray import serve
+
+    from increc_ray.serve import app_builder
+
+    data_dir = str(tmp_path_factory.mktemp("increc_data"))
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app_builder({"config": {**TEST_CONFIG, "data_dir": data_dir}}), name="increc", route_prefix="/")
+    yield f"http://127.0.0.1:{port}", data_dir
+    serve.delete("increc")
