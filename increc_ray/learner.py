@@ -31,7 +31,7 @@ LR_RISE_RATIO = 1.25
 LR_DECAY = 0.5
 LR_RECOVER = 1.05
 LR_FLOOR = 0.05
-LOSS_EMA = 0.9  # weight of the old running average of the update loss
+LOSS_EMA = 0.7  # weight of the old running average of the update loss (a window of ~3 updates)
 STATE_FORMAT = 1
 
 
@@ -193,7 +193,8 @@ class IncrementalLearner:
     def from_state_dict(cls, state: dict, device: str = "cpu") -> "IncrementalLearner":
         assert state.get("format") == STATE_FORMAT, f"learner state format {state.get('format')!r}, expected {STATE_FORMAT}"
         self = cls(ModelConfig(**state["model_config"]), TrainerConfig(**state["trainer_config"]), device=device)
-        self.model.grow(state["capacity"])
+        with torch.random.fork_rng(devices=[]):  # grow's fresh rows are overwritten by the load below
+            self.model.grow(state["capacity"])
         self.optimizer = _make_optimizer(self.model, self.trainer_cfg)  # rebuilt on the grown parameter
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -207,7 +208,7 @@ class IncrementalLearner:
         self._n_users_seen = state["n_users_seen"]
         self._lr_scale, self._loss_ema = state["lr_scale"], state["loss_ema"]
         self._rng.bit_generator.state = state["np_rng"]
-        self._torch_rng = state["torch_rng"].clone()
+        self._torch_rng = state["torch_rng"].cpu().clone()  # map_location may have moved it
         self.n_updates, self.n_events = state["n_updates"], state["n_events"]
         return self
 
@@ -243,15 +244,15 @@ class IncrementalLearner:
     def _add_item_rows(self, n_old: int) -> None:
         """Make room for items n_old+1..n_items and warm-start their rows near the mean item."""
         need = self.n_items + 1
-        if need > self.model.capacity:
-            new_cap = self.model.capacity
-            while new_cap < need:
-                new_cap *= 2
-            old_p = self.model.item_emb.weight
-            self.model.grow(new_cap)
-            _swap_param(self.optimizer, old_p, self.model.item_emb.weight)
-        emb = self.model.item_emb.weight
         with torch.no_grad(), self._own_torch_rng():
+            if need > self.model.capacity:
+                new_cap = self.model.capacity
+                while new_cap < need:
+                    new_cap *= 2
+                old_p = self.model.item_emb.weight
+                self.model.grow(new_cap)
+                _swap_param(self.optimizer, old_p, self.model.item_emb.weight)
+            emb = self.model.item_emb.weight
             mean = emb[1:n_old + 1].mean(0) if n_old > 0 else torch.zeros_like(emb[0])
             noise = torch.randn(need - 1 - n_old, emb.shape[1]) * INIT_STD
             emb[n_old + 1:need] = mean + noise.to(emb.device)

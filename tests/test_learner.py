@@ -1,0 +1,248 @@
+"""Tests for increc_ray.learner: observe/update semantics, growth, resume, and that it learns."""
+
+import io
+import time
+from collections import Counter
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+
+from increc_ray.config import ModelConfig, TrainerConfig
+from increc_ray.learner import IncrementalLearner, UpdateStats
+from increc_ray.model import Scorer
+
+N_ITEMS = 50
+SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.1, initial_item_capacity=4)
+
+
+def events(rows, labels=None, weights=None) -> pa.Table:
+    """Cleaned-schema table from (user, item, timestamp_ms) rows."""
+    n = len(rows)
+    return pa.table({
+        "user_id": pa.array([r[0] for r in rows], pa.string()),
+        "item_id": pa.array([r[1] for r in rows], pa.string()),
+        "timestamp": pa.array([int(r[2]) for r in rows], pa.timestamp("ms", tz="UTC")),
+        "label": pa.array(labels if labels is not None else [1] * n, pa.int8()),
+        "weight": pa.array(weights if weights is not None else [1.0] * n, pa.float32()),
+    })
+
+
+def planted_rows(n_users=200, length=20, p_follow=0.85, seed=0, shift=1, user_prefix="u"):
+    """Users walk the cycle item i -> item (i + shift) % N_ITEMS with prob p_follow, else jump at random.
+
+    Users start at different times, so each time slice touches only some of them (replay matters).
+    """
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(n_users):
+        t = int(rng.integers(0, 10_000))
+        item = int(rng.integers(N_ITEMS))
+        for _ in range(length):
+            rows.append((f"{user_prefix}{u}", f"i{item}", t))
+            t += int(rng.integers(1, 1000))
+            item = (item + shift) % N_ITEMS if rng.random() < p_follow else int(rng.integers(N_ITEMS))
+    return sorted(rows, key=lambda r: r[2])
+
+
+def feed(learner, rows, n_chunks):
+    """Feed ``rows`` in time-ordered chunks through observe/update, like the live trainer."""
+    stats = []
+    for idx in np.array_split(np.arange(len(rows)), n_chunks):
+        learner.observe(events([rows[i] for i in idx]))
+        stats.append(learner.update())
+    return stats
+
+
+def successor_hit_rate(scorer, n_histories=200, seed=7, k=10):
+    """Share of held-out histories whose last item's planted successor is in the top-k."""
+    rng = np.random.default_rng(seed)
+    histories, targets = [], []
+    for _ in range(n_histories):
+        start, n = int(rng.integers(N_ITEMS)), int(rng.integers(1, 12))
+        histories.append([f"i{(start + j) % N_ITEMS}" for j in range(n)])
+        targets.append(f"i{(start + n) % N_ITEMS}")
+    recs = scorer.recommend_batch(histories, k, [()] * n_histories)
+    return float(np.mean([t in [r[0] for r in rec] for t, rec in zip(targets, recs)])), targets
+
+
+def test_observe_orders_by_time_skips_negatives_and_counts_targets():
+    L = IncrementalLearner(SMALL, TrainerConfig())
+    rows = [("u1", "b", 20), ("u1", "a", 10), ("u2", "c", 5), ("u1", "x", 15), ("u1", "c", 20)]
+    n = L.observe(events(rows, labels=[1, 1, 1, 0, 1], weights=[2.0, 1.0, 1.0, 1.0, 3.0]))
+    # u1: a(10) b(20) c(20, ties keep input order) -> 2 targets; u2: first item only -> none
+    assert n == 2 and L.pending_targets == 2
+    assert L.vocab.to_list() == ["c", "a", "b"]  # time order of first positive; "x" was no positive
+    st = L.state_dict()
+    off = st["seq_offsets"].tolist()
+    u1 = st["users"].index("u1")
+    assert st["seq_items"][off[u1]:off[u1 + 1]].tolist() == L.vocab.lookup(["a", "b", "c"]).tolist()
+    assert st["seq_weights"][off[u1]:off[u1 + 1]].tolist() == [1.0, 2.0, 3.0]
+    assert L.observe(events([("u2", "a", 30)], labels=[0])) == 0
+
+
+def test_sequences_keep_last_max_len_plus_one_items():
+    L = IncrementalLearner(SMALL, TrainerConfig())  # max_len 8
+    L.observe(events([("u", f"i{j}", j) for j in range(20)]))
+    assert L.pending_targets == 19
+    st = L.state_dict()
+    assert L.vocab.lookup([f"i{j}" for j in range(11, 20)]).tolist() == st["seq_items"].tolist()
+    stats = L.update()
+    assert stats.n_targets == 8  # only positions inside the kept window are trained
+    assert L.pending_targets == 0 and L.update() is None
+
+
+def test_update_stats_and_replay():
+    L = IncrementalLearner(SMALL, TrainerConfig(replay_ratio=0.5))
+    assert L.update() is None
+    L.observe(events([(f"a{u}", f"i{j}", j) for u in range(10) for j in range(3)]))
+    s = L.update()
+    assert isinstance(s, UpdateStats)
+    assert (s.n_sequences, s.n_targets, s.n_replay, s.n_items) == (10, 20, 0, 3)  # nobody else to replay
+    assert np.isfinite(s.loss) and s.lr == pytest.approx(1e-3) and s.seconds > 0
+    L.observe(events([(f"b{u}", f"i{j}", 10 + j) for u in range(4) for j in range(2)]))
+    s = L.update()
+    assert (s.n_sequences, s.n_targets, s.n_replay) == (4, 4, 2)  # 0.5 x 4 users replayed from the a-users
+    L2 = IncrementalLearner(SMALL, TrainerConfig(replay_users=0))
+    L2.observe(events([(f"a{u}", f"i{j}", j) for u in range(10) for j in range(3)]))
+    L2.update()
+    L2.observe(events([("b", "i0", 10), ("b", "i1", 11)]))
+    assert L2.update().n_replay == 0
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "adam", "sgd", "momentum"])
+def test_new_items_grow_model_and_optimizer_state(optimizer):
+    L = IncrementalLearner(SMALL, TrainerConfig(optimizer=optimizer, lr=0.05))
+    L.observe(events([(f"u{u}", f"i{j}", j) for u in range(4) for j in range(3)]))  # pad + 3 items = capacity 4
+    L.update()
+    assert L.model.capacity == 4
+    trained = L.model.item_emb.weight.detach().clone()
+    state_before = {k: v.clone() for k, v in L.optimizer.state[L.model.item_emb.weight].items() if torch.is_tensor(v)}
+    n = L.observe(events([("u0", f"n{j}", 10 + j) for j in range(6)]))  # 9 items -> capacity 16
+    assert n == 6 and L.n_items == 9 and L.model.capacity == 16
+    w = L.model.item_emb.weight
+    assert torch.equal(w[:4], trained), "growing lost trained rows"
+    new_rows = w[4:10].detach()
+    dist = (new_rows - trained[1:4].mean(0)).norm(dim=1)
+    assert (dist < 0.5 * trained[1:4].norm(dim=1).mean() + 0.2).all(), "new rows are not warm-started near the mean"
+    assert any(p is w for g in L.optimizer.param_groups for p in g["params"]), "optimizer lost the grown parameter"
+    state = L.optimizer.state[w]
+    for k, old in state_before.items():
+        if old.shape == trained.shape:
+            assert state[k].shape == w.shape, f"{optimizer} state {k!r} was not padded"
+            assert torch.equal(state[k][:4], old) and not state[k][4:].any()
+    s = L.update()
+    assert np.isfinite(s.loss) and s.n_items == 9
+    recs = Scorer.from_weights(L.export_weights(1)).recommend(["n2"], k=20)
+    assert len(recs) == 9  # every known item, never a spare row
+
+
+def test_export_weights_matches_live_model():
+    L = IncrementalLearner(SMALL, TrainerConfig())
+    feed(L, planted_rows(n_users=30, length=6), 3)
+    w = L.export_weights(7, {"loss": 1.5})
+    assert w["version"] == 7 and w["metrics"] == {"loss": 1.5} and w["created_at"] <= time.time()
+    assert w["model_config"]["max_len"] == SMALL.max_len and w["vocab"] == L.vocab.to_list()
+    assert all(isinstance(v, np.ndarray) for v in w["state_dict"].values())
+    scorer = Scorer.from_weights(w)
+    hist = ["i3", "i4", "i5"]
+    L.model.eval()
+    with torch.no_grad():
+        h = L.model(torch.as_tensor(L.vocab.lookup(hist))[None])[0, -1]
+        live = L.model.item_logits(h)[1:L.n_items + 1]
+    top = live.argsort(descending=True)[:5]
+    recs = scorer.recommend(hist, 5)
+    assert [r[0] for r in recs] == [L.vocab.id_of(int(i) + 1) for i in top]
+    np.testing.assert_allclose([r[1] for r in recs], live[top].numpy(), rtol=1e-5, atol=1e-6)
+    L.model.item_emb.weight.data.zero_()  # the export is a copy, not a view
+    assert Scorer.from_weights(w).recommend(hist, 5) == recs
+
+
+def test_state_dict_round_trip_resumes_identically():
+    rows = planted_rows(n_users=40, length=10)
+    chunks = np.array_split(np.arange(len(rows)), 6)
+    a = IncrementalLearner(SMALL, TrainerConfig(replay_ratio=1.0, replay_users=16))
+    for idx in chunks[:3]:
+        a.observe(events([rows[i] for i in idx]))
+        a.update()
+    a.observe(events([rows[i] for i in chunks[3]]))  # pending targets at save time must carry over
+    buf = io.BytesIO()
+    torch.save(a.state_dict(), buf)
+    buf.seek(0)
+    b = IncrementalLearner.from_state_dict(torch.load(buf))  # weights_only=True: plain data only
+    torch.rand(100)  # the global RNG must not matter
+    assert b.pending_targets == a.pending_targets and b.vocab.to_list() == a.vocab.to_list()
+    for learner in (a, b):
+        learner.stats = [learner.update()]
+        for idx in chunks[4:]:
+            learner.observe(events([rows[i] for i in idx] + [("new", "fresh", 10**7)]))
+            learner.stats.append(learner.update())
+    assert [s.loss for s in a.stats] == [s.loss for s in b.stats]
+    assert [s.n_replay for s in a.stats] == [s.n_replay for s in b.stats]
+    for (k, va), vb in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(va, vb), f"{k} diverged after resume"
+
+
+def test_seeded_and_leaves_global_rng_alone():
+    rows = planted_rows(n_users=20, length=5)
+    runs = []
+    for _ in range(2):
+        L = IncrementalLearner(SMALL, TrainerConfig(seed=3))
+        before = torch.get_rng_state()
+        feed(L, rows, 2)
+        assert torch.equal(before, torch.get_rng_state()), "learner consumed the global torch RNG"
+        runs.append(L.model.item_emb.weight.detach().clone())
+    assert torch.equal(runs[0], runs[1])
+    L = IncrementalLearner(SMALL, TrainerConfig(seed=4))
+    feed(L, rows, 2)
+    assert not torch.equal(runs[0], L.model.item_emb.weight)
+
+
+def test_adaptive_lr_drops_when_loss_jumps_and_constant_does_not():
+    base = planted_rows(n_users=200, length=20)
+    shifted = [(u, it, t + 10**6) for u, it, t in planted_rows(n_users=200, length=20, seed=1, shift=17, user_prefix="s")]
+    lrs = {}
+    for schedule in ("adaptive", "constant"):
+        L = IncrementalLearner(ModelConfig(), TrainerConfig(lr_schedule=schedule, replay_ratio=0.0))
+        stats = feed(L, base, 10) + feed(L, shifted, 2)
+        lrs[schedule] = [s.lr for s in stats]
+    assert lrs["constant"] == [1e-3] * 12
+    assert lrs["adaptive"][:11] == pytest.approx([1e-3] * 11)  # steady loss: full lr
+    assert lrs["adaptive"][11] == pytest.approx(5e-4)  # the shift's loss jump halves it
+
+
+def test_learns_planted_successors_from_the_stream():
+    """Default config, fed in chunks like the live trainer: the planted successor ranks top-10."""
+    rows = planted_rows()
+    L = IncrementalLearner(ModelConfig(), TrainerConfig())
+    t = time.perf_counter()
+    stats = feed(L, rows, 10)
+    seconds = time.perf_counter() - t
+    hit, targets = successor_hit_rate(Scorer.from_weights(L.export_weights(1)))
+    popular = {item for item, _ in Counter(r[1] for r in rows).most_common(10)}
+    pop_hit = float(np.mean([t in popular for t in targets]))
+    print(f"\nplanted: hit@10={hit:.2f} popularity={pop_hit:.2f} loss {stats[0].loss:.2f}->{stats[-1].loss:.2f} "
+          f"replayed={sum(s.n_replay for s in stats)} in {seconds:.1f}s")
+    assert sum(s.n_replay for s in stats) > 0
+    assert stats[-1].loss < stats[0].loss
+    assert hit >= 0.8, f"planted successor in top-10 for only {hit:.0%} of histories"
+    assert hit >= pop_hit + 0.4, f"model {hit:.2f} is not clearly better than popularity {pop_hit:.2f}"
+
+
+def test_item_first_seen_in_latest_chunk_becomes_recommendable():
+    rows = planted_rows()
+    L = IncrementalLearner(ModelConfig(), TrainerConfig())
+    feed(L, rows, 10)
+    # a new item "fresh" is spliced in after i10: i8 i9 i10 fresh, for 60 users, in the latest chunk
+    t0 = rows[-1][2] + 1
+    chunk = [(f"n{u}", it, t0 + 10 * u + j) for u in range(60) for j, it in enumerate(["i8", "i9", "i10", "fresh"])]
+    assert "fresh" not in L.vocab
+    L.observe(events(chunk))
+    before = Scorer.from_weights(L.export_weights(2)).recommend(["i8", "i9", "i10"], 10)
+    L.update()
+    recs = Scorer.from_weights(L.export_weights(3)).recommend(["i8", "i9", "i10"], 10)
+    print(f"\nfresh rank before update: {[r[0] for r in before].index('fresh') if 'fresh' in [r[0] for r in before] else '>10'}, "
+          f"after: {[r[0] for r in recs].index('fresh') if 'fresh' in [r[0] for r in recs] else '>10'}")
+    assert "fresh" in [r[0] for r in recs], f"new item not in top-10 after its predecessor: {recs}"
+    assert "fresh" not in [r[0] for r in Scorer.from_weights(L.export_weights(4)).recommend(["i30"], 5)]
