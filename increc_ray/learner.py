@@ -33,6 +33,7 @@ LR_RECOVER = 1.05
 LR_FLOOR = 0.05
 LOSS_EMA = 0.7  # weight of the old running average of the update loss (a window of ~3 updates)
 STATE_FORMAT = 1
+EVAL_MAX_USERS = 1024  # users scored by evaluate_next per call (keeps it cheap on big slices)
 
 
 @dataclass
@@ -80,19 +81,12 @@ class IncrementalLearner:
 
     def observe(self, events: pa.Table) -> int:
         """Add cleaned events (any order; processed by timestamp, stable). Returns new targets."""
-        for col in ("user_id", "item_id", "timestamp", "label", "weight"):
-            assert col in events.column_names, f"events need column {col!r}, got {events.column_names}"
         self.n_events += events.num_rows
-        ts = pc.cast(events["timestamp"], pa.int64()).to_numpy(zero_copy_only=False)
-        order = np.argsort(ts, kind="stable")
-        label = events["label"].to_numpy(zero_copy_only=False)[order]
-        pos = order[label == 1]
-        if len(pos) == 0:
+        users, item_ids, weights = _positives(events)
+        if not users:
             return 0
-        users = events["user_id"].take(pa.array(pos)).to_pylist()
-        weights = events["weight"].take(pa.array(pos)).to_numpy(zero_copy_only=False).astype(float).tolist()
         n_old = self.n_items
-        items = self.vocab.add(events["item_id"].take(pa.array(pos)).to_pylist()).tolist()
+        items = self.vocab.add(item_ids).tolist()
         if self.n_items > n_old:
             self._add_item_rows(n_old)
 
@@ -150,6 +144,25 @@ class IncrementalLearner:
         return UpdateStats(loss=loss, n_sequences=n_new_seqs, n_targets=n_targets, n_replay=len(replay),
                            lr=lr, seconds=time.perf_counter() - t0, n_items=self.n_items)
 
+    @torch.no_grad()
+    def evaluate_next(self, events: pa.Table, k: int = 10) -> float | None:
+        """Prequential HR@k: share of known users whose first new positive in ``events`` is in
+        the current model's top-k. Call before ``observe(events)``; None when nobody qualifies."""
+        users, item_ids, _ = _positives(events)
+        first: dict[str, str] = {}
+        for user, item in zip(users, item_ids):
+            if user not in first and user in self._seqs and len(first) < EVAL_MAX_USERS:
+                first[user] = item
+        if not first:
+            return None
+        seqs = [self._seqs[u][0][-self.model_cfg.max_len:] for u in first]
+        targets = torch.as_tensor(self.vocab.lookup(first.values()), device=self.device)  # (B,) 0 = new item: a miss
+        self.model.eval()
+        hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+        self.model.train()
+        top = masked_scores(self.model, hidden, self.n_items).topk(min(k, self.n_items), dim=1).indices  # (B, k)
+        return float(((top == targets[:, None]).any(1) & (targets > 0)).float().mean())
+
     def export_weights(self, version: int, metrics: dict | None = None) -> dict:
         """The published artifact: CPU numpy copies of the weights, with config and vocab."""
         return {
@@ -191,7 +204,8 @@ class IncrementalLearner:
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str = "cpu") -> "IncrementalLearner":
-        assert state.get("format") == STATE_FORMAT, f"learner state format {state.get('format')!r}, expected {STATE_FORMAT}"
+        fmt = state.get("format")
+        assert fmt == STATE_FORMAT, f"learner state format {fmt!r}, expected {STATE_FORMAT}"
         self = cls(ModelConfig(**state["model_config"]), TrainerConfig(**state["trainer_config"]), device=device)
         with torch.random.fork_rng(devices=[]):  # grow's fresh rows are overwritten by the load below
             self.model.grow(state["capacity"])
@@ -291,6 +305,18 @@ class IncrementalLearner:
             torch.set_rng_state(self._torch_rng)
             yield
             self._torch_rng = torch.get_rng_state()
+
+
+def _positives(events: pa.Table) -> tuple[list[str], list[str], list[float]]:
+    """(users, item ids, weights) of the positive events, in timestamp order (stable)."""
+    for col in ("user_id", "item_id", "timestamp", "label", "weight"):
+        assert col in events.column_names, f"events need column {col!r}, got {events.column_names}"
+    ts = pc.cast(events["timestamp"], pa.int64()).to_numpy(zero_copy_only=False)
+    order = np.argsort(ts, kind="stable")
+    label = events["label"].to_numpy(zero_copy_only=False)[order]
+    pos = pa.array(order[label == 1])
+    return (events["user_id"].take(pos).to_pylist(), events["item_id"].take(pos).to_pylist(),
+            events["weight"].take(pos).to_numpy(zero_copy_only=False).astype(float).tolist())
 
 
 def _make_optimizer(model: SeqRecModel, cfg: TrainerConfig) -> torch.optim.Optimizer:

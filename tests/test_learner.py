@@ -201,7 +201,8 @@ def test_seeded_and_leaves_global_rng_alone():
 
 def test_adaptive_lr_drops_when_loss_jumps_and_constant_does_not():
     base = planted_rows(n_users=200, length=20)
-    shifted = [(u, it, t + 10**6) for u, it, t in planted_rows(n_users=200, length=20, seed=1, shift=17, user_prefix="s")]
+    later = planted_rows(n_users=200, length=20, seed=1, shift=17, user_prefix="s")  # a new successor rule
+    shifted = [(u, it, t + 10**6) for u, it, t in later]
     lrs = {}
     for schedule in ("adaptive", "constant"):
         L = IncrementalLearner(ModelConfig(), TrainerConfig(lr_schedule=schedule, replay_ratio=0.0))
@@ -228,21 +229,30 @@ def test_learns_planted_successors_from_the_stream():
     assert stats[-1].loss < stats[0].loss
     assert hit >= 0.8, f"planted successor in top-10 for only {hit:.0%} of histories"
     assert hit >= pop_hit + 0.4, f"model {hit:.2f} is not clearly better than popularity {pop_hit:.2f}"
+    # prequential check on the next slice: each user's next item is the planted successor of their last
+    last = {u: int(item[1:]) for u, item, _ in rows}
+    nxt = [(u, f"i{(i + 1) % N_ITEMS}", 10**8) for u, i in last.items()]
+    assert L.evaluate_next(events(nxt)) >= 0.8
+    assert L.evaluate_next(events([(u, "brand-new", 10**8) for u in last])) == 0.0
+    assert L.evaluate_next(events([("stranger", "i1", 10**8)])) is None
 
 
 def test_item_first_seen_in_latest_chunk_becomes_recommendable():
     rows = planted_rows()
     L = IncrementalLearner(ModelConfig(), TrainerConfig())
     feed(L, rows, 10)
-    # a new item "fresh" is spliced in after i10: i8 i9 i10 fresh, for 60 users, in the latest chunk
+    # a new item "fresh" is spliced in after i10 (i8 i9 i10 fresh), 30 new users per chunk
     t0 = rows[-1][2] + 1
-    chunk = [(f"n{u}", it, t0 + 10 * u + j) for u in range(60) for j, it in enumerate(["i8", "i9", "i10", "fresh"])]
-    assert "fresh" not in L.vocab
-    L.observe(events(chunk))
-    before = Scorer.from_weights(L.export_weights(2)).recommend(["i8", "i9", "i10"], 10)
-    L.update()
-    recs = Scorer.from_weights(L.export_weights(3)).recommend(["i8", "i9", "i10"], 10)
-    print(f"\nfresh rank before update: {[r[0] for r in before].index('fresh') if 'fresh' in [r[0] for r in before] else '>10'}, "
-          f"after: {[r[0] for r in recs].index('fresh') if 'fresh' in [r[0] for r in recs] else '>10'}")
-    assert "fresh" in [r[0] for r in recs], f"new item not in top-10 after its predecessor: {recs}"
+    ranks = []
+    for c in range(3):
+        chunk = [(f"n{c}_{u}", it, t0 + 10_000 * c + 10 * u + j)
+                 for u in range(30) for j, it in enumerate(["i8", "i9", "i10", "fresh"])]
+        assert c > 0 or "fresh" not in L.vocab
+        L.observe(events(chunk))
+        L.update()
+        recs = [r[0] for r in Scorer.from_weights(L.export_weights(c)).recommend(["i8", "i9", "i10"], N_ITEMS + 1)]
+        ranks.append(recs.index("fresh"))
+    print(f"\nrank of the new item after its predecessor, after each update: {ranks}")
+    assert ranks[-1] < 10, f"new item not in top-10 after its predecessor: ranks {ranks}"
+    assert ranks[-1] < ranks[0], "the new item did not climb with more evidence"
     assert "fresh" not in [r[0] for r in Scorer.from_weights(L.export_weights(4)).recommend(["i30"], 5)]
