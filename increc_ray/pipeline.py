@@ -161,6 +161,7 @@ class EventPipeline:
         self.counts["files"] += len(files)
         self.counts["cleaned"] += clean.num_rows
         self.counts["quarantined"] += n_bad
+        self.counts["duplicates"] += n_dup
         from_files = sum(1 for f in files if not _is_http_file(f))
         telemetry.inc("increc_events_cleaned_total", clean.num_rows)
         telemetry.inc("increc_events_quarantined_total", n_bad, source="file")
