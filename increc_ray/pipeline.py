@@ -51,8 +51,11 @@ class IngestReport:
 class EventPipeline:
     """Ingest, clean and de-duplicate events; owns the landing zone and the clean store."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, clean_files=None) -> None:
+        """``clean_files(files, fs, cfg) -> tagged table`` defaults to the Ray Data job;
+        unit tests hand in ``clean_files_locally`` to test the bookkeeping without Ray."""
         self.cfg = cfg
+        self.clean_files = clean_files or clean_files_with_ray_data
         self.landing = LandingZone(cfg.landing_uri)
         self.store = CleanStore(cfg.clean_dir)
         self.q_fs, self.q_root = open_uri(cfg.quarantine_dir)
@@ -132,7 +135,7 @@ class EventPipeline:
         if not files:
             return {"files": 0}, None
         started = time.time()
-        tagged = clean_files_with_ray_data(files, self.landing.fs, self.cfg)
+        tagged = self.clean_files(files, self.landing.fs, self.cfg)
         clean_parts, fresh_parts, n_dup, n_bad = [], [], 0, 0
         by_source = pc.fill_null(tagged.column("source"), "")
         for path in files:
@@ -218,6 +221,12 @@ def _clean_file_batch(batch: pa.Table, cfg: Config) -> pa.Table:
             out.append(pa.Table.from_pylist(
                 [{"row": -1, "source": path, "reason": f"file: {e}", "raw": path}], schema=TAGGED_SCHEMA))
     return pa.concat_tables(out) if out else TAGGED_SCHEMA.empty_table()
+
+
+def clean_files_locally(files: list[str], fs, cfg: Config) -> pa.Table:
+    """The same cleaning as the Ray Data job, in this process (small inputs, tests)."""
+    data = [fs.open_input_stream(f).readall() for f in files]
+    return _clean_file_batch(pa.table({"path": files, "bytes": pa.array(data, pa.binary())}), cfg)
 
 
 def clean_files_with_ray_data(files: list[str], fs, cfg: Config) -> pa.Table:
