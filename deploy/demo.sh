@@ -7,11 +7,14 @@ cd "$(dirname "$0")/.."
 bash deploy/setup.sh
 . .venv/bin/activate
 export RAY_USAGE_STATS_ENABLED=0
+# Ray 2.60 protects a cluster with a token; `ray start` and `serve deploy` must both use it.
+export RAY_AUTH_MODE=token
+[ -s "$HOME/.ray/auth_token" ] || ray get-auth-token --generate >/dev/null
 ray stop --force >/dev/null 2>&1 || true
 rm -rf /tmp/increc_ray   # the data_dir of serve_config.yaml: start from an empty stream
 ray start --head --disable-usage-stats
 serve deploy serve_config.yaml
 increc demo --events "${DEMO_EVENTS:-8000}"
 echo
-echo "The app keeps running: Ray dashboard at http://127.0.0.1:8265 (Serve and Metrics tabs),"
+echo "The app keeps running: Ray dashboard at http://127.0.0.1:8265 (Serve, Train, Data and Metrics),"
 echo "try: curl 'http://127.0.0.1:8000/recommend?user_id=u1&k=10'   stop with: ray stop"

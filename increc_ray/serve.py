@@ -114,6 +114,7 @@ class ModelTrainer:
     def __init__(self, config: dict) -> None:
         self.cfg = Config.from_dict(config)
         self.registry = WeightRegistry()
+        self._progress: dict = {}
         ctx = serve.get_replica_context()
         self.runner = TrainerRunner(self.cfg, ctx.app_name, ctx.deployment).start()
 
@@ -123,14 +124,19 @@ class ModelTrainer:
     async def wait_newer(self, after: int, timeout_s: float):
         return await self.registry.wait_newer(after, timeout_s)
 
+    def progress(self, progress: dict) -> None:
+        """The trainer's read position, sent after every slice it consumes."""
+        self._progress = progress
+
     def status(self) -> dict:
         latest = self.registry.latest
         store = CleanStore(self.cfg.clean_dir)
-        applied = (latest.metrics.get("offset") or {}).get("seq", -1) if latest else -1
+        consumed = self._progress.get("offset", {}).get("seq", -1)
         return {"model_version": self.registry.version,
                 "last_update_time": latest.published_at if latest else None,
                 "last_update": latest.metrics if latest else None,
-                "clean_parts_behind": max(0, store.last_seq() - applied),
+                "clean_parts_behind": max(0, store.last_seq() - consumed),
+                "progress": self._progress,
                 "trainer": self.runner.status()}
 
 

@@ -114,6 +114,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
         online = learner.evaluate_next(events, k=10) if hasattr(learner, "evaluate_next") and version else None
         learner.observe(events)
         telemetry.inc("increc_events_applied_total", events.num_rows)
+        # Consumed is not the same as published: tell the registry so /status shows true lag.
+        registry.progress.remote({"offset": cursor.offset(), "pending_targets": learner.pending_targets,
+                                  "events_seen": learner.n_events, "n_items": learner.n_items})
         if learner.pending_targets < tcfg.min_new_events:
             continue
         stats = learner.update()
