@@ -175,11 +175,14 @@ class Recommender:
                 if got is None:
                     continue
                 version, (ref,) = got
-                scorer = Scorer.from_weights(ray.get(ref))
+                weights = ray.get(ref)
+                scorer = Scorer.from_weights(weights)
                 self._scorer = scorer  # atomic swap: in-flight requests keep the old object
-                self._published_at = time.time()
+                self._published_at = float(weights.get("created_at") or time.time())
                 self.swaps += 1
                 telemetry.set_gauge("increc_served_model_version", version)
+                if self.swaps == 1:
+                    telemetry.watch("increc_model_freshness_seconds", lambda: time.time() - self._published_at)
             except Exception:
                 logger.exception("weight follow failed; retrying")
                 self._stop.wait(1.0)
@@ -231,8 +234,6 @@ class Recommender:
             have = {i for i, _ in items}
             extra = await self.history.popular.remote(k - len(items), [*seen, *have])
             items += extra
-        if scorer is not None and self._published_at:
-            telemetry.set_gauge("increc_model_freshness_seconds", time.time() - self._published_at)
         return _json(200, {"user_id": user_id, "k": k, "source": source,
                            "model_version": scorer.version if scorer else 0,
                            "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]})

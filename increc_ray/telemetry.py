@@ -17,7 +17,17 @@ serving            increc_request_latency_ms, increc_requests_total,
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
+from typing import Callable
+
+# Ray drops a gauge that has not been set for ~30 s from its export, so a quiet trainer
+# would vanish from the dashboard. Gauges are therefore re-sent every REFRESH_S seconds
+# by one daemon thread per process (started on the first gauge, never at import).
+REFRESH_S = 10.0
+_gauges: dict[tuple[str, tuple], Callable[[], float]] = {}
+_refresher: threading.Thread | None = None
+_lock = threading.Lock()
 
 _LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000]
 
@@ -59,7 +69,31 @@ def inc(name: str, value: float = 1.0, **tags: str) -> None:
 
 
 def set_gauge(name: str, value: float, **tags: str) -> None:
-    metric(name).set(value, tags=tags or None)
+    """Set a gauge now and keep re-sending this value until it changes."""
+    watch(name, lambda: value, **tags)
+
+
+def watch(name: str, read: Callable[[], float], **tags: str) -> None:
+    """Keep gauge ``name`` at ``read()``, sampled now and every REFRESH_S seconds."""
+    global _refresher
+    metric(name).set(read(), tags=tags or None)
+    with _lock:
+        _gauges[(name, tuple(sorted(tags.items())))] = read
+        if _refresher is None:
+            _refresher = threading.Thread(target=_refresh_forever, name="increc-gauges", daemon=True)
+            _refresher.start()
+
+
+def _refresh_forever() -> None:
+    stop = threading.Event()
+    while not stop.wait(REFRESH_S):
+        with _lock:
+            items = list(_gauges.items())
+        for (name, tags), read in items:
+            try:
+                metric(name).set(read(), tags=dict(tags) or None)
+            except Exception:  # a metric must never take its process down
+                pass
 
 
 def observe(name: str, value: float, **tags: str) -> None:

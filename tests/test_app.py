@@ -248,3 +248,22 @@ def test_trainer_checkpoints_model_optimizer_vocab_and_offsets(app, client):
     state = torch.load(sorted(ckpts)[-1], weights_only=False)
     assert state["version"] >= 1 and state["offset"]["seq"] >= 0
     assert {"learner", "offset", "version", "n_updates"} <= set(state)
+
+
+def test_custom_metrics_reach_the_ray_metrics_export(app, client):
+    """The dashboard reads Ray's Prometheus export: our metrics must be in it, gauges included."""
+    import ray
+
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    (port_file,) = glob.glob(os.path.join(session_dir, "metrics_export_port_*"))
+    port = open(port_file).read().strip()
+    wanted = {"ray_increc_events_accepted_total", "ray_increc_events_cleaned_total", "ray_increc_model_version",
+              "ray_increc_update_loss", "ray_increc_served_model_version", "ray_increc_request_latency_ms_count",
+              "ray_increc_events_applied_total", "ray_increc_model_freshness_seconds"}
+
+    def exported():
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        names = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_increc_")}
+        return names if wanted <= names else None
+
+    wait_until(exported, 60, interval_s=2, what=f"metrics {sorted(wanted)} in the export")
