@@ -42,3 +42,15 @@ def test_from_yaml(tmp_path):
     cfg = Config.from_yaml(str(p))
     assert cfg.trainer.use_gpu == "false" and cfg.trainer.lr == 0.01
     assert cfg.landing_uri == "/x/landing" and cfg.clean_dir == "/x/clean"
+
+
+def test_serve_config_yaml_is_a_valid_serve_deploy_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    with open("serve_config.yaml") as f:
+        schema = ServeDeploySchema.model_validate(yaml.safe_load(f)) if hasattr(ServeDeploySchema, "model_validate") \
+            else ServeDeploySchema.parse_obj(yaml.safe_load(f))
+    (app,) = schema.applications
+    assert app.import_path == "increc_ray.serve:app_builder"
+    (rec,) = [d for d in app.deployments if d.name == "Recommender"]
+    assert rec.autoscaling_config["min_replicas"] >= 1 and rec.autoscaling_config["max_replicas"] > 1
