@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse
 
 from increc_ray import telemetry
 from increc_ray.config import Config
-from increc_ray.errors import BadRequest, ConfigError
+from increc_ray.errors import BadRequest, ConfigError, PayloadTooLarge
 from increc_ray.history import UserHistoryIndex
 from increc_ray.ingest import parse_body
 from increc_ray.landing import CleanStore
@@ -218,6 +218,10 @@ class Recommender:
         return scorer.version if scorer else 0
 
     async def _events(self, request: Request) -> JSONResponse:
+        limit = self.cfg.ingest.max_body_bytes
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:  # refuse before reading it all
+            raise PayloadTooLarge(f"body is {declared} bytes, over the limit of {limit}", limit=limit)
         body = await request.body()
         records = parse_body(body, self.cfg.ingest.max_events_per_request, self.cfg.ingest.max_body_bytes)
         return _json(200, await self.ingest.ingest.remote(records))

@@ -204,6 +204,7 @@ def test_duplicates_and_bad_events_are_counted_not_applied(client):
     ("POST", "/events", b"{not json", 400, "JSON"),
     ("POST", "/events", b"\xff\xfe", 400, "UTF-8"),
     ("POST", "/events", b"[]", 400, "no events"),
+    ("POST", "/events", b"[" + b",".join([b"{}"] * 10001) + b"]", 413, "limit"),
     ("GET", "/events", None, 405, "GET"),
     ("GET", "/nope", None, 404, "/nope"),
 ])
