@@ -19,6 +19,13 @@ import urllib.request
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
+def _json_or_text(body: bytes) -> dict:
+    try:
+        return json.loads(body or b"{}")
+    except ValueError:
+        return {"error": body.decode("utf-8", "replace")}
+
+
 class Client:
     """A tiny HTTP client for the increc_ray Serve app (stdlib only)."""
 
@@ -30,9 +37,9 @@ class Client:
                                      headers={"Content-Type": "application/json"} if body else {})
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
-                return resp.status, json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as e:
-            return e.code, json.loads(e.read() or b"{}")
+                return resp.status, _json_or_text(resp.read())
+        except urllib.error.HTTPError as e:  # e.g. the proxy's plain-text 503 while the app starts
+            return e.code, _json_or_text(e.read())
 
     def post_events(self, events: list[dict]) -> dict:
         status, body = self._call("POST", "/events", json.dumps(events).encode())
