@@ -4,6 +4,8 @@
                                             deployed app and print live recommendations
     increc send FILE [--url URL]            post an event file (JSONL/CSV/Parquet/MovieLens)
     increc status [--url URL]               print GET /status
+    increc evaluate offline --data FILE     leave-one-out full-ranking quality of the model
+                                            (writes bench/results/offline_<dataset>.json)
 """
 
 from __future__ import annotations
@@ -138,6 +140,30 @@ def send_file(url: str, path: str, batch: int) -> int:
     return 0
 
 
+def evaluate(args: argparse.Namespace) -> int:
+    """``increc evaluate <mode>``: model quality measurements (see increc_ray.offline)."""
+    if args.mode == "offline":
+        from increc_ray.offline import dataset_name, preset, run_offline
+
+        model_cfg, trainer_cfg, fit_cfg = preset(dataset_name(args.data), seed=args.seed,
+                                                 max_epochs=args.max_epochs, max_minutes=args.max_minutes)
+        run_offline(args.data, model_cfg, trainer_cfg, fit_cfg, out_dir=args.out or None,
+                    log=lambda line: print(line, flush=True))
+        return 0
+    raise AssertionError(f"unknown evaluate mode {args.mode!r}")  # argparse only lets known modes through
+
+
+def _add_evaluate(sub) -> None:
+    ev = sub.add_parser("evaluate", help="measure model quality").add_subparsers(dest="mode", required=True)
+    p = ev.add_parser("offline", help="leave-one-out by time, full ranking, vs most popular (e.g. MovieLens)")
+    p.add_argument("--data", required=True, help="event file: MovieLens u.data / ratings.csv, or any loader format")
+    p.add_argument("--out", default="bench/results", help="folder for offline_<dataset>.json ('' = do not write)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-epochs", type=int, default=None, help="override the dataset preset")
+    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap on training")
+    # A future `increc evaluate stream` (prequential, over a replayed event stream) goes here.
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="increc", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -152,11 +178,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=1000)
     p = sub.add_parser("status", help="print GET /status")
     p.add_argument("--url", default=DEFAULT_URL)
+    _add_evaluate(sub)
     args = parser.parse_args(argv)
     if args.cmd == "demo":
         return demo(args.url, args.events, args.batch, args.seed)
     if args.cmd == "send":
         return send_file(args.url, args.file, args.batch)
+    if args.cmd == "evaluate":
+        return evaluate(args)
     print(json.dumps(Client(args.url).status(), indent=1))
     return 0
 

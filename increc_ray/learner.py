@@ -15,6 +15,7 @@ import contextlib
 import dataclasses
 import time
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -143,6 +144,43 @@ class IncrementalLearner:
         self.n_updates += 1
         return UpdateStats(loss=loss, n_sequences=n_new_seqs, n_targets=n_targets, n_replay=len(replay),
                            lr=lr, seconds=time.perf_counter() - t0, n_items=self.n_items)
+
+    def train_epoch(self, users: Sequence[str] | None = None) -> float:
+        """One shuffled pass over the whole kept sequence of each of ``users`` (default: all).
+
+        The offline (epoch-based) counterpart of ``update``: the same step and loss, every
+        position of every sequence scored, at ``trainer.lr`` (times the adaptive scale, which
+        only ``update`` moves). Pending targets are left alone. Returns the mean loss.
+        """
+        users = list(self._seqs) if users is None else list(users)
+        examples = [(u, 0) for u in users if len(self._seqs[u][0]) >= 2]
+        assert examples, "train_epoch needs at least one user with two or more items"
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.trainer_cfg.lr * self._lr_scale
+        bs = self.trainer_cfg.batch_size
+        losses, counts = [], []
+        self.model.train()
+        with self._own_torch_rng():
+            perm = self._rng.permutation(len(examples))
+            for i in range(0, len(perm), bs):
+                batch = [examples[j] for j in perm[i:i + bs]]
+                losses.append(self._step(batch))
+                counts.append(len(batch))
+        return float(np.average(losses, weights=counts))
+
+    @torch.no_grad()
+    def score_histories(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Scores (B, n_items + 1) of every known item after each history of item indices
+        (oldest first, last ``max_len`` used); column 0 (pad) is -inf. Eval mode, no dropout."""
+        assert all(len(h) for h in histories), "every history needs at least one item"
+        seqs = [list(h)[-self.model_cfg.max_len:] for h in histories]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+            return masked_scores(self.model, hidden, self.n_items).cpu()
+        finally:
+            self.model.train(was_training)
 
     @torch.no_grad()
     def evaluate_next(self, events: pa.Table, k: int = 10) -> float | None:
