@@ -6,6 +6,8 @@
     increc status [--url URL]               print GET /status
     increc evaluate offline --data FILE     leave-one-out full-ranking quality of the model
                                             (writes bench/results/offline_<dataset>.json)
+    increc evaluate stream --data FILE      prequential replay: incremental vs retraining
+                                            (writes bench/results/stream_<dataset>.json + PNGs)
 """
 
 from __future__ import annotations
@@ -150,6 +152,17 @@ def evaluate(args: argparse.Namespace) -> int:
         run_offline(args.data, model_cfg, trainer_cfg, fit_cfg, out_dir=args.out or None,
                     log=lambda line: print(line, flush=True))
         return 0
+    if args.mode == "stream":
+        from increc_ray.offline import dataset_name
+        from increc_ray.stream_run import run_stream, stream_preset
+
+        name = args.name or dataset_name(args.data)
+        stream_cfg, strat_cfg = stream_preset(name, n_windows=args.windows, eval_per_window=args.eval_per_window,
+                                              warmup_fraction=args.warmup_fraction, seed=args.seed,
+                                              retrain_every=args.retrain_every, variants={} if args.no_variants else None)
+        run_stream(args.data, stream_cfg, strat_cfg, out_dir=args.out or None, name=name,
+                   log=lambda line: print(line, flush=True), progress_bar=not args.no_progress)
+        return 0
     raise AssertionError(f"unknown evaluate mode {args.mode!r}")  # argparse only lets known modes through
 
 
@@ -161,7 +174,18 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=None, help="override the dataset preset")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap on training")
-    # A future `increc evaluate stream` (prequential, over a replayed event stream) goes here.
+    p = ev.add_parser("stream", help="prequential (test-then-train) replay: incremental vs retraining vs static")
+    p.add_argument("--data", required=True, help="event file: MovieLens, or CSV/Parquet/JSONL of "
+                   "user_id,item_id,timestamp[,event_type,value]")
+    p.add_argument("--out", default="bench/results", help="folder for stream_<dataset>.json and PNGs ('' = none)")
+    p.add_argument("--name", default=None, help="dataset name (default: the file's folder name)")
+    p.add_argument("--windows", type=int, default=None, help="replayed windows (update cadence)")
+    p.add_argument("--eval-per-window", type=int, default=None, help="evaluated events per window (0 = all)")
+    p.add_argument("--warmup-fraction", type=float, default=None, help="share of the time span for warm-up")
+    p.add_argument("--retrain-every", type=int, default=None, help="windows between full retrains")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--no-variants", action="store_true", help="skip the incremental[...] update-rule variants")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -58,6 +58,24 @@ class StrategyConfig:
             dataclasses.replace(self.incremental, **over)  # fails early on a bad override
 
 
+# Per-dataset settings (see README "Incremental vs retraining"); other files get the defaults.
+PRESETS: dict[str, dict] = {
+    "ml-100k": {"stream": {}, "strategies": {}},
+    "ml-latest-small": {"stream": {}, "strategies": {}},
+}
+
+
+def stream_preset(name: str, **stream_overrides) -> tuple[StreamConfig, StrategyConfig]:
+    """The (stream, strategy) configs for dataset ``name``; ``None`` overrides are ignored."""
+    p = PRESETS.get(name, {"stream": {}, "strategies": {}})
+    over = {k: v for k, v in stream_overrides.items() if v is not None}
+    strat = dict(p["strategies"])
+    for key in ("retrain_every", "variants"):
+        if key in over:
+            strat[key] = over.pop(key)
+    return StreamConfig(**{**p["stream"], **over}), StrategyConfig(**strat)
+
+
 def build_strategies(stream, cfg: StrategyConfig, log: Callable[[str], None] | None = None) -> tuple[list, dict]:
     """Train the warm-up model once; every strategy starts from a copy of it."""
     t0 = time.process_time()
