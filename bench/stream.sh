@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Reproduce bench/results/stream_ml-latest-small.json and stream_ml-100k.json (+ PNG plots): the
+# prequential replay of increc_ray/prequential.py comparing static, incremental (the live update
+# path), periodic full retraining, last-window fine-tuning, recent popularity and the article's
+# update rules. One dataset at a time, torch on one thread; see README "Incremental vs retraining".
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA=${DATA:-../shared/data}
+for f in "$DATA/ml-latest-small/ratings.csv" "$DATA/ml-100k/u.data"; do
+  python -m increc_ray.cli evaluate stream --data "$f" --out bench/results "$@"
+done
