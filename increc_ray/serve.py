@@ -107,7 +107,9 @@ class EventIngest:
         self._stop.set()
 
 
-@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000)
+# graceful_shutdown_timeout_s: time for the trainer to checkpoint and release its worker.
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
+                  graceful_shutdown_timeout_s=60)
 class ModelTrainer:
     """Runs the incremental Ray Train trainer and holds the published weight versions."""
 
@@ -127,6 +129,12 @@ class ModelTrainer:
     def progress(self, progress: dict) -> None:
         """The trainer's read position, sent after every slice it consumes."""
         self._progress = progress
+
+    def __del__(self) -> None:
+        # Serve calls this on shutdown (redeploy, scale-down): stop cleanly so the next
+        # trainer resumes from a fresh checkpoint and finds its CPU free.
+        if not self.runner.stop(timeout_s=45):
+            logger.warning("trainer did not stop within 45 s; its resources are released when its actors die")
 
     def status(self) -> dict:
         latest = self.registry.latest

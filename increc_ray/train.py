@@ -20,6 +20,7 @@ import os
 import tempfile
 import threading
 import time
+import uuid
 
 import pyarrow as pa
 
@@ -103,6 +104,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     stop_file = loop_config.get("stop_file")
     last_ckpt_updates = n_updates
 
+    def report_progress() -> None:
+        # Consumed is not the same as published: tell the registry so /status shows true lag.
+        registry.progress.remote({"offset": cursor.offset(), "pending_targets": learner.pending_targets,
+                                  "events_seen": learner.n_events, "n_items": learner.n_items,
+                                  "version": version})
+
+    report_progress()
     if version > 0:  # serve the restored weights right away
         registry.publish.remote(learner.export_weights(version, {"restored": True})).result()
 
@@ -114,9 +122,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         online = learner.evaluate_next(events, k=10) if hasattr(learner, "evaluate_next") and version else None
         learner.observe(events)
         telemetry.inc("increc_events_applied_total", events.num_rows)
-        # Consumed is not the same as published: tell the registry so /status shows true lag.
-        registry.progress.remote({"offset": cursor.offset(), "pending_targets": learner.pending_targets,
-                                  "events_seen": learner.n_events, "n_items": learner.n_items})
+        report_progress()
         if learner.pending_targets < tcfg.min_new_events:
             continue
         stats = learner.update()
@@ -157,9 +163,12 @@ def resolve_use_gpu(setting: str) -> bool:
 class TrainerRunner:
     """Runs the TorchTrainer in a background thread, restarting it if it ever exits."""
 
-    def __init__(self, cfg: Config, app_name: str, registry_deployment: str, stop_file: str | None = None) -> None:
+    def __init__(self, cfg: Config, app_name: str, registry_deployment: str) -> None:
         self.cfg, self.app_name, self.registry_deployment = cfg, app_name, registry_deployment
-        self.stop_file = stop_file
+        # The worker polls for this file between updates; a file (not an RPC) because the
+        # replica that owns us may already be draining when it asks the trainer to stop.
+        # Local temp dir: the train worker runs on this node (single-node for now).
+        self.stop_file = os.path.join(tempfile.gettempdir(), f"increc-trainer-stop-{uuid.uuid4().hex}")
         self.use_gpu = resolve_use_gpu(cfg.trainer.use_gpu)
         self.runs = 0
         self.last_error: str | None = None
@@ -195,6 +204,17 @@ class TrainerRunner:
                 self.last_error = f"{type(e).__name__}: {e}"
                 logger.exception("trainer run %d failed; restarting from the last checkpoint", self.runs)
                 time.sleep(5.0)
+
+    def stop(self, timeout_s: float) -> bool:
+        """Ask the worker to checkpoint and exit, so its CPU/GPU reservation is released
+        before a redeploy starts a new one; True if it stopped within ``timeout_s``."""
+        with open(self.stop_file, "w"):
+            pass
+        self._thread.join(timeout_s)
+        stopped = not self._thread.is_alive()
+        if stopped:
+            os.remove(self.stop_file)
+        return stopped
 
     def status(self) -> dict:
         return {"runs": self.runs, "alive": self._thread.is_alive(), "use_gpu": self.use_gpu,

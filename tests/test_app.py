@@ -25,11 +25,13 @@ pytestmark = pytest.mark.integration
 STREAM = SyntheticStream(n_users=80, n_items=40, p_follow=0.9, n_clusters=4, new_item_every=0,
                          drift_every=0, seed=1)
 LAST_ITEM: dict[str, str] = {}
+DATA_DIR: list[str] = []  # the app's data_dir, set by the client fixture
 
 
 @pytest.fixture(scope="module")
 def client(app):
-    url, _ = app
+    url, data_dir = app
+    DATA_DIR[:] = [data_dir]
     with httpx.Client(base_url=url, timeout=60.0) as c:
         wait_until(lambda: _ok(c, "/healthz"), 120, what="/healthz")
         yield c
@@ -57,14 +59,21 @@ def status(c: httpx.Client) -> dict:
     return r.json()
 
 
+def clean_rows(data_dir: str) -> int:
+    from increc_ray.landing import CleanStore
+
+    return sum(pq.read_metadata(p).num_rows for _, p in CleanStore(os.path.join(data_dir, "clean")).parts())
+
+
 def wait_applied(c: httpx.Client, min_version: int, timeout_s: float = 180) -> dict:
-    """Wait until every landed event is cleaned and applied in a published version >= min_version."""
+    """Wait until every landed event is cleaned and consumed by the trainer, and replicas
+    serve a version >= min_version."""
     def done():
         s = status(c)
-        applied = (s["trainer"]["last_update"] or {}).get("offset", {}).get("seq", -1)
-        caught_up = s["ingest"]["pending_files"] == 0 and applied == s["ingest"]["clean_parts"] - 1
+        seen = s["trainer"]["progress"].get("events_seen")
+        caught_up = s["ingest"]["pending_files"] == 0 and seen == clean_rows(DATA_DIR[0])
         return s if caught_up and s["model_version"] >= min_version and s["served_version"] >= min_version else None
-    return wait_until(done, timeout_s, what=f"events applied in version >= {min_version}")
+    return wait_until(done, timeout_s, what=f"events consumed and version >= {min_version} served")
 
 
 def probe_successor_rate(c: httpx.Client, tag: str, k: int = 10) -> tuple[float, float, set[str]]:
@@ -268,3 +277,32 @@ def test_custom_metrics_reach_the_ray_metrics_export(app, client):
         return names if wanted <= names else None
 
     wait_until(exported, 60, interval_s=2, what=f"metrics {sorted(wanted)} in the export")
+
+
+def test_redeploy_resumes_from_checkpoint_without_reapplying_events(app, client):
+    """Delete and redeploy the app on the same data: the trainer resumes from its checkpoint
+    (version and stream offset), and every clean event is applied exactly once."""
+    from ray import serve
+
+    from increc_ray.serve import app_builder
+
+    from conftest import TEST_CONFIG
+
+    _, data_dir = app
+    before = wait_applied(client, min_version=1)
+    serve.delete("increc")
+    serve.run(app_builder({"config": {**TEST_CONFIG, "data_dir": data_dir}}), name="increc", route_prefix="/")
+    wait_until(lambda: _ok(client, "/healthz"), 120, what="/healthz after redeploy")
+    post(client, STREAM.next_events(200))  # new events after the restart are learned too
+
+    def resumed():
+        s = status(client)
+        seen = s["trainer"]["progress"].get("events_seen")
+        return s if s["ingest"]["pending_files"] == 0 and seen == clean_rows(data_dir) and s["served_version"] > 0 else None
+
+    after = wait_until(resumed, 180, what="trainer caught up after redeploy")
+    assert after["trainer"]["trainer"]["runs"] == 1
+    restored = after["trainer"]["last_update"] or {}
+    assert after["model_version"] >= 1 and (restored.get("restored") or after["model_version"] > 1)
+    print(f"before redeploy: version {before['model_version']}; after: version {after['model_version']}, "
+          f"events seen {after['trainer']['progress']['events_seen']}")
