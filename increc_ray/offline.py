@@ -179,10 +179,12 @@ class FitConfig:
 
 # Tuned per dataset on validation NDCG@10 (see README "Offline quality"); others get DEFAULT.
 DEFAULT = {"model": {"max_len": 200, "dropout": 0.2}, "trainer": {"batch_size": 128, "lr_schedule": "constant"},
-           "fit": {}}
+           "fit": {"eval_every": 2, "patience": 5}}
 PRESETS: dict[str, dict] = {
     "ml-100k": DEFAULT,
-    "ml-latest-small": DEFAULT,
+    "ml-latest-small": {"model": {"max_len": 200, "dropout": 0.3},
+                        "trainer": {"batch_size": 64, "lr_schedule": "constant"},
+                        "fit": {"eval_every": 2, "patience": 5}},
 }
 
 
