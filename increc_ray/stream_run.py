@@ -188,7 +188,8 @@ def _progress(total: int, n_strategies: int, desc: str):
         from tqdm import tqdm
     except ImportError:  # tqdm is a bench extra; without it the replay runs without a bar
         return None
-    return tqdm(total=total, desc=f"replay {desc} ({n_strategies} strategies)", unit="ev", mininterval=2.0)
+    return tqdm(total=total, desc=f"replay {desc} ({n_strategies} strategies)", unit="ev", mininterval=2.0,
+                bar_format="{l_bar}{bar}| {n:.0f}/{total} events [{elapsed}<{remaining}]")
 
 
 def _plain(obj):
