@@ -150,7 +150,7 @@ def evaluate(args: argparse.Namespace) -> int:
         model_cfg, trainer_cfg, fit_cfg = preset(dataset_name(args.data), seed=args.seed,
                                                  max_epochs=args.max_epochs, max_minutes=args.max_minutes)
         run_offline(args.data, model_cfg, trainer_cfg, fit_cfg, out_dir=args.out or None,
-                    log=lambda line: print(line, flush=True))
+                    log=lambda line: print(line, flush=True), threads=args.threads)
         return 0
     if args.mode == "stream":
         from increc_ray.offline import dataset_name
@@ -174,6 +174,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--max-epochs", type=int, default=None, help="override the dataset preset")
     p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap on training")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
     p = ev.add_parser("stream", help="prequential (test-then-train) replay: incremental vs retraining vs static")
     p.add_argument("--data", required=True, help="event file: MovieLens, or CSV/Parquet/JSONL of "
                    "user_id,item_id,timestamp[,event_type,value]")

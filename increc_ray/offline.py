@@ -20,11 +20,10 @@ The most-popular baseline (training counts; seen items excluded) is measured in 
 from __future__ import annotations
 
 import copy
-import math
 import os
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Sequence
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
@@ -33,7 +32,7 @@ import torch
 
 from increc_ray.clean import clean_batch
 from increc_ray.config import CleaningConfig, LabelRule, ModelConfig, TrainerConfig
-from increc_ray.errors import DataError
+from increc_ray.errors import ConfigError, DataError
 from increc_ray.learner import IncrementalLearner
 from increc_ray.loaders import read_events_file
 from increc_ray.ranking import evaluate_ranks, rank_of
@@ -174,7 +173,9 @@ class FitConfig:
     max_minutes: float = 25.0  # wall-clock cap on training (the issue allows 30)
 
     def __post_init__(self) -> None:
-        assert self.max_epochs > 0 and self.patience > 0 and self.eval_every > 0 and self.max_minutes > 0, self
+        for key in ("max_epochs", "patience", "eval_every", "max_minutes"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"fit.{key}: {getattr(self, key)!r} must be > 0")
 
 
 # Tuned per dataset on validation NDCG@10 (see README "Offline quality"); others get DEFAULT.
@@ -183,8 +184,8 @@ DEFAULT = {"model": {"max_len": 200, "dropout": 0.2}, "trainer": {"batch_size": 
 PRESETS: dict[str, dict] = {
     "ml-100k": DEFAULT,
     "ml-latest-small": {"model": {"max_len": 200, "dropout": 0.3},
-                        "trainer": {"batch_size": 64, "lr_schedule": "constant"},
-                        "fit": {"eval_every": 2, "patience": 5}},
+                        "trainer": {"batch_size": 64, "lr": 2e-3, "lr_schedule": "constant"},
+                        "fit": {"max_epochs": 40, "eval_every": 2, "patience": 5}},
 }
 
 
@@ -205,7 +206,6 @@ def fit(split: Split, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, fit_cf
     """Train a fresh learner on the training parts; keep the weights of the best validation NDCG@10."""
     learner = IncrementalLearner(model_cfg, trainer_cfg)
     learner.observe(split.train_events)
-    assert learner.model_cfg.max_len + 1 >= 2
     index = catalogue_index(split)
     score = model_scorer(learner, index)
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
@@ -242,11 +242,15 @@ def dataset_name(path: str) -> str:
 
 
 def run_offline(path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, fit_cfg: FitConfig,
-                out_dir: str | None = "bench/results", log: Callable[[str], None] | None = print) -> dict:
-    """Load, split, train, evaluate model and popularity; write ``<out_dir>/offline_<dataset>.json``."""
+                out_dir: str | None = "bench/results", log: Callable[[str], None] | None = print,
+                threads: int | None = None) -> dict:
+    """Load, split, train, evaluate model and popularity; write ``<out_dir>/offline_<dataset>.json``.
+
+    ``threads`` sets torch's CPU threads for the run (None: leave torch's setting alone)."""
     import json
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    if threads:
+        torch.set_num_threads(threads)
     name = dataset_name(path)
     split = leave_one_out(load_interactions(path))
     stats = dataset_stats(split)
