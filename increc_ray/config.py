@@ -126,10 +126,14 @@ class TrainerConfig:
     weight_decay: float = 0.01
     momentum: float = 0.9  # for sgd/momentum
     lr_schedule: str = "adaptive"  # constant | adaptive (shrinks when the update loss rises)
-    batch_size: int = 64  # sequences per optimizer step
+    # Update defaults chosen on the prequential replays (README "Incremental vs retraining"): small
+    # batches, one pass, a quarter as many replayed users as new ones, each scored on its newest few
+    # positions only (the full softmax over every item is most of an update's cost).
+    batch_size: int = 16  # sequences per optimizer step
     steps_per_update: int = 1  # passes over the new data per update
-    replay_ratio: float = 1.0  # replayed sequences per new sequence (against forgetting)
+    replay_ratio: float = 0.25  # replayed sequences per new sequence (against forgetting)
     replay_users: int = 10_000  # reservoir of users kept for replay
+    replay_positions: int = 5  # loss on only the newest N positions of a replayed sequence; 0 = all
     min_new_events: int = 1  # wait for at least this many cleaned events before an update
     max_new_events: int = 20_000  # cap per update; the rest waits for the next one
     grad_clip: float = 1.0
@@ -151,6 +155,7 @@ class TrainerConfig:
         _check(self.steps_per_update > 0, "trainer.steps_per_update", self.steps_per_update, "must be > 0")
         _check(self.replay_ratio >= 0, "trainer.replay_ratio", self.replay_ratio, "must be >= 0")
         _check(self.replay_users >= 0, "trainer.replay_users", self.replay_users, "must be >= 0")
+        _check(self.replay_positions >= 0, "trainer.replay_positions", self.replay_positions, "must be >= 0")
         _check(self.min_new_events > 0, "trainer.min_new_events", self.min_new_events, "must be > 0")
         _check(self.max_new_events >= self.min_new_events, "trainer.max_new_events", self.max_new_events,
                "must be >= trainer.min_new_events")

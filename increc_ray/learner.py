@@ -126,7 +126,8 @@ class IncrementalLearner:
             return None
         n_new_seqs = len(examples)
         replay = self._sample_replay(round(self.trainer_cfg.replay_ratio * n_new_seqs), {u for u, _ in examples})
-        examples += [(u, 0) for u in replay]
+        recent = self.trainer_cfg.replay_positions
+        examples += [(u, max(0, len(self._seqs[u][0]) - 1 - recent) if recent else 0) for u in replay]
 
         lr = self.trainer_cfg.lr * self._lr_scale
         for group in self.optimizer.param_groups:

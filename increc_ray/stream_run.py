@@ -47,10 +47,8 @@ class StrategyConfig:
     warmup_epochs: int = 10
     retrain_every: int = 4  # windows between full retrains
     retrain_epochs: int = 10
-    # the product's update path; three passes over each window's new positions, half as many
-    # replayed sequences as new ones
-    incremental: TrainerConfig = field(default_factory=lambda: TrainerConfig(batch_size=16, steps_per_update=3,
-                                                                             replay_ratio=0.5))
+    # the product's update path with the product's defaults: what the live trainer runs
+    incremental: TrainerConfig = field(default_factory=TrainerConfig)
     last_window_steps: int = 5  # passes over the newest window, no replay
     popularity_half_life: float = 1.0  # windows
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(ARTICLE_VARIANTS))

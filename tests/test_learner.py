@@ -256,3 +256,17 @@ def test_item_first_seen_in_latest_chunk_becomes_recommendable():
     assert ranks[-1] < 10, f"new item not in top-10 after its predecessor: ranks {ranks}"
     assert ranks[-1] < ranks[0], "the new item did not climb with more evidence"
     assert "fresh" not in [r[0] for r in Scorer.from_weights(L.export_weights(4)).recommend(["i30"], 5)]
+
+
+def test_replay_positions_limits_the_scored_positions_of_replayed_sequences(monkeypatch):
+    L = IncrementalLearner(SMALL, TrainerConfig(replay_ratio=1.0, replay_positions=2, steps_per_update=1))
+    L.observe(events([(f"a{u}", f"i{j}", j) for u in range(6) for j in range(6)]))
+    L.update()
+    seen = []
+    step = L._step
+    monkeypatch.setattr(L, "_step", lambda batch: seen.extend(batch) or step(batch))
+    L.observe(events([(f"b{u}", f"i{j}", 10 + j) for u in range(3) for j in range(3)]))
+    assert L.update().n_replay == 3
+    replayed = [(u, start) for u, start in seen if u.startswith("a")]
+    assert sorted(start for _, start in replayed) == [3, 3, 3]  # 6 items: targets 1..5, the newest 2 scored
+    assert sorted(start for u, start in seen if u.startswith("b")) == [0, 0, 0]  # new users: every new target
