@@ -29,6 +29,20 @@ def wait_until(predicate, timeout_s: float, interval_s: float = 0.5, what: str =
     pytest.fail(f"timed out after {timeout_s:.0f}s waiting for {what} (last value: {last!r})")
 
 
+def positives_table(rows) -> "pa.Table":
+    """Cleaned-schema positives from (user, item, timestamp_ms) rows, in the given (file) order."""
+    import pyarrow as pa
+
+    n = len(rows)
+    return pa.table({
+        "user_id": pa.array([r[0] for r in rows], pa.string()),
+        "item_id": pa.array([r[1] for r in rows], pa.string()),
+        "timestamp": pa.array([int(r[2]) for r in rows], pa.timestamp("ms", tz="UTC")),
+        "label": pa.array([1] * n, pa.int8()),
+        "weight": pa.array([1.0] * n, pa.float32()),
+    })
+
+
 # Small and fast settings for tests: the same code paths as serve_config.yaml.
 TEST_CONFIG = {
     "ingest": {"poll_interval_s": 0.2},

@@ -14,17 +14,10 @@ from increc_ray.learner import IncrementalLearner
 from increc_ray.offline import (FitConfig, Split, catalogue_index, dataset_name, evaluate, fit, leave_one_out,
                                 load_interactions, model_scorer, popularity_scorer, ranks)
 
+from conftest import positives_table
 
-def table(rows) -> pa.Table:
-    """Positives from (user, item, timestamp_ms) rows, in the given (file) order."""
-    n = len(rows)
-    return pa.table({
-        "user_id": pa.array([r[0] for r in rows], pa.string()),
-        "item_id": pa.array([r[1] for r in rows], pa.string()),
-        "timestamp": pa.array([int(r[2]) for r in rows], pa.timestamp("ms", tz="UTC")),
-        "label": pa.array([1] * n, pa.int8()),
-        "weight": pa.array([1.0] * n, pa.float32()),
-    })
+
+table = positives_table
 
 
 def split_of(train: dict, valid: dict, test: dict, items: list) -> Split:

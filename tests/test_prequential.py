@@ -15,19 +15,12 @@ from increc_ray.prequential import MISS, StreamConfig, build_stream, prequential
 from increc_ray.ranking import rank_of
 from increc_ray.stream_strategies import Incremental, fork, train_from_scratch
 
+from conftest import positives_table
+
 TINY = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0, initial_item_capacity=8)
 
 
-def table(rows) -> pa.Table:
-    """Cleaned-schema positives from (user, item, timestamp_ms) rows."""
-    n = len(rows)
-    return pa.table({
-        "user_id": pa.array([r[0] for r in rows], pa.string()),
-        "item_id": pa.array([r[1] for r in rows], pa.string()),
-        "timestamp": pa.array([int(r[2]) for r in rows], pa.timestamp("ms", tz="UTC")),
-        "label": pa.array([1] * n, pa.int8()),
-        "weight": pa.array([1.0] * n, pa.float32()),
-    })
+table = positives_table
 
 
 # ---- the metric --------------------------------------------------------------------------------
