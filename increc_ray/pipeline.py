@@ -63,6 +63,7 @@ class EventPipeline:
         existing = self.store.read_all(columns=["dedup_key"])
         self.seen = SeenKeys(existing.column("dedup_key").to_pylist() if existing is not None else ())
         self._reserved: dict[str, str] = {}  # dedup_key -> landing file holding its accepted copy
+        self._reserved_in: dict[str, list[str]] = {}  # landing file -> its reserved keys (to release)
         self._next_seq = self.store.last_seq() + 1
         self.counts = {"accepted": 0, "duplicates": 0, "quarantined": 0, "cleaned": 0, "files": 0}
         self.last_clean_time: float | None = None
@@ -96,9 +97,9 @@ class EventPipeline:
             path = None
             if any(keep):
                 path = self.landing.new_path("http")
-                for k, fresh in zip(keys, keep):
-                    if fresh:
-                        self._reserved[k] = path
+                self._reserved_in[path] = [k for k, fresh in zip(keys, keep) if fresh]
+                for k in self._reserved_in[path]:
+                    self._reserved[k] = path
         mask = pa.array(keep, type=pa.bool_())
         accepted_rows = ok_rows.column("row").filter(mask)
         report.accepted = len(accepted_rows)
@@ -109,9 +110,7 @@ class EventPipeline:
                                       .take(accepted_rows))
             except Exception:
                 with self._lock:  # nothing was written: the keys are free again
-                    for k in keys:
-                        if self._reserved.get(k) == path:
-                            del self._reserved[k]
+                    self._release(path)
                 raise
             report.landing_file = path
         self.counts["accepted"] += report.accepted
@@ -158,8 +157,7 @@ class EventPipeline:
         self.landing.mark_processed(files)
         with self._lock:
             for path in files:  # the file's keys are now in `seen`
-                for k in [k for k, p in self._reserved.items() if p == path]:
-                    del self._reserved[k]
+                self._release(path)
         self.last_clean_time = time.time()
         self.counts["files"] += len(files)
         self.counts["cleaned"] += clean.num_rows
@@ -175,6 +173,11 @@ class EventPipeline:
         summary = {"files": len(files), "from_folder": from_files, "cleaned": clean.num_rows,
                    "duplicates": n_dup, "quarantined": n_bad, "seconds": round(time.time() - started, 3)}
         return summary, fresh
+
+    def _release(self, path: str) -> None:
+        """Drop the reservations held by landing file ``path`` (caller holds the lock)."""
+        for k in self._reserved_in.pop(path, ()):
+            del self._reserved[k]
 
     def _dedup_file(self, clean: pa.Table, path: str) -> tuple[pa.Table, pa.Table, int]:
         """(kept rows, kept rows not reserved at HTTP ingest, duplicates) for one landing file."""
