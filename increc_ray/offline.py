@@ -20,6 +20,7 @@ The most-popular baseline (training counts; seen items excluded) is measured in 
 from __future__ import annotations
 
 import copy
+import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -247,7 +248,6 @@ def run_offline(path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, f
     """Load, split, train, evaluate model and popularity; write ``<out_dir>/offline_<dataset>.json``.
 
     ``threads`` sets torch's CPU threads for the run (None: leave torch's setting alone)."""
-    import json
 
     if threads:
         torch.set_num_threads(threads)
@@ -275,10 +275,17 @@ def run_offline(path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, f
     if log:
         log(format_table(result))
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, f"offline_{name}.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        write_result(result, out_dir, f"offline_{name}.json")
     return result
+
+
+def write_result(result: dict, out_dir: str, filename: str) -> str:
+    """Write a benchmark result as indented JSON under ``out_dir``; returns the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, filename)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(result, f, indent=1)
+    return path
 
 
 def format_table(result: dict) -> str:

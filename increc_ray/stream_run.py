@@ -9,7 +9,6 @@ adaptive learning rate), each a ``TrainerConfig`` of the same incremental loop.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -105,7 +104,7 @@ def run_stream(path: str, stream_cfg: StreamConfig | None = None, strat_cfg: Str
                out_dir: str | None = "bench/results", name: str | None = None,
                log: Callable[[str], None] | None = print, progress_bar: bool = True) -> dict:
     """The whole evaluation of one event file; writes ``<out_dir>/stream_<name>.json`` and PNGs."""
-    from increc_ray.offline import dataset_name, load_interactions
+    from increc_ray.offline import dataset_name, load_interactions, write_result
 
     stream_cfg, strat_cfg = stream_cfg or StreamConfig(), strat_cfg or StrategyConfig()
     torch.set_num_threads(1)  # update seconds are single-core CPU seconds; the machine is shared
@@ -144,9 +143,7 @@ def run_stream(path: str, stream_cfg: StreamConfig | None = None, strat_cfg: Str
     if log:
         log(format_table(result))
     if out_dir:
-        os.makedirs(out_dir, exist_ok=True)
-        with open(os.path.join(out_dir, f"stream_{name}.json"), "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
+        write_result(result, out_dir, f"stream_{name}.json")
         from increc_ray.stream_plot import plot_result
 
         plot_result(result, out_dir)

@@ -119,7 +119,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         if events is None:
             time.sleep(tcfg.poll_interval_s)
             continue
-        online = learner.evaluate_next(events, k=10) if hasattr(learner, "evaluate_next") and version else None
+        online = learner.evaluate_next(events, k=10) if version else None  # test-then-train quality
         learner.observe(events)
         telemetry.inc("increc_events_applied_total", events.num_rows)
         report_progress()
