@@ -134,6 +134,11 @@ class TrainerConfig:
     replay_ratio: float = 0.25  # replayed sequences per new sequence (against forgetting)
     replay_users: int = 10_000  # reservoir of users kept for replay
     replay_positions: int = 5  # loss on only the newest N positions of a replayed sequence; 0 = all
+    # items kept per user for training (at least model.max_len + 1). Longer histories are learned
+    # in max_len-long slices, each with its own preceding context; new events are never cut off
+    # before an update learns them, however many arrive at once.
+    history_len: int = 1_000
+    item_lr_mult: float = 1.0  # lr multiplier of the item table (new and rising items adapt faster)
     min_new_events: int = 1  # wait for at least this many cleaned events before an update
     max_new_events: int = 20_000  # cap per update; the rest waits for the next one
     grad_clip: float = 1.0
@@ -156,6 +161,8 @@ class TrainerConfig:
         _check(self.replay_ratio >= 0, "trainer.replay_ratio", self.replay_ratio, "must be >= 0")
         _check(self.replay_users >= 0, "trainer.replay_users", self.replay_users, "must be >= 0")
         _check(self.replay_positions >= 0, "trainer.replay_positions", self.replay_positions, "must be >= 0")
+        _check(self.item_lr_mult > 0, "trainer.item_lr_mult", self.item_lr_mult, "must be > 0")
+        _check(self.history_len > 0, "trainer.history_len", self.history_len, "must be > 0")
         _check(self.min_new_events > 0, "trainer.min_new_events", self.min_new_events, "must be > 0")
         _check(self.max_new_events >= self.min_new_events, "trainer.max_new_events", self.max_new_events,
                "must be >= trainer.min_new_events")

@@ -5,6 +5,11 @@ Data flow: ``observe(events)`` appends each user's positive events to their item
 pending targets; ``update()`` takes optimizer steps on those new positions plus replayed
 sequences from a reservoir of past users, then clears the pending targets.
 
+Training examples are *slices*: (user, end, n) scores the n targets just before position
+``end`` of the user's sequence, each with up to ``max_len`` preceding items as context. A user
+with more new events than ``max_len`` (a binge, or a large file landing at once) gives several
+slices, so every new event is learned; ``train_epoch`` slices whole kept histories the same way.
+
 Loss: full softmax cross-entropy over every known item (pad and spare capacity rows are
 never candidates), weighted by the event weight of each target.
 """
@@ -33,7 +38,7 @@ LR_DECAY = 0.5
 LR_RECOVER = 1.05
 LR_FLOOR = 0.05
 LOSS_EMA = 0.7  # weight of the old running average of the update loss (a window of ~3 updates)
-STATE_FORMAT = 1
+STATE_FORMAT = 2  # 2: the item table has its own optimizer param group
 EVAL_MAX_USERS = 1024  # users scored by evaluate_next per call (keeps it cheap on big slices)
 
 
@@ -91,7 +96,7 @@ class IncrementalLearner:
         if self.n_items > n_old:
             self._add_item_rows(n_old)
 
-        keep = self.model_cfg.max_len + 1  # max_len inputs and their next-item targets
+        keep = self._keep
         new_targets = 0
         for user, item, w in zip(users, items, weights):
             seq = self._seqs.get(user)
@@ -100,9 +105,9 @@ class IncrementalLearner:
                 self._reservoir_add(user)
             seq[0].append(item)
             seq[1].append(w)
-            if len(seq[0]) > keep:
+            n_pending = self._pending[user] = self._pending.get(user, 0) + 1
+            if len(seq[0]) > keep + n_pending:  # pending items and their context stay until learned
                 del seq[0][0], seq[1][0]
-            self._pending[user] = self._pending.get(user, 0) + 1
             if len(seq[0]) >= 2:  # a user's first item has no predecessor, so it is no target
                 new_targets += 1
         self._n_pending_targets += new_targets
@@ -111,27 +116,28 @@ class IncrementalLearner:
     def update(self) -> UpdateStats | None:
         """Train on the pending targets plus replay; None when nothing is pending."""
         t0 = time.perf_counter()
-        # (user, first target position to score): new positions only for touched users
-        examples = []
+        # slices over the new positions of each touched user, then trim what they no longer need
+        examples: list[tuple[str, int, int]] = []
         n_targets = 0
         for user, n_new in self._pending.items():
             L = len(self._seqs[user][0])
             n = min(n_new, L - 1)
-            if n > 0:
-                examples.append((user, L - 1 - n))
-                n_targets += n
+            examples += self._slices(user, L, n)
+            n_targets += n
+            self._trim(user)
+        n_users = len(self._pending)
         self._pending.clear()
         self._n_pending_targets = 0
         if not examples:
             return None
-        n_new_seqs = len(examples)
-        replay = self._sample_replay(round(self.trainer_cfg.replay_ratio * n_new_seqs), {u for u, _ in examples})
-        recent = self.trainer_cfg.replay_positions
-        examples += [(u, max(0, len(self._seqs[u][0]) - 1 - recent) if recent else 0) for u in replay]
+        replay = self._sample_replay(round(self.trainer_cfg.replay_ratio * len(examples)), {u for u, _, _ in examples})
+        recent = self.trainer_cfg.replay_positions or self.model_cfg.max_len
+        for u in replay:
+            L = len(self._seqs[u][0])
+            examples.append((u, L, min(recent, self.model_cfg.max_len, L - 1)))
 
         lr = self.trainer_cfg.lr * self._lr_scale
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        self._set_lr(lr)
         bs = self.trainer_cfg.batch_size
         losses = []
         self.model.train()
@@ -143,21 +149,21 @@ class IncrementalLearner:
         loss = float(np.mean(losses))
         self._adapt_lr(loss)
         self.n_updates += 1
-        return UpdateStats(loss=loss, n_sequences=n_new_seqs, n_targets=n_targets, n_replay=len(replay),
+        return UpdateStats(loss=loss, n_sequences=n_users, n_targets=n_targets, n_replay=len(replay),
                            lr=lr, seconds=time.perf_counter() - t0, n_items=self.n_items)
 
     def train_epoch(self, users: Sequence[str] | None = None) -> float:
-        """One shuffled pass over the whole kept sequence of each of ``users`` (default: all).
+        """One shuffled pass over the whole kept sequence of each of ``users`` (default: all),
+        in ``max_len``-long slices (every kept position is scored once).
 
         The offline (epoch-based) counterpart of ``update``: the same step and loss, every
         position of every sequence scored, at ``trainer.lr`` (times the adaptive scale, which
         only ``update`` moves). Pending targets are left alone. Returns the mean loss.
         """
         users = list(self._seqs) if users is None else list(users)
-        examples = [(u, 0) for u in users if len(self._seqs[u][0]) >= 2]
+        examples = [ex for u in users for ex in self._slices(u, len(self._seqs[u][0]), len(self._seqs[u][0]) - 1)]
         assert examples, "train_epoch needs at least one user with two or more items"
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.trainer_cfg.lr * self._lr_scale
+        self._set_lr(self.trainer_cfg.lr * self._lr_scale)
         bs = self.trainer_cfg.batch_size
         losses, counts = [], []
         self.model.train()
@@ -267,21 +273,54 @@ class IncrementalLearner:
 
     # ---- internals -------------------------------------------------------------------------
 
-    def _step(self, batch: list[tuple[str, int]]) -> float:
-        """One optimizer step on ``batch`` of (user, first scored target position)."""
+    def _set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr * group["lr_mult"]
+
+    @property
+    def _keep(self) -> int:
+        """Items kept per user once learned: ``history_len``, and never less than one context."""
+        return max(self.trainer_cfg.history_len, self.model_cfg.max_len + 1)
+
+    def _trim(self, user: str) -> None:
+        items, w = self._seqs[user]
+        cut = len(items) - self._keep
+        if cut > 0:
+            del items[:cut], w[:cut]
+
+    def _slices(self, user: str, end: int, n: int) -> list[tuple[str, int, int]]:
+        """(user, end, n) slices scoring the ``n`` targets before position ``end``, newest first,
+        at most ``max_len`` targets each. Position 0 is never a target (no predecessor)."""
+        n = min(n, end - 1)
+        out = []
+        while n > 0:
+            m = min(n, self.model_cfg.max_len)
+            out.append((user, end, m))
+            end, n = end - m, n - m
+        return out
+
+    def _batch(self, batch: list[tuple[str, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded (inputs, next-item targets, loss weights), each (B, T), of (user, end, n)
+        slices: row b's weight is the event weight on its last n positions and 0 elsewhere."""
         inputs, targets, weights = [], [], []
-        for user, start in batch:
+        max_len = self.model_cfg.max_len
+        for user, end, n in batch:
             items, w = self._seqs[user]
-            inputs.append(items[:-1])
-            targets.append(items[1:])
-            weights.append([0.0] * start + w[1 + start:])  # only positions >= start carry loss
+            lo = max(0, end - 1 - max_len)  # inputs items[lo:end-1] predict items[lo+1:end]
+            inputs.append(items[lo:end - 1])
+            targets.append(items[lo + 1:end])
+            weights.append([0.0] * (end - 1 - lo - n) + w[end - n:end])  # only the last n carry loss
         x = left_pad(inputs).to(self.device)  # (B, T)
         y = left_pad(targets, x.shape[1]).to(self.device)  # (B, T) next item at each position
         T = x.shape[1]
         wt = torch.zeros(len(batch), T, dtype=torch.float32)
         for b, w in enumerate(weights):
             wt[b, T - len(w):] = torch.as_tensor(w, dtype=torch.float32)
-        wt = wt.to(self.device)
+        return x, y, wt.to(self.device)
+
+    def _step(self, batch: list[tuple[str, int, int]]) -> float:
+        """One optimizer step on ``batch`` of (user, end, n) slices (see ``_slices``)."""
+        x, y, wt = self._batch(batch)
         sel = wt > 0  # (B, T)
         hidden = self.model(x)[sel]  # (N, C) only the scored positions
         logits = masked_scores(self.model, hidden, self.n_items)  # (N, n_items + 1)
@@ -359,18 +398,26 @@ def _positives(events: pa.Table) -> tuple[list[str], list[str], list[float]]:
 
 
 def _make_optimizer(model: SeqRecModel, cfg: TrainerConfig) -> torch.optim.Optimizer:
-    # nanoGPT-style: decay matrices and embeddings, not biases and LayerNorm gains
-    decay = [p for p in model.parameters() if p.dim() >= 2]
+    # nanoGPT-style: decay matrices and embeddings, not biases and LayerNorm gains; the item table
+    # is a group of its own so that it can move faster than the encoder (``item_lr_mult``)
+    item = model.item_emb.weight
+    decay = [p for p in model.parameters() if p.dim() >= 2 and p is not item]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    groups = [{"params": [item], "weight_decay": cfg.weight_decay, "lr_mult": cfg.item_lr_mult},
+              {"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
+              {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
+    # fused kernels: one pass over all parameters per step (about 5x faster than the default
+    # per-tensor loop on CPU, where the optimizer step was a tenth of an update's time)
+    for g in groups:
+        g["lr"] = cfg.lr * g["lr_mult"]
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.AdamW(groups, fused=True)
     if cfg.optimizer == "adam":
-        return torch.optim.Adam(groups, lr=cfg.lr)
+        return torch.optim.Adam(groups, fused=True)
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups)
     assert cfg.optimizer == "momentum", f"unknown optimizer {cfg.optimizer!r}"
-    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+    return torch.optim.SGD(groups, momentum=cfg.momentum)
 
 
 def _swap_param(opt: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor) -> None:

@@ -180,12 +180,14 @@ class FitConfig:
 
 
 # Tuned per dataset on validation NDCG@10 (see README "Offline quality"); others get DEFAULT.
-DEFAULT = {"model": {"max_len": 200, "dropout": 0.2}, "trainer": {"batch_size": 128, "lr_schedule": "constant"},
+# history_len 201 (max_len + 1: each user's newest items only) is what the committed results used.
+DEFAULT = {"model": {"max_len": 200, "dropout": 0.2},
+           "trainer": {"batch_size": 128, "lr_schedule": "constant", "history_len": 201},
            "fit": {"eval_every": 2, "patience": 5}}
 PRESETS: dict[str, dict] = {
     "ml-100k": DEFAULT,
     "ml-latest-small": {"model": {"max_len": 200, "dropout": 0.3},
-                        "trainer": {"batch_size": 64, "lr": 2e-3, "lr_schedule": "constant"},
+                        "trainer": {"batch_size": 64, "lr": 2e-3, "lr_schedule": "constant", "history_len": 201},
                         "fit": {"max_epochs": 40, "eval_every": 2, "patience": 5}},
 }
 

@@ -41,8 +41,10 @@ class StrategyConfig:
     model: ModelConfig = field(default_factory=lambda: ModelConfig(max_len=50, dropout=0.2))
     # from-scratch training (warm-up and full retraining): offline training's trainer settings
     # (few users, so small batches: ~20 optimizer steps per epoch; more epochs overfit the past)
+    # every user's whole history, in max_len slices ("all data so far")
     scratch: TrainerConfig = field(default_factory=lambda: TrainerConfig(batch_size=32, lr=2e-3,
-                                                                         lr_schedule="constant"))
+                                                                         lr_schedule="constant",
+                                                                         history_len=1_000_000))
     warmup_epochs: int = 10
     retrain_every: int = 4  # windows between full retrains
     retrain_epochs: int = 10

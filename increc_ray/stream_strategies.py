@@ -40,14 +40,21 @@ def train_from_scratch(stream: Stream, end: int, model_cfg: ModelConfig, trainer
 def fork(learner: IncrementalLearner, trainer_cfg: TrainerConfig | None = None) -> IncrementalLearner:
     """An independent copy with nothing pending (what it observed counts as learned).
 
-    With another ``trainer_cfg`` the copy gets a fresh optimizer of that kind; with the same
-    one it keeps the optimizer state (e.g. AdamW's moments from warm-up training).
+    The copy keeps the optimizer state (e.g. AdamW's moments from warm-up training), as a live
+    trainer resumed from a checkpoint does; with another ``trainer_cfg`` it takes that config's
+    hyperparameters (lr, weight decay, ...), and a fresh optimizer if the kind differs.
     """
     state = learner.state_dict()  # tensors are cloned: the copy shares nothing
     state["pending"], state["n_pending_targets"] = {}, 0
     if trainer_cfg is not None and trainer_cfg != learner.trainer_cfg:
         state["trainer_config"] = asdict(trainer_cfg)
-        state["optimizer"] = IncrementalLearner(learner.model_cfg, trainer_cfg).optimizer.state_dict()
+        fresh = IncrementalLearner(learner.model_cfg, trainer_cfg).optimizer.state_dict()
+        if trainer_cfg.optimizer == learner.trainer_cfg.optimizer:
+            groups = [{**new, "params": old["params"]}
+                      for old, new in zip(state["optimizer"]["param_groups"], fresh["param_groups"])]
+            state["optimizer"] = {**state["optimizer"], "param_groups": groups}
+        else:
+            state["optimizer"] = fresh
     return IncrementalLearner.from_state_dict(state)
 
 

@@ -82,15 +82,38 @@ def test_observe_orders_by_time_skips_negatives_and_counts_targets():
     assert L.observe(events([("u2", "a", 30)], labels=[0])) == 0
 
 
-def test_sequences_keep_last_max_len_plus_one_items():
-    L = IncrementalLearner(SMALL, TrainerConfig())  # max_len 8
+def test_a_burst_longer_than_max_len_is_learned_in_slices_then_trimmed():
+    L = IncrementalLearner(SMALL, TrainerConfig(history_len=12))  # max_len 8
     L.observe(events([("u", f"i{j}", j) for j in range(20)]))
     assert L.pending_targets == 19
-    st = L.state_dict()
-    assert L.vocab.lookup([f"i{j}" for j in range(11, 20)]).tolist() == st["seq_items"].tolist()
+    assert len(L.state_dict()["seq_items"]) == 20  # pending items stay until learned
+    assert L._slices("u", 20, 19) == [("u", 20, 8), ("u", 12, 8), ("u", 4, 3)]  # each target once
     stats = L.update()
-    assert stats.n_targets == 8  # only positions inside the kept window are trained
+    assert stats.n_targets == 19 and stats.n_sequences == 1
     assert L.pending_targets == 0 and L.update() is None
+    st = L.state_dict()
+    assert st["seq_items"].tolist() == L.vocab.lookup([f"i{j}" for j in range(8, 20)]).tolist()  # history_len
+
+
+def test_slice_batches_align_inputs_targets_and_loss_weights():
+    L = IncrementalLearner(SMALL, TrainerConfig(history_len=100))  # max_len 8
+    L.observe(events([("u", f"i{j}", j) for j in range(20)], weights=[float(j) for j in range(20)]))
+    L.observe(events([("v", "i0", 0), ("v", "i1", 1)]))
+    idx = {f"i{j}": int(L.vocab.lookup([f"i{j}"])[0]) for j in range(20)}
+    x, y, wt = L._batch([("u", 12, 8), ("u", 4, 3), ("v", 2, 1)])
+    assert x.shape == y.shape == wt.shape == (3, 8)
+    # slice (u, 12, 8): inputs i3..i10 predict i4..i11, all scored with the events' weights
+    assert x[0].tolist() == [idx[f"i{j}"] for j in range(3, 11)]
+    assert y[0].tolist() == [idx[f"i{j}"] for j in range(4, 12)]
+    assert wt[0].tolist() == [float(j) for j in range(4, 12)]
+    # slice (u, 4, 3): inputs i0..i2 predict i1..i3 (left-padded); the start of a history
+    assert x[1].tolist() == [0] * 5 + [idx["i0"], idx["i1"], idx["i2"]]
+    assert y[1].tolist()[-3:] == [idx["i1"], idx["i2"], idx["i3"]]
+    assert wt[1].tolist() == [0.0] * 5 + [1.0, 2.0, 3.0]
+    assert wt[2].tolist() == [0.0] * 7 + [1.0]
+    # a replay-style slice scores only its newest positions, with full context before them
+    x, y, wt = L._batch([("u", 20, 2)])
+    assert x[0].tolist() == [idx[f"i{j}"] for j in range(11, 19)] and wt[0].tolist() == [0.0] * 6 + [18.0, 19.0]
 
 
 def test_update_stats_and_replay():
@@ -267,6 +290,25 @@ def test_replay_positions_limits_the_scored_positions_of_replayed_sequences(monk
     monkeypatch.setattr(L, "_step", lambda batch: seen.extend(batch) or step(batch))
     L.observe(events([(f"b{u}", f"i{j}", 10 + j) for u in range(3) for j in range(3)]))
     assert L.update().n_replay == 3
-    replayed = [(u, start) for u, start in seen if u.startswith("a")]
-    assert sorted(start for _, start in replayed) == [3, 3, 3]  # 6 items: targets 1..5, the newest 2 scored
-    assert sorted(start for u, start in seen if u.startswith("b")) == [0, 0, 0]  # new users: every new target
+    replayed = [(end, n) for u, end, n in seen if u.startswith("a")]
+    assert replayed == [(6, 2)] * 3  # 6 items: targets 1..5, the newest 2 scored
+    assert [(end, n) for u, end, n in seen if u.startswith("b")] == [(3, 2)] * 3  # new users: every new target
+
+
+def test_item_lr_mult_moves_the_item_table_faster_and_survives_growth_and_resume():
+    rows = planted_rows(n_users=20, length=6)
+    moved = {}
+    for mult in (1.0, 10.0):
+        L = IncrementalLearner(SMALL, TrainerConfig(item_lr_mult=mult, lr=1e-3, lr_schedule="constant"))
+        L.observe(events(rows))  # 50 items: the table grows from capacity 4
+        emb0 = L.model.item_emb.weight.detach().clone()
+        enc0 = [p.detach().clone() for p in L.model.transformer.parameters()]
+        L.update()
+        assert [g["lr"] for g in L.optimizer.param_groups] == pytest.approx([1e-3 * mult, 1e-3, 1e-3])
+        assert L.optimizer.param_groups[0]["params"][0] is L.model.item_emb.weight
+        moved[mult] = ((L.model.item_emb.weight - emb0).abs().mean().item(),
+                       sum((p - q).abs().sum().item() for p, q in zip(L.model.transformer.parameters(), enc0)))
+        R = IncrementalLearner.from_state_dict(L.state_dict())
+        assert [g["lr"] for g in R.optimizer.param_groups] == pytest.approx([1e-3 * mult, 1e-3, 1e-3])
+    assert moved[10.0][0] > 3 * moved[1.0][0]  # the item table moves much further...
+    assert moved[10.0][1] < 3 * moved[1.0][1]  # ...the encoder about as far

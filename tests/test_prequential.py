@@ -158,6 +158,19 @@ def test_fork_is_independent_and_keeps_nothing_pending():
     assert all((before[k] == v).all() for k, v in warm.model.state_dict().items())
 
 
+def test_fork_keeps_adam_moments_but_takes_the_new_hyperparameters():
+    stream = build_stream(table(planted()), StreamConfig())
+    warm = train_from_scratch(stream, stream.n_warmup, TINY, TrainerConfig(batch_size=16, lr=2e-3), epochs=1)
+    copy = fork(warm, TrainerConfig(lr=5e-4, weight_decay=0.1, item_lr_mult=4.0))
+    assert [g["lr"] for g in copy.optimizer.param_groups] == pytest.approx([2e-3, 5e-4, 5e-4])
+    assert [g["weight_decay"] for g in copy.optimizer.param_groups] == pytest.approx([0.1, 0.1, 0.0])
+    w, c = warm.optimizer.state_dict()["state"], copy.optimizer.state_dict()["state"]
+    assert w.keys() == c.keys() and all((w[k]["exp_avg_sq"] == c[k]["exp_avg_sq"]).all() for k in w)
+    copy.observe(stream.events.slice(stream.n_warmup, 50))
+    assert copy.update().lr == pytest.approx(5e-4)
+    assert [g["lr"] for g in copy.optimizer.param_groups] == pytest.approx([2e-3, 5e-4, 5e-4])
+
+
 # ---- the whole run ---------------------------------------------------------------------------
 
 def test_run_stream_on_a_synthetic_file(tmp_path):
