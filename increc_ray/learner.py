@@ -116,7 +116,7 @@ class IncrementalLearner:
     def update(self) -> UpdateStats | None:
         """Train on the pending targets plus replay; None when nothing is pending."""
         t0 = time.perf_counter()
-        # slices over the new positions of each touched user, then trim what they no longer need
+        # slices over the new positions of each touched user (trimmed once they are learned)
         examples: list[tuple[str, int, int]] = []
         n_targets = 0
         for user, n_new in self._pending.items():
@@ -124,11 +124,12 @@ class IncrementalLearner:
             n = min(n_new, L - 1)
             examples += self._slices(user, L, n)
             n_targets += n
-            self._trim(user)
-        n_users = len(self._pending)
+        touched = list(self._pending)
         self._pending.clear()
         self._n_pending_targets = 0
         if not examples:
+            for user in touched:
+                self._trim(user)
             return None
         replay = self._sample_replay(round(self.trainer_cfg.replay_ratio * len(examples)), {u for u, _, _ in examples})
         recent = self.trainer_cfg.replay_positions or self.model_cfg.max_len
@@ -146,10 +147,12 @@ class IncrementalLearner:
                 perm = self._rng.permutation(len(examples))
                 for i in range(0, len(perm), bs):
                     losses.append(self._step([examples[j] for j in perm[i:i + bs]]))
+        for user in touched:  # slice positions index the untrimmed sequences: trim after training
+            self._trim(user)
         loss = float(np.mean(losses))
         self._adapt_lr(loss)
         self.n_updates += 1
-        return UpdateStats(loss=loss, n_sequences=n_users, n_targets=n_targets, n_replay=len(replay),
+        return UpdateStats(loss=loss, n_sequences=len(touched), n_targets=n_targets, n_replay=len(replay),
                            lr=lr, seconds=time.perf_counter() - t0, n_items=self.n_items)
 
     def train_epoch(self, users: Sequence[str] | None = None) -> float:

@@ -82,17 +82,24 @@ def test_observe_orders_by_time_skips_negatives_and_counts_targets():
     assert L.observe(events([("u2", "a", 30)], labels=[0])) == 0
 
 
-def test_a_burst_longer_than_max_len_is_learned_in_slices_then_trimmed():
-    L = IncrementalLearner(SMALL, TrainerConfig(history_len=12))  # max_len 8
-    L.observe(events([("u", f"i{j}", j) for j in range(20)]))
-    assert L.pending_targets == 19
-    assert len(L.state_dict()["seq_items"]) == 20  # pending items stay until learned
-    assert L._slices("u", 20, 19) == [("u", 20, 8), ("u", 12, 8), ("u", 4, 3)]  # each target once
+def test_a_burst_longer_than_max_len_is_learned_in_slices_then_trimmed(monkeypatch):
+    L = IncrementalLearner(SMALL, TrainerConfig(history_len=12, replay_ratio=0.0))  # max_len 8
+    L.observe(events([("u", f"i{j}", j) for j in range(5)]))
+    L.update()
+    L.observe(events([("u", f"i{j}", j) for j in range(5, 25)]))  # 20 new: more than max_len and history_len
+    assert L.pending_targets == 20
+    assert len(L.state_dict()["seq_items"]) == 25  # pending items and their context stay until learned
+    assert L._slices("u", 25, 20) == [("u", 25, 8), ("u", 17, 8), ("u", 9, 4)]  # each target once
+    learned = []
+    batch = L._batch
+    monkeypatch.setattr(L, "_batch", lambda b: learned.append(batch(b)) or learned[-1])
     stats = L.update()
-    assert stats.n_targets == 19 and stats.n_sequences == 1
+    assert stats.n_targets == 20 and stats.n_sequences == 1
+    targets = sorted(t for _, ys, wts in learned for t in ys[wts > 0].tolist())
+    assert targets == sorted(L.vocab.lookup([f"i{j}" for j in range(5, 25)]).tolist())  # exactly the new events
     assert L.pending_targets == 0 and L.update() is None
     st = L.state_dict()
-    assert st["seq_items"].tolist() == L.vocab.lookup([f"i{j}" for j in range(8, 20)]).tolist()  # history_len
+    assert st["seq_items"].tolist() == L.vocab.lookup([f"i{j}" for j in range(13, 25)]).tolist()  # history_len
 
 
 def test_slice_batches_align_inputs_targets_and_loss_weights():
