@@ -44,7 +44,7 @@ class StreamConfig:
 
     warmup_fraction: float = 0.5  # share of the time span (first..last timestamp) used for warm-up
     n_windows: int = 20  # the replayed part is cut into this many windows of equal event counts
-    eval_per_window: int = 400  # evaluate at most this many events per window (seeded sample); 0 = all
+    eval_per_window: int = 0  # evaluate at most this many events per window (seeded sample); 0 = all
     k: int = K
     seed: int = 0
 

@@ -63,10 +63,14 @@ class StrategyConfig:
 
 
 # Per-dataset settings (see README "Incremental vs retraining"); other files get the defaults.
+# "incremental" holds overrides of the product's TrainerConfig defaults, chosen on these replays
+# (README "Incremental vs retraining"): a stationary catalogue wants small steps, a drifting one
+# an item table that moves faster than the encoder.
 PRESETS: dict[str, dict] = {
-    "ml-100k": {"stream": {}, "strategies": {}},
+    "ml-100k": {"stream": {}, "strategies": {"incremental": {"lr": 2.5e-4}}},
     # the warm-up years predict 2007+ poorly: prequential NDCG peaks after ~5 epochs
-    "ml-latest-small": {"stream": {}, "strategies": {"warmup_epochs": 5, "retrain_epochs": 5}},
+    "ml-latest-small": {"stream": {}, "strategies": {"warmup_epochs": 5, "retrain_epochs": 5,
+                                                     "incremental": {"item_lr_mult": 20.0}}},
 }
 
 
@@ -75,6 +79,8 @@ def stream_preset(name: str, **stream_overrides) -> tuple[StreamConfig, Strategy
     p = PRESETS.get(name, {"stream": {}, "strategies": {}})
     over = {k: v for k, v in stream_overrides.items() if v is not None}
     strat = dict(p["strategies"])
+    if "incremental" in strat:  # overrides of the product's TrainerConfig defaults
+        strat["incremental"] = TrainerConfig(**strat["incremental"])
     for key in ("retrain_every", "variants"):
         if key in over:
             strat[key] = over.pop(key)
