@@ -48,7 +48,7 @@ class StrategyConfig:
     warmup_epochs: int = 10
     retrain_every: int = 4  # windows between full retrains
     retrain_epochs: int = 10
-    # the product's update path with the product's defaults: what the live trainer runs
+    # the product's update path (what the live trainer runs), with its TrainerConfig defaults unless a preset overrides
     incremental: TrainerConfig = field(default_factory=TrainerConfig)
     last_window_steps: int = 5  # passes over the newest window, no replay
     popularity_half_life: float = 1.0  # windows
