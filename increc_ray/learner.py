@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -253,13 +254,17 @@ class IncrementalLearner:
     @classmethod
     def from_state_dict(cls, state: dict, device: str = "cpu") -> "IncrementalLearner":
         fmt = state.get("format")
-        assert fmt == STATE_FORMAT, f"learner state format {fmt!r}, expected {STATE_FORMAT}"
+        assert fmt in (1, STATE_FORMAT), f"learner state format {fmt!r}, expected {STATE_FORMAT}"
         self = cls(ModelConfig(**state["model_config"]), TrainerConfig(**state["trainer_config"]), device=device)
         with torch.random.fork_rng(devices=[]):  # grow's fresh rows are overwritten by the load below
             self.model.grow(state["capacity"])
         self.optimizer = _make_optimizer(self.model, self.trainer_cfg)  # rebuilt on the grown parameter
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if fmt == STATE_FORMAT:
+            self.optimizer.load_state_dict(state["optimizer"])
+        else:  # format 1 grouped the item table with the encoder: resume with fresh optimizer moments
+            warnings.warn("learner state format 1: optimizer moments are reset (the model, sequences "
+                          "and offset are kept)", stacklevel=2)
         self.vocab = ItemVocab.from_list(state["vocab"])
         off = state["seq_offsets"].tolist()
         items, weights = state["seq_items"].tolist(), state["seq_weights"].tolist()

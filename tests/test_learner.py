@@ -319,3 +319,18 @@ def test_item_lr_mult_moves_the_item_table_faster_and_survives_growth_and_resume
         assert [g["lr"] for g in R.optimizer.param_groups] == pytest.approx([1e-3 * mult, 1e-3, 1e-3])
     assert moved[10.0][0] > 3 * moved[1.0][0]  # the item table moves much further...
     assert moved[10.0][1] < 3 * moved[1.0][1]  # ...the encoder about as far
+
+
+def test_a_format_1_checkpoint_resumes_with_fresh_optimizer_moments():
+    L = IncrementalLearner(SMALL, TrainerConfig())
+    L.observe(events(planted_rows(n_users=10, length=5)))
+    L.update()
+    old = L.state_dict()
+    old["format"] = 1
+    del old["trainer_config"]["item_lr_mult"], old["trainer_config"]["history_len"]  # fields format 1 lacked
+    with pytest.warns(UserWarning, match="optimizer moments are reset"):
+        R = IncrementalLearner.from_state_dict(old)
+    assert all((R.model.state_dict()[k] == v).all() for k, v in L.model.state_dict().items())
+    assert R.optimizer.state_dict()["state"] == {} and len(R.optimizer.param_groups) == 3
+    R.observe(events([("u0", "i1", 10**7), ("u0", "i2", 10**7 + 1)]))
+    assert R.update() is not None
