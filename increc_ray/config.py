@@ -134,10 +134,10 @@ class TrainerConfig:
     replay_ratio: float = 0.25  # replayed sequences per new sequence (against forgetting)
     replay_users: int = 10_000  # reservoir of users kept for replay
     replay_positions: int = 5  # loss on only the newest N positions of a replayed sequence; 0 = all
-    # items kept per user for training (at least model.max_len + 1). Longer histories are learned
-    # in max_len-long slices, each with its own preceding context; new events are never cut off
-    # before an update learns them, however many arrive at once.
-    history_len: int = 1_000
+    # items kept per user once learned (at least model.max_len + 1): what replay and train_epoch
+    # see, and what checkpoints hold. New events are never cut off before an update learns them,
+    # however many arrive at once; a long burst is learned in max_len-long slices.
+    history_len: int = 200
     item_lr_mult: float = 1.0  # lr multiplier of the item table (new and rising items adapt faster)
     min_new_events: int = 1  # wait for at least this many cleaned events before an update
     max_new_events: int = 20_000  # cap per update; the rest waits for the next one
