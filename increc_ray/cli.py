@@ -20,6 +20,8 @@ import urllib.error
 import urllib.parse
 import urllib.request
 
+import yaml
+
 DEFAULT_URL = "http://127.0.0.1:8000"
 
 
@@ -157,7 +159,14 @@ def evaluate(args: argparse.Namespace) -> int:
         from increc_ray.stream_run import run_stream, stream_preset
 
         name = args.name or dataset_name(args.data)
-        stream_cfg, strat_cfg = stream_preset(name, n_windows=args.windows, eval_per_window=args.eval_per_window,
+        incremental = {}
+        for item in args.incremental:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise SystemExit(f"--incremental takes KEY=VALUE (a trainer setting), got {item!r}")
+            incremental[key.strip()] = yaml.safe_load(value)
+        stream_cfg, strat_cfg = stream_preset(name, incremental=incremental, n_windows=args.windows,
+                                              eval_per_window=args.eval_per_window,
                                               warmup_fraction=args.warmup_fraction, seed=args.seed,
                                               retrain_every=args.retrain_every, variants={} if args.no_variants else None)
         run_stream(args.data, stream_cfg, strat_cfg, out_dir=args.out or None, name=name,
@@ -186,6 +195,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--retrain-every", type=int, default=None, help="windows between full retrains")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--no-variants", action="store_true", help="skip the incremental[...] update-rule variants")
+    p.add_argument("--incremental", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trainer setting of the incremental strategy (repeatable), e.g. lr=2.5e-4")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -210,7 +221,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.cmd == "send":
         return send_file(args.url, args.file, args.batch)
     if args.cmd == "evaluate":
-        return evaluate(args)
+        from increc_ray.errors import IncrecError
+
+        try:
+            return evaluate(args)
+        except IncrecError as e:  # a bad setting or data file: one line, not a traceback
+            print(f"increc evaluate: {e}", file=sys.stderr)
+            return 2
     print(json.dumps(Client(args.url).status(), indent=1))
     return 0
 

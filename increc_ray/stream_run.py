@@ -74,13 +74,20 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def stream_preset(name: str, **stream_overrides) -> tuple[StreamConfig, StrategyConfig]:
-    """The (stream, strategy) configs for dataset ``name``; ``None`` overrides are ignored."""
+def stream_preset(name: str, incremental: Mapping | None = None, **stream_overrides) -> tuple[StreamConfig, StrategyConfig]:
+    """The (stream, strategy) configs for dataset ``name``; ``None`` overrides are ignored.
+
+    ``incremental`` overrides the incremental strategy's ``TrainerConfig`` on top of the preset
+    (keys and types checked as in ``serve_config.yaml``'s ``trainer`` section).
+    """
+    from increc_ray.config import _build
+
     p = PRESETS.get(name, {"stream": {}, "strategies": {}})
     over = {k: v for k, v in stream_overrides.items() if v is not None}
     strat = dict(p["strategies"])
-    if "incremental" in strat:  # overrides of the product's TrainerConfig defaults
-        strat["incremental"] = TrainerConfig(**strat["incremental"])
+    inc = {**strat.get("incremental", {}), **(incremental or {})}  # over the product's defaults
+    if inc:
+        strat["incremental"] = _build(TrainerConfig, inc, "incremental.")
     for key in ("retrain_every", "variants"):
         if key in over:
             strat[key] = over.pop(key)

@@ -199,3 +199,17 @@ def test_run_stream_on_a_synthetic_file(tmp_path):
     assert per["static"]["hr@10"] > per["popularity"]["hr@10"] + 0.1
     # new items arrive during the replay: a learning strategy ranks them, the static model cannot
     assert per["incremental"]["ndcg@10"] > per["static"]["ndcg@10"]
+
+
+def test_stream_preset_takes_incremental_overrides_checked_like_the_serve_config(capsys):
+    from increc_ray.cli import main
+    from increc_ray.stream_run import stream_preset
+
+    _, strat = stream_preset("ml-latest-small", incremental={"lr": 2.5e-4, "batch_size": 8})
+    assert (strat.incremental.lr, strat.incremental.batch_size, strat.incremental.item_lr_mult) == (2.5e-4, 8, 20.0)
+    _, strat = stream_preset("some-other-file")
+    assert strat.incremental == TrainerConfig()  # no preset: the product's defaults
+    assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "lr_typo=1"]) == 2
+    assert "unknown key 'incremental.lr_typo'" in capsys.readouterr().err
+    assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "batch_size=many"]) == 2
+    assert "incremental.batch_size" in capsys.readouterr().err
