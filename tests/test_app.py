@@ -225,7 +225,9 @@ def test_malformed_requests_get_4xx_with_json_reason(client, method, path, body,
 
 def test_files_dropped_in_landing_folder_are_cleaned_and_bad_rows_quarantined(app, client):
     _, data_dir = app
-    before = status(client)["counts"]
+    # start from an idle pipeline, so that no earlier test's events are counted as this file's
+    before = wait_until(lambda: (lambda s: s if s["lag"]["pending_files"] == 0 else None)(status(client)),
+                        120, what="an idle landing zone")["counts"]
     t = int(STREAM.start_time + STREAM.n_events + 1000)
     lines = [json.dumps({"user_id": "file-user", "item_id": STREAM.items[2], "event_type": "view", "timestamp": t}),
              json.dumps({"user_id": "file-user", "item_id": STREAM.items[3], "event_type": "purchase", "timestamp": t + 1}),
@@ -238,7 +240,7 @@ def test_files_dropped_in_landing_folder_are_cleaned_and_bad_rows_quarantined(ap
         f.write("\n".join(lines) + "\n")
     os.replace(tmp, os.path.join(landing, "drop-1.jsonl"))
     after = wait_until(lambda: (lambda s: s if s["counts"]["cleaned"] >= before["cleaned"] + 2 else None)(status(client)),
-                       60, what="dropped file cleaned")
+                       120, what="dropped file cleaned")
     assert after["counts"]["quarantined"] == before["quarantined"] + 2
     assert after["counts"]["duplicates"] == before["duplicates"] + 1
     rows = [pq.read_table(p).to_pylist() for p in glob.glob(os.path.join(data_dir, "quarantine", "*.parquet"))]
