@@ -139,6 +139,9 @@ class TrainerConfig:
     # however many arrive at once; a long burst is learned in max_len-long slices.
     history_len: int = 200
     item_lr_mult: float = 1.0  # lr multiplier of the item table (new and rising items adapt faster)
+    # publish (and score with) an exponential moving average of the weights after each update:
+    # ema = ema_decay * ema + (1 - ema_decay) * weights; 0 = publish the latest weights
+    ema_decay: float = 0.0
     min_new_events: int = 1  # wait for at least this many cleaned events before an update
     max_new_events: int = 20_000  # cap per update; the rest waits for the next one
     grad_clip: float = 1.0
@@ -161,6 +164,7 @@ class TrainerConfig:
         _check(self.replay_ratio >= 0, "trainer.replay_ratio", self.replay_ratio, "must be >= 0")
         _check(self.replay_users >= 0, "trainer.replay_users", self.replay_users, "must be >= 0")
         _check(self.replay_positions >= 0, "trainer.replay_positions", self.replay_positions, "must be >= 0")
+        _check(0 <= self.ema_decay < 1, "trainer.ema_decay", self.ema_decay, "must be in [0, 1)")
         _check(self.item_lr_mult > 0, "trainer.item_lr_mult", self.item_lr_mult, "must be > 0")
         _check(self.history_len > 0, "trainer.history_len", self.history_len, "must be > 0")
         _check(self.min_new_events > 0, "trainer.min_new_events", self.min_new_events, "must be > 0")

@@ -76,6 +76,7 @@ class IncrementalLearner:
         self._torch_rng = torch_gen.get_state()  # dropout and warm-start noise, kept apart from global
         self.n_updates = 0
         self.n_events = 0
+        self._ema: dict[str, torch.Tensor] | None = None  # published weights when trainer.ema_decay > 0
 
     @property
     def n_items(self) -> int:
@@ -150,6 +151,7 @@ class IncrementalLearner:
                     losses.append(self._step([examples[j] for j in perm[i:i + bs]]))
         for user in touched:  # slice positions index the untrimmed sequences: trim after training
             self._trim(user)
+        self._update_ema()
         loss = float(np.mean(losses))
         self._adapt_lr(loss)
         self.n_updates += 1
@@ -188,8 +190,9 @@ class IncrementalLearner:
         was_training = self.model.training
         self.model.eval()
         try:
-            hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
-            return masked_scores(self.model, hidden, self.n_items).cpu()
+            with self._published_weights():
+                hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+                return masked_scores(self.model, hidden, self.n_items).cpu()
         finally:
             self.model.train(was_training)
 
@@ -207,18 +210,22 @@ class IncrementalLearner:
         seqs = [self._seqs[u][0][-self.model_cfg.max_len:] for u in first]
         targets = torch.as_tensor(self.vocab.lookup(first.values()), device=self.device)  # (B,) 0 = new item: a miss
         self.model.eval()
-        hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+        with self._published_weights():
+            hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+            scores = masked_scores(self.model, hidden, self.n_items)
         self.model.train()
-        top = masked_scores(self.model, hidden, self.n_items).topk(min(k, self.n_items), dim=1).indices  # (B, k)
+        top = scores.topk(min(k, self.n_items), dim=1).indices  # (B, k)
         return float(((top == targets[:, None]).any(1) & (targets > 0)).float().mean())
 
     def export_weights(self, version: int, metrics: dict | None = None) -> dict:
-        """The published artifact: CPU numpy copies of the weights, with config and vocab."""
+        """The published artifact: CPU numpy copies of the weights (their moving average when
+        ``trainer.ema_decay`` > 0), with config and vocab."""
+        weights = self._ema_padded() if self._ema is not None else self.model.state_dict()
         return {
             "version": int(version),
             "model_config": dataclasses.asdict(self.model_cfg),
             "vocab": self.vocab.to_list(),
-            "state_dict": {k: v.detach().cpu().numpy().copy() for k, v in self.model.state_dict().items()},
+            "state_dict": {k: v.detach().cpu().numpy().copy() for k, v in weights.items()},
             "metrics": dict(metrics or {}),
             "created_at": time.time(),
         }
@@ -249,6 +256,7 @@ class IncrementalLearner:
             "torch_rng": self._torch_rng.clone(),
             "n_updates": self.n_updates,
             "n_events": self.n_events,
+            "ema": None if self._ema is None else {k: v.detach().cpu().clone() for k, v in self._ema.items()},
         }
 
     @classmethod
@@ -277,9 +285,43 @@ class IncrementalLearner:
         self._rng.bit_generator.state = state["np_rng"]
         self._torch_rng = state["torch_rng"].cpu().clone()  # map_location may have moved it
         self.n_updates, self.n_events = state["n_updates"], state["n_events"]
+        ema = state.get("ema")  # absent before ema_decay existed
+        self._ema = None if ema is None else {k: v.to(self.device) for k, v in ema.items()}
         return self
 
     # ---- internals -------------------------------------------------------------------------
+
+    def _update_ema(self) -> None:
+        d = self.trainer_cfg.ema_decay
+        if d <= 0:
+            return
+        if self._ema is None:
+            self._ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            return
+        for k, (old, new) in zip(self._ema, zip(self._ema_padded().values(), self.model.state_dict().values())):
+            self._ema[k] = d * old + (1 - d) * new.detach() if new.is_floating_point() else new.detach().clone()
+
+    def _ema_padded(self) -> dict[str, torch.Tensor]:
+        """The moving average, with rows of items added since (a grown table) taken from the model."""
+        live = self.model.state_dict()
+        out = {}
+        for k, v in self._ema.items():
+            cur = live[k]
+            out[k] = torch.cat([v, cur[v.shape[0]:].detach()]) if v.shape != cur.shape else v
+        return out
+
+    @contextlib.contextmanager
+    def _published_weights(self):
+        """Run with the published weights (the moving average, if any) loaded; then restore."""
+        if self._ema is None:
+            yield
+            return
+        live = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.model.load_state_dict(self._ema_padded())
+        try:
+            yield
+        finally:
+            self.model.load_state_dict(live)
 
     def _set_lr(self, lr: float) -> None:
         for group in self.optimizer.param_groups:

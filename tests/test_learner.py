@@ -334,3 +334,33 @@ def test_a_format_1_checkpoint_resumes_with_fresh_optimizer_moments():
     assert R.optimizer.state_dict()["state"] == {} and len(R.optimizer.param_groups) == 3
     R.observe(events([("u0", "i1", 10**7), ("u0", "i2", 10**7 + 1)]))
     assert R.update() is not None
+
+
+def test_ema_decay_publishes_and_scores_with_the_moving_average_of_the_weights():
+    rows = planted_rows(n_users=30, length=6)
+    L = IncrementalLearner(SMALL, TrainerConfig(ema_decay=0.5, lr=1e-2))
+    L.observe(events(rows[:60]))
+    L.update()
+    w1 = {k: v.clone() for k, v in L.model.state_dict().items()}
+    assert all(np.array_equal(L.export_weights(1)["state_dict"][k], w1[k].numpy()) for k in w1)  # first: itself
+    new = [(f"late{j % 2}", f"new{j}", 10**7 + j) for j in range(20)]
+    L.observe(events(rows[60:] + new))  # 20 new items: the table grows past its 64 rows
+    L.update()
+    w2 = L.model.state_dict()
+    published = L.export_weights(2)["state_dict"]
+    emb, emb1 = "item_emb.weight", w1["item_emb.weight"]
+    assert published[emb].shape == tuple(w2[emb].shape) and w2[emb].shape[0] > emb1.shape[0]
+    assert np.allclose(published[emb][: emb1.shape[0]], (0.5 * emb1 + 0.5 * w2[emb][: emb1.shape[0]]).numpy(), atol=1e-6)
+    assert np.allclose(published[emb][emb1.shape[0]:], w2[emb][emb1.shape[0]:].numpy())  # new rows: the model's own
+    k = "transformer.h.0.attn.c_attn.weight"
+    assert np.allclose(published[k], (0.5 * w1[k] + 0.5 * w2[k]).numpy(), atol=1e-6)
+    assert not np.allclose(published[k], w2[k].numpy())  # the live weights keep training on their own
+    # scoring uses the published weights and leaves the live ones in place
+    live = {k: v.clone() for k, v in L.model.state_dict().items()}
+    via_learner = L.score_histories([[1, 2, 3]])
+    via_scorer = Scorer.from_weights(L.export_weights(2)).model
+    hidden = via_scorer(torch.tensor([[1, 2, 3]]))[:, -1]
+    assert torch.allclose(via_learner[0, 1:], (hidden @ via_scorer.item_emb.weight[1:L.n_items + 1].T)[0], atol=1e-5)
+    assert all(torch.equal(live[k], v) for k, v in L.model.state_dict().items())
+    R = IncrementalLearner.from_state_dict(L.state_dict())  # the average survives a checkpoint
+    assert all(np.array_equal(R.export_weights(2)["state_dict"][k], published[k]) for k in published)
