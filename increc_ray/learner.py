@@ -130,8 +130,7 @@ class IncrementalLearner:
         self._pending.clear()
         self._n_pending_targets = 0
         if not examples:
-            for user in touched:
-                self._trim(user)
+            self._trim_all(touched)
             return None
         replay = self._sample_replay(round(self.trainer_cfg.replay_ratio * len(examples)), {u for u, _, _ in examples})
         recent = self.trainer_cfg.replay_positions or self.model_cfg.max_len
@@ -149,8 +148,7 @@ class IncrementalLearner:
                 perm = self._rng.permutation(len(examples))
                 for i in range(0, len(perm), bs):
                     losses.append(self._step([examples[j] for j in perm[i:i + bs]]))
-        for user in touched:  # slice positions index the untrimmed sequences: trim after training
-            self._trim(user)
+        self._trim_all(touched)  # slice positions index the untrimmed sequences: trim after training
         self._update_ema()
         loss = float(np.mean(losses))
         self._adapt_lr(loss)
@@ -298,8 +296,9 @@ class IncrementalLearner:
         if self._ema is None:
             self._ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             return
-        for k, (old, new) in zip(self._ema, zip(self._ema_padded().values(), self.model.state_dict().values())):
-            self._ema[k] = d * old + (1 - d) * new.detach() if new.is_floating_point() else new.detach().clone()
+        old, live = self._ema_padded(), self.model.state_dict()
+        self._ema = {k: d * old[k] + (1 - d) * v.detach() if v.is_floating_point() else v.detach().clone()
+                     for k, v in live.items()}
 
     def _ema_padded(self) -> dict[str, torch.Tensor]:
         """The moving average, with rows of items added since (a grown table) taken from the model."""
@@ -332,11 +331,13 @@ class IncrementalLearner:
         """Items kept per user once learned: ``history_len``, and never less than one context."""
         return max(self.trainer_cfg.history_len, self.model_cfg.max_len + 1)
 
-    def _trim(self, user: str) -> None:
-        items, w = self._seqs[user]
-        cut = len(items) - self._keep
-        if cut > 0:
-            del items[:cut], w[:cut]
+    def _trim_all(self, users: Sequence[str]) -> None:
+        keep = self._keep
+        for user in users:
+            items, w = self._seqs[user]
+            cut = len(items) - keep
+            if cut > 0:
+                del items[:cut], w[:cut]
 
     def _slices(self, user: str, end: int, n: int) -> list[tuple[str, int, int]]:
         """(user, end, n) slices scoring the ``n`` targets before position ``end``, newest first,
@@ -456,10 +457,10 @@ def _make_optimizer(model: SeqRecModel, cfg: TrainerConfig) -> torch.optim.Optim
     groups = [{"params": [item], "weight_decay": cfg.weight_decay, "lr_mult": cfg.item_lr_mult},
               {"params": decay, "weight_decay": cfg.weight_decay, "lr_mult": 1.0},
               {"params": no_decay, "weight_decay": 0.0, "lr_mult": 1.0}]
-    # fused kernels: one pass over all parameters per step (about 5x faster than the default
-    # per-tensor loop on CPU, where the optimizer step was a tenth of an update's time)
     for g in groups:
         g["lr"] = cfg.lr * g["lr_mult"]
+    # fused Adam kernels: one pass over all parameters per step (about 5x faster than the default
+    # per-tensor loop on CPU, where the optimizer step was a tenth of an update's time)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(groups, fused=True)
     if cfg.optimizer == "adam":

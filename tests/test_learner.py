@@ -100,6 +100,7 @@ def test_a_burst_longer_than_max_len_is_learned_in_slices_then_trimmed(monkeypat
     assert L.pending_targets == 0 and L.update() is None
     st = L.state_dict()
     assert st["seq_items"].tolist() == L.vocab.lookup([f"i{j}" for j in range(13, 25)]).tolist()  # history_len
+    assert len(st["seq_weights"]) == 12  # items and their weights trimmed together
 
 
 def test_slice_batches_align_inputs_targets_and_loss_weights():
