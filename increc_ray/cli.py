@@ -166,6 +166,7 @@ def evaluate(args: argparse.Namespace) -> int:
                 raise SystemExit(f"--incremental takes KEY=VALUE (a trainer setting), got {item!r}")
             incremental[key.strip()] = yaml.safe_load(value)
         stream_cfg, strat_cfg = stream_preset(name, incremental=incremental, n_windows=args.windows,
+                                              update_every=args.update_every,
                                               eval_per_window=args.eval_per_window,
                                               warmup_fraction=args.warmup_fraction, seed=args.seed,
                                               retrain_every=args.retrain_every, variants={} if args.no_variants else None)
@@ -190,6 +191,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--out", default="bench/results", help="folder for stream_<dataset>.json and PNGs ('' = none)")
     p.add_argument("--name", default=None, help="dataset name (default: the file's folder name)")
     p.add_argument("--windows", type=int, default=None, help="replayed windows (update cadence)")
+    p.add_argument("--update-every", type=int, default=None,
+                   help="events between incremental updates (test-then-train step; 0 = once per window)")
     p.add_argument("--eval-per-window", type=int, default=None, help="evaluated events per window (0 = all)")
     p.add_argument("--warmup-fraction", type=float, default=None, help="share of the time span for warm-up")
     p.add_argument("--retrain-every", type=int, default=None, help="windows between full retrains")

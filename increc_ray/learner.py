@@ -77,6 +77,7 @@ class IncrementalLearner:
         self.n_updates = 0
         self.n_events = 0
         self._ema: dict[str, torch.Tensor] | None = None  # published weights when trainer.ema_decay > 0
+        self._ema_items = 0  # items the moving average has rows for (later ones join from the model)
 
     @property
     def n_items(self) -> int:
@@ -255,6 +256,7 @@ class IncrementalLearner:
             "n_updates": self.n_updates,
             "n_events": self.n_events,
             "ema": None if self._ema is None else {k: v.detach().cpu().clone() for k, v in self._ema.items()},
+            "ema_items": self._ema_items,
         }
 
     @classmethod
@@ -285,6 +287,7 @@ class IncrementalLearner:
         self.n_updates, self.n_events = state["n_updates"], state["n_events"]
         ema = state.get("ema")  # absent before ema_decay existed
         self._ema = None if ema is None else {k: v.to(self.device) for k, v in ema.items()}
+        self._ema_items = state.get("ema_items", self.n_items)  # absent in checkpoints before it existed
         return self
 
     # ---- internals -------------------------------------------------------------------------
@@ -293,20 +296,30 @@ class IncrementalLearner:
         d = self.trainer_cfg.ema_decay
         if d <= 0:
             return
+        live = self.model.state_dict()
         if self._ema is None:
-            self._ema = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            self._ema = {k: v.detach().clone() for k, v in live.items()}
+            self._ema_items = self.n_items
             return
-        old, live = self._ema_padded(), self.model.state_dict()
-        self._ema = {k: d * old[k] + (1 - d) * v.detach() if v.is_floating_point() else v.detach().clone()
-                     for k, v in live.items()}
+        self._ema = self._ema_padded()  # rows of items added since join from the model
+        self._ema_items = self.n_items
+        with torch.no_grad():  # in place: no new copy of the weights per update
+            for k, v in live.items():
+                if v.is_floating_point():
+                    self._ema[k].lerp_(v, 1 - d)  # d * ema + (1 - d) * v
+                else:
+                    self._ema[k].copy_(v)
 
     def _ema_padded(self) -> dict[str, torch.Tensor]:
-        """The moving average, with rows of items added since (a grown table) taken from the model."""
+        """The moving average, with the item rows of items added since its last update (and of a
+        grown table) taken from the model: a new item is published as the model has it, not
+        averaged with a spare row's initial noise."""
         live = self.model.state_dict()
-        out = {}
-        for k, v in self._ema.items():
-            cur = live[k]
-            out[k] = torch.cat([v, cur[v.shape[0]:].detach()]) if v.shape != cur.shape else v
+        out = dict(self._ema)
+        key, lo = "item_emb.weight", self._ema_items + 1  # rows [lo, ...) are newer than the average
+        cur = live[key].detach()
+        if cur.shape[0] > lo:
+            out[key] = torch.cat([self._ema[key][:lo], cur[lo:]])
         return out
 
     @contextlib.contextmanager

@@ -6,10 +6,13 @@ Protocol:
   Events are sorted by timestamp with a *stable* sort (ties keep file order).
 * A warm-up prefix (default: the first half of the time span) trains the starting model.
   The rest is cut into ``n_windows`` windows of equal event counts and replayed in order.
-* For each window, every strategy is first *tested* on the window's events, with the weights
-  it had at the end of the previous window, then *trained* on the window (``Strategy.learn``).
-  The history a model is asked about includes the user's earlier events of the same window
-  (read-your-writes, as the serving app does), but the weights have not seen them yet.
+* Every strategy is first *tested* on events, then *trained* on them (``Strategy.learn``), at
+  its own cadence. A *streaming* strategy (``Strategy.streaming``: the incremental trainer,
+  recent popularity) learns after every ``update_every`` events, as the live trainer updates
+  whenever new events have landed; the others (full retraining, last-window fine-tuning) learn
+  once per window. Either way an event is tested with weights that have not seen it. The
+  history a model is asked about includes the user's earlier events up to the tested one
+  (read-your-writes, as the serving app does).
 * The target of an event is ranked against **every item known so far** (every item of an
   earlier event of the stream), with the user's earlier items excluded; ties count against
   the target (``increc_ray.ranking``). An item the stream has never shown before cannot be
@@ -45,6 +48,9 @@ class StreamConfig:
     warmup_fraction: float = 0.5  # share of the time span (first..last timestamp) used for warm-up
     n_windows: int = 20  # the replayed part is cut into this many windows of equal event counts
     eval_per_window: int = 0  # evaluate at most this many events per window (seeded sample); 0 = all
+    # events between the updates of a streaming strategy (its test-then-train step); 0 = once
+    # per window. The live trainer updates as soon as new events land, far more often than this.
+    update_every: int = 200
     k: int = K
     seed: int = 0
 
@@ -52,6 +58,7 @@ class StreamConfig:
         assert 0 < self.warmup_fraction < 1, f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}"
         assert self.n_windows >= 1, f"n_windows must be >= 1, got {self.n_windows}"
         assert self.eval_per_window >= 0, f"eval_per_window must be >= 0, got {self.eval_per_window}"
+        assert self.update_every >= 0, f"update_every must be >= 0, got {self.update_every}"
         assert self.k >= 1, f"k must be >= 1, got {self.k}"
 
 
@@ -144,15 +151,17 @@ def prequential_ranks(scores: np.ndarray, targets: np.ndarray, n_known: np.ndarr
 
 
 class Strategy(Protocol):
-    """What the replay needs from a strategy: score histories, then learn a window."""
+    """What the replay needs from a strategy: score histories, then learn what was scored."""
 
     name: str
+    streaming: bool  # learns every ``StreamConfig.update_every`` events, else once per window
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """(B, n_stream_items + 1) scores over stream indices; -inf where the model has no item."""
 
     def learn(self, start: int, end: int) -> None:
-        """Train on the stream's events [start, end) (after they were evaluated)."""
+        """Train on the stream's events [start, end) (after they were evaluated): a step of
+        ``update_every`` events if ``streaming``, else a whole window."""
 
 
 @dataclass
@@ -164,28 +173,48 @@ class StrategyResult:
 
 def replay(stream: Stream, strategies: Sequence[Strategy], cfg: StreamConfig,
            progress: Callable[[int, str], None] | None = None) -> dict[str, StrategyResult]:
-    """Test-then-train over the windows; each strategy's ranks and update CPU seconds."""
+    """Test-then-train over the windows; each strategy's ranks and update CPU seconds.
+
+    Each window is replayed in steps of ``cfg.update_every`` events: every strategy is tested
+    on a step's events, then the streaming ones learn the step. At the window's end the others
+    learn the window. Nothing is learned after the last tested event.
+    """
     rng = np.random.default_rng(cfg.seed)
     results = {s.name: StrategyResult() for s in strategies}
-    for w, (start, end) in enumerate(stream.windows):
-        last = w == len(stream.windows) - 1  # nothing is tested after the last window: no learning
+    final = stream.windows[-1][1] if stream.windows else 0
+    for start, end in stream.windows:
         evs = eval_events(stream, start, end, cfg.eval_per_window, rng)
+        step = cfg.update_every or (end - start)
+        ranks: dict[str, list[np.ndarray]] = {s.name: [] for s in strategies}
+        seconds = dict.fromkeys(ranks, 0.0)
+
+        def learn(strat: Strategy, a: int, b: int) -> None:
+            if b < final:  # nothing is tested after the last event: no learning
+                t0 = time.process_time()
+                strat.learn(a, b)
+                seconds[strat.name] += time.process_time() - t0
+
+        for a in range(start, end, step):
+            b = min(end, a + step)
+            sub = evs[(evs >= a) & (evs < b)]
+            for strat in strategies:
+                for i in range(0, len(sub), SCORE_BATCH):
+                    batch = sub[i:i + SCORE_BATCH]
+                    hists = [stream.history(e) for e in batch]
+                    ranks[strat.name].append(prequential_ranks(strat.scores(hists), stream.items[batch],
+                                                               stream.n_known[batch], hists))
+                if strat.streaming:
+                    learn(strat, a, b)
+                if progress:
+                    progress(b - a, strat.name)
         for strat in strategies:
+            if not strat.streaming:
+                learn(strat, start, end)
             res = results[strat.name]
-            ranks = []
-            for i in range(0, len(evs), SCORE_BATCH):
-                batch = evs[i:i + SCORE_BATCH]
-                hists = [stream.history(e) for e in batch]
-                ranks.append(prequential_ranks(strat.scores(hists), stream.items[batch], stream.n_known[batch], hists))
-            res.ranks.append(np.concatenate(ranks) if ranks else np.empty(0, dtype=np.int64))
-            t0 = time.process_time()
-            if not last:
-                strat.learn(start, end)
-            dt = time.process_time() - t0
-            res.update_seconds += dt
-            res.window_seconds.append(dt)
-            if progress:
-                progress(end - start, strat.name)
+            r = ranks[strat.name]
+            res.ranks.append(np.concatenate(r) if r else np.empty(0, dtype=np.int64))
+            res.update_seconds += seconds[strat.name]
+            res.window_seconds.append(seconds[strat.name])
     return results
 
 

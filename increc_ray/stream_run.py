@@ -106,7 +106,8 @@ def build_strategies(stream, cfg: StrategyConfig, log: Callable[[str], None] | N
         Incremental("incremental", stream, fork(warm, cfg.incremental)),
         FullRetrain("full_retrain", stream, fork(warm), cfg.retrain_every, cfg.retrain_epochs, cfg.scratch),
         Incremental("last_window", stream, fork(warm, dataclasses.replace(
-            cfg.incremental, replay_ratio=0.0, steps_per_update=cfg.last_window_steps, lr_schedule="constant"))),
+            cfg.incremental, replay_ratio=0.0, steps_per_update=cfg.last_window_steps, lr_schedule="constant")),
+            streaming=False),
         Popularity("popularity", stream, cfg.popularity_half_life),
     ]
     for name, over in cfg.variants.items():

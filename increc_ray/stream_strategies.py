@@ -4,12 +4,14 @@
 * ``Incremental``: the live trainer's loop, verbatim in what it calls: ``observe`` a slice of at
   most ``trainer.max_new_events`` events, then ``update`` once ``trainer.min_new_events``
   targets are pending (``increc_ray.train``). Its replay, lr schedule and new-item warm start
-  are the learner's own. ``LastWindow`` is the same loop with no replay and several passes:
+  are the learner's own. It streams: it learns every ``StreamConfig.update_every`` events.
+  ``last_window`` is the same loop once per window, with no replay and several passes:
   fine-tuning on the newest window only, the naive baseline.
 * ``FullRetrain``: every ``every``-th window a fresh learner is trained from scratch on all
   events so far (``train_from_scratch``: ``observe`` + ``train_epoch``, as offline training
   does); in between it serves the last retrained model.
-* ``Popularity``: exponentially decayed item counts (half-life in windows).
+* ``Popularity``: exponentially decayed item counts (half-life in windows), updated as the
+  events stream in.
 
 All of them score over stream indices (``prequential``); an item a model has no row for
 scores -inf, and a history item it does not know is dropped, as ``Scorer`` does.
@@ -86,6 +88,8 @@ class _LearnerScores:
 
 
 class Static(_LearnerScores):
+    streaming = False
+
     def __init__(self, name: str, stream: Stream, learner: IncrementalLearner) -> None:
         self.name, self.stream, self.learner = name, stream, learner
 
@@ -94,10 +98,10 @@ class Static(_LearnerScores):
 
 
 class Incremental(_LearnerScores):
-    """The live trainer's observe/update loop over each window."""
+    """The live trainer's observe/update loop over each step (``streaming``) or window."""
 
-    def __init__(self, name: str, stream: Stream, learner: IncrementalLearner) -> None:
-        self.name, self.stream, self.learner = name, stream, learner
+    def __init__(self, name: str, stream: Stream, learner: IncrementalLearner, streaming: bool = True) -> None:
+        self.name, self.stream, self.learner, self.streaming = name, stream, learner, streaming
         self.n_updates = 0
 
     def learn(self, start: int, end: int) -> None:
@@ -109,6 +113,8 @@ class Incremental(_LearnerScores):
 
 
 class FullRetrain(_LearnerScores):
+    streaming = False
+
     def __init__(self, name: str, stream: Stream, learner: IncrementalLearner, every: int, epochs: int,
                  trainer_cfg: TrainerConfig) -> None:
         assert every >= 1 and epochs >= 1, f"every and epochs must be >= 1, got {every}, {epochs}"
@@ -125,17 +131,21 @@ class FullRetrain(_LearnerScores):
 
 
 class Popularity:
-    """Recent popularity: item counts decayed by half every ``half_life`` windows."""
+    """Recent popularity: item counts decayed by half every ``half_life`` windows' worth of
+    events (windows have equal event counts), learned as the events stream in."""
+
+    streaming = True
 
     def __init__(self, name: str, stream: Stream, half_life: float) -> None:
         assert half_life > 0, f"half_life must be > 0, got {half_life}"
         self.name, self.stream = name, stream
-        self.decay = 0.5 ** (1.0 / half_life)
+        per_window = (len(stream.items) - stream.n_warmup) / max(1, len(stream.windows))
+        self.decay = 0.5 ** (1.0 / (half_life * per_window))  # per event
         self.counts = np.bincount(stream.items[: stream.n_warmup], minlength=len(stream.item_ids) + 1).astype(float)
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(histories), self.counts.size))
 
     def learn(self, start: int, end: int) -> None:
-        self.counts *= self.decay
+        self.counts *= self.decay ** (end - start)
         self.counts += np.bincount(self.stream.items[start:end], minlength=self.counts.size)

@@ -342,6 +342,7 @@ def test_ema_decay_publishes_and_scores_with_the_moving_average_of_the_weights()
     L = IncrementalLearner(SMALL, TrainerConfig(ema_decay=0.5, lr=1e-2))
     L.observe(events(rows[:60]))
     L.update()
+    n1 = L.n_items
     w1 = {k: v.clone() for k, v in L.model.state_dict().items()}
     assert all(np.array_equal(L.export_weights(1)["state_dict"][k], w1[k].numpy()) for k in w1)  # first: itself
     new = [(f"late{j % 2}", f"new{j}", 10**7 + j) for j in range(20)]
@@ -351,8 +352,10 @@ def test_ema_decay_publishes_and_scores_with_the_moving_average_of_the_weights()
     published = L.export_weights(2)["state_dict"]
     emb, emb1 = "item_emb.weight", w1["item_emb.weight"]
     assert published[emb].shape == tuple(w2[emb].shape) and w2[emb].shape[0] > emb1.shape[0]
-    assert np.allclose(published[emb][: emb1.shape[0]], (0.5 * emb1 + 0.5 * w2[emb][: emb1.shape[0]]).numpy(), atol=1e-6)
-    assert np.allclose(published[emb][emb1.shape[0]:], w2[emb][emb1.shape[0]:].numpy())  # new rows: the model's own
+    assert np.allclose(published[emb][: n1 + 1], (0.5 * emb1[: n1 + 1] + 0.5 * w2[emb][: n1 + 1]).numpy(), atol=1e-6)
+    # items added since the average started (in spare rows, or in a grown table): the model's own rows
+    assert n1 + 1 < emb1.shape[0] < L.n_items
+    assert np.allclose(published[emb][n1 + 1:], w2[emb][n1 + 1:].numpy())
     k = "transformer.h.0.attn.c_attn.weight"
     assert np.allclose(published[k], (0.5 * w1[k] + 0.5 * w2[k]).numpy(), atol=1e-6)
     assert not np.allclose(published[k], w2[k].numpy())  # the live weights keep training on their own

@@ -78,8 +78,8 @@ def test_build_stream_warmup_is_half_the_time_span():
 class Fixed:
     """Scores stream index i as -i (lower index ranks higher); learns nothing; logs calls."""
 
-    def __init__(self, stream, log):
-        self.name, self.stream, self.log = "fixed", stream, log
+    def __init__(self, stream, log, streaming=False, name="fixed"):
+        self.name, self.stream, self.log, self.streaming = name, stream, log, streaming
 
     def scores(self, histories):
         n = len(self.stream.item_ids)
@@ -87,7 +87,7 @@ class Fixed:
         return np.tile(-np.arange(n + 1, dtype=float), (len(histories), 1))
 
     def learn(self, start, end):
-        self.log.append(("learn", start, end))
+        self.log.append(("learn", self.name, start, end) if self.streaming else ("learn", start, end))
 
 
 def test_replay_metrics_by_hand_and_order():
@@ -107,6 +107,22 @@ def test_replay_metrics_by_hand_and_order():
     assert s["n"] == 3
     assert s["hr@10"] == pytest.approx(2 / 3)
     assert s["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
+
+
+def test_streaming_strategies_learn_every_step_and_the_others_every_window():
+    rows = [("u1", "a", 0), ("u1", "b", 10), ("u2", "c", 20),
+            ("u1", "c", 60), ("u3", "a", 70), ("u2", "d", 80), ("u3", "c", 90), ("u1", "d", 100)]
+    stream = build_stream(table(rows), StreamConfig(n_windows=2))
+    assert stream.windows == [(3, 6), (6, 8)]
+    log = []
+    cfg = StreamConfig(n_windows=2, update_every=2)
+    res = replay(stream, [Fixed(stream, log, streaming=True, name="live"), Fixed(stream, log)], cfg)
+    # steps [3,5) [5,6) | [6,8): each tested (events with a history) before anyone learns it
+    assert log == [("score", 1), ("learn", "live", 3, 5), ("score", 1),
+                   ("score", 1), ("learn", "live", 5, 6), ("score", 1), ("learn", 3, 6),
+                   ("score", 2), ("score", 2)]  # nothing is learned after the last event
+    assert [r.tolist() for r in res["live"].ranks] == [r.tolist() for r in res["fixed"].ranks]
+    assert [len(r) for r in res["live"].ranks] == [2, 2]  # ranks stay per window
 
 
 class Spy(Incremental):
@@ -136,14 +152,15 @@ def test_incremental_is_tested_before_it_learns():
     stream = build_stream(table(planted()), StreamConfig(n_windows=4))
     warm = train_from_scratch(stream, stream.n_warmup, TINY, TrainerConfig(batch_size=16), epochs=2)
     assert warm.n_events == stream.n_warmup
-    spy = Spy("incremental", stream, fork(warm, TrainerConfig(batch_size=16, max_new_events=50)))
+    spy = Spy("incremental", stream, fork(warm, TrainerConfig(batch_size=16, max_new_events=20)))
     spy.seen_at_test = []
-    replay(stream, [spy], StreamConfig(n_windows=4))
-    starts = [a for a, _ in stream.windows]
-    # each window is tested with exactly the events before it learned (one score batch per window here)
-    assert spy.seen_at_test == starts
-    assert spy.n_updates >= 3  # windows of ~100 events in slices of 50: several live-loop updates
-    assert spy.learner.n_events == stream.windows[-1][0]
+    replay(stream, [spy], StreamConfig(n_windows=4, update_every=50))
+    # every step of 50 events is tested with exactly the events before it learned
+    steps = [a for start, end in stream.windows for a in range(start, end, 50)
+             if (stream.user_pos[a:min(end, a + 50)] > 0).any()]
+    assert spy.seen_at_test == steps and len(steps) >= 8
+    assert spy.n_updates >= 2 * len(steps) - 3  # steps of 50 events in slices of 20: live-loop updates
+    assert spy.learner.n_events == steps[-1]  # the last step is tested, not learned
 
 
 def test_fork_is_independent_and_keeps_nothing_pending():
