@@ -51,6 +51,7 @@ class StrategyConfig:
     # the product's update path (what the live trainer runs), with its TrainerConfig defaults unless a preset overrides
     incremental: TrainerConfig = field(default_factory=TrainerConfig)
     last_window_steps: int = 5  # passes over the newest window, no replay
+    last_window_batch: int = 16  # its batch (smaller than a preset's incremental batch: it fits harder)
     popularity_half_life: float = 1.0  # windows
     variants: Mapping[str, Mapping] = field(default_factory=lambda: dict(ARTICLE_VARIANTS))
 
@@ -58,6 +59,7 @@ class StrategyConfig:
         assert self.warmup_epochs >= 1 and self.retrain_epochs >= 1, "epochs must be >= 1"
         assert self.retrain_every >= 1, f"retrain_every must be >= 1, got {self.retrain_every}"
         assert self.last_window_steps >= 1, f"last_window_steps must be >= 1, got {self.last_window_steps}"
+        assert self.last_window_batch >= 1, f"last_window_batch must be >= 1, got {self.last_window_batch}"
         for name, over in self.variants.items():
             dataclasses.replace(self.incremental, **over)  # fails early on a bad override
 
@@ -67,10 +69,11 @@ class StrategyConfig:
 # (README "Incremental vs retraining"): a stationary catalogue wants small steps, a drifting one
 # an item table that moves faster than the encoder.
 PRESETS: dict[str, dict] = {
-    "ml-100k": {"stream": {}, "strategies": {"incremental": {"lr": 2.5e-4}}},
+    "ml-100k": {"stream": {}, "strategies": {"incremental": {"lr": 2.5e-4, "batch_size": 32, "replay_ratio": 0.1}}},
     # the warm-up years predict 2007+ poorly: prequential NDCG peaks after ~5 epochs
     "ml-latest-small": {"stream": {}, "strategies": {"warmup_epochs": 5, "retrain_epochs": 5,
-                                                     "incremental": {"item_lr_mult": 20.0, "ema_decay": 0.5}}},
+                                                     "incremental": {"item_lr_mult": 20.0, "ema_decay": 0.95,
+                                                                     "batch_size": 32, "replay_ratio": 0.1}}},
 }
 
 
@@ -94,20 +97,29 @@ def stream_preset(name: str, incremental: Mapping | None = None, **stream_overri
     return StreamConfig(**{**p["stream"], **over}), StrategyConfig(**strat)
 
 
-def build_strategies(stream, cfg: StrategyConfig, log: Callable[[str], None] | None = None) -> tuple[list, dict]:
-    """Train the warm-up model once; every strategy starts from a copy of it."""
+def build_strategies(stream, cfg: StrategyConfig, log: Callable[[str], None] | None = None,
+                     update_every: int = 0) -> tuple[list, dict]:
+    """Train the warm-up model once; every strategy starts from a copy of it.
+
+    ``update_every`` is the streaming strategies' step (``StreamConfig.update_every``): the
+    once-per-window ``last_window`` averages its weights over the same span of events as
+    ``incremental`` does over its steps (its decay per window is the step decay compounded).
+    """
     t0 = time.process_time()
     warm = train_from_scratch(stream, stream.n_warmup, cfg.model, cfg.scratch, cfg.warmup_epochs)
     warm_seconds = time.process_time() - t0
     if log:
         log(f"warm-up: {stream.n_warmup} events, {cfg.warmup_epochs} epochs, {warm_seconds:.0f} CPU s")
+    per_window = (len(stream.items) - stream.n_warmup) / max(1, len(stream.windows))
+    steps_per_window = per_window / update_every if update_every else 1.0
     strategies = [
         Static("static", stream, fork(warm)),
         Incremental("incremental", stream, fork(warm, cfg.incremental)),
         FullRetrain("full_retrain", stream, fork(warm), cfg.retrain_every, cfg.retrain_epochs, cfg.scratch),
         Incremental("last_window", stream, fork(warm, dataclasses.replace(
-            cfg.incremental, replay_ratio=0.0, steps_per_update=cfg.last_window_steps, lr_schedule="constant")),
-            streaming=False),
+            cfg.incremental, replay_ratio=0.0, steps_per_update=cfg.last_window_steps, lr_schedule="constant",
+            batch_size=cfg.last_window_batch,
+            ema_decay=cfg.incremental.ema_decay ** steps_per_window)), streaming=False),
         Popularity("popularity", stream, cfg.popularity_half_life),
     ]
     for name, over in cfg.variants.items():
@@ -130,7 +142,7 @@ def run_stream(path: str, stream_cfg: StreamConfig | None = None, strat_cfg: Str
     stats = stream_stats(stream)
     if log:
         log(f"{name}: {stats}")
-    strategies, info = build_strategies(stream, strat_cfg, log)
+    strategies, info = build_strategies(stream, strat_cfg, log, stream_cfg.update_every)
     bar = _progress(len(stream.items) - stream.n_warmup, len(strategies), name) if progress_bar else None
     results = replay(stream, strategies, stream_cfg,
                      progress=(lambda n, s: bar.update(n / len(strategies))) if bar else None)

@@ -230,3 +230,16 @@ def test_stream_preset_takes_incremental_overrides_checked_like_the_serve_config
     assert "unknown key 'incremental.lr_typo'" in capsys.readouterr().err
     assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "batch_size=many"]) == 2
     assert "incremental.batch_size" in capsys.readouterr().err
+
+
+def test_last_window_averages_over_the_same_span_of_events_as_incremental():
+    from increc_ray.stream_run import StrategyConfig, build_strategies
+
+    stream = build_stream(table(planted()), StreamConfig(n_windows=4))
+    cfg = StrategyConfig(model=TINY, warmup_epochs=1, retrain_epochs=1, variants={},
+                         incremental=TrainerConfig(ema_decay=0.9))
+    by_name = {s.name: s for s in build_strategies(stream, cfg, update_every=20)[0]}
+    per_window = (len(stream.items) - stream.n_warmup) / 4
+    assert by_name["incremental"].streaming and not by_name["last_window"].streaming
+    assert by_name["incremental"].learner.trainer_cfg.ema_decay == 0.9
+    assert by_name["last_window"].learner.trainer_cfg.ema_decay == pytest.approx(0.9 ** (per_window / 20))
