@@ -181,41 +181,46 @@ def replay(stream: Stream, strategies: Sequence[Strategy], cfg: StreamConfig,
     """
     rng = np.random.default_rng(cfg.seed)
     results = {s.name: StrategyResult() for s in strategies}
-    final = stream.windows[-1][1] if stream.windows else 0
+    final = stream.windows[-1][1] if stream.windows else 0  # nothing is tested after it: no learning
     for start, end in stream.windows:
         evs = eval_events(stream, start, end, cfg.eval_per_window, rng)
         step = cfg.update_every or (end - start)
         ranks: dict[str, list[np.ndarray]] = {s.name: [] for s in strategies}
         seconds = dict.fromkeys(ranks, 0.0)
-
-        def learn(strat: Strategy, a: int, b: int) -> None:
-            if b < final:  # nothing is tested after the last event: no learning
-                t0 = time.process_time()
-                strat.learn(a, b)
-                seconds[strat.name] += time.process_time() - t0
-
         for a in range(start, end, step):
             b = min(end, a + step)
-            sub = evs[(evs >= a) & (evs < b)]
+            tested = evs[(evs >= a) & (evs < b)]
             for strat in strategies:
-                for i in range(0, len(sub), SCORE_BATCH):
-                    batch = sub[i:i + SCORE_BATCH]
-                    hists = [stream.history(e) for e in batch]
-                    ranks[strat.name].append(prequential_ranks(strat.scores(hists), stream.items[batch],
-                                                               stream.n_known[batch], hists))
-                if strat.streaming:
-                    learn(strat, a, b)
+                ranks[strat.name] += _ranks(stream, strat, tested)
+                if strat.streaming and b < final:
+                    seconds[strat.name] += _timed_learn(strat, a, b)
                 if progress:
                     progress(b - a, strat.name)
         for strat in strategies:
-            if not strat.streaming:
-                learn(strat, start, end)
-            res = results[strat.name]
-            r = ranks[strat.name]
+            if not strat.streaming and end < final:
+                seconds[strat.name] += _timed_learn(strat, start, end)
+            res, r = results[strat.name], ranks[strat.name]
             res.ranks.append(np.concatenate(r) if r else np.empty(0, dtype=np.int64))
             res.update_seconds += seconds[strat.name]
             res.window_seconds.append(seconds[strat.name])
     return results
+
+
+def _ranks(stream: Stream, strat: Strategy, events: np.ndarray) -> list[np.ndarray]:
+    """Ranks of the targets of ``events`` under ``strat``'s current weights, per score batch."""
+    out = []
+    for i in range(0, len(events), SCORE_BATCH):
+        batch = events[i:i + SCORE_BATCH]
+        hists = [stream.history(e) for e in batch]
+        out.append(prequential_ranks(strat.scores(hists), stream.items[batch], stream.n_known[batch], hists))
+    return out
+
+
+def _timed_learn(strat: Strategy, start: int, end: int) -> float:
+    """``strat.learn(start, end)``; its CPU seconds."""
+    t0 = time.process_time()
+    strat.learn(start, end)
+    return time.process_time() - t0
 
 
 # ---- report ----------------------------------------------------------------------------------
