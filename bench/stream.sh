@@ -2,7 +2,7 @@
 # Reproduce bench/results/stream_ml-latest-small.json and stream_ml-100k.json (+ PNG plots): the
 # prequential replay of increc_ray/prequential.py comparing static, incremental (the live update
 # path), periodic full retraining, last-window fine-tuning, recent popularity and the article's
-# update rules. One dataset at a time (about 9 and 7 minutes), torch on one thread; see README
+# update rules. One dataset at a time (about 9 and 13 minutes), torch on one thread; see README
 # "Incremental vs retraining".
 set -euo pipefail
 cd "$(dirname "$0")/.."

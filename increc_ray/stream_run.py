@@ -69,7 +69,9 @@ class StrategyConfig:
 # (README "Incremental vs retraining"): a stationary catalogue wants small steps, a drifting one
 # an item table that moves faster than the encoder.
 PRESETS: dict[str, dict] = {
-    "ml-100k": {"stream": {}, "strategies": {"incremental": {"lr": 2.5e-4, "batch_size": 32, "replay_ratio": 0.1}}},
+    # a wider model gains more from the stream here (d_model 128: incremental 0.0941 vs 0.0914 at 64)
+    "ml-100k": {"stream": {}, "strategies": {"model": {"d_model": 128},
+                                             "incremental": {"lr": 2.5e-4, "batch_size": 32, "replay_ratio": 0.1}}},
     # the warm-up years predict 2007+ poorly: prequential NDCG peaks after ~5 epochs
     "ml-latest-small": {"stream": {}, "strategies": {"warmup_epochs": 5, "retrain_epochs": 5,
                                                      "incremental": {"item_lr_mult": 20.0, "ema_decay": 0.95,
@@ -91,6 +93,8 @@ def stream_preset(name: str, incremental: Mapping | None = None, **stream_overri
     inc = {**strat.get("incremental", {}), **(incremental or {})}  # over the product's defaults
     if inc:
         strat["incremental"] = _build(TrainerConfig, inc, "incremental.")
+    if "model" in strat:  # overrides of the default model shape
+        strat["model"] = dataclasses.replace(StrategyConfig().model, **strat["model"])
     for key in ("retrain_every", "variants"):
         if key in over:
             strat[key] = over.pop(key)

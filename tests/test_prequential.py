@@ -226,6 +226,9 @@ def test_stream_preset_takes_incremental_overrides_checked_like_the_serve_config
     assert (strat.incremental.lr, strat.incremental.batch_size, strat.incremental.item_lr_mult) == (2.5e-4, 8, 20.0)
     _, strat = stream_preset("some-other-file")
     assert strat.incremental == TrainerConfig()  # no preset: the product's defaults
+    default_model = strat.model
+    _, strat = stream_preset("ml-100k")  # a preset may widen the model, and keeps the rest of its shape
+    assert strat.model.d_model == 128 and strat.model.max_len == default_model.max_len == 50
     assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "lr_typo=1"]) == 2
     assert "unknown key 'incremental.lr_typo'" in capsys.readouterr().err
     assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "batch_size=many"]) == 2
