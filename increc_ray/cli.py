@@ -159,13 +159,8 @@ def evaluate(args: argparse.Namespace) -> int:
         from increc_ray.stream_run import run_stream, stream_preset
 
         name = args.name or dataset_name(args.data)
-        incremental = {}
-        for item in args.incremental:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise SystemExit(f"--incremental takes KEY=VALUE (a trainer setting), got {item!r}")
-            incremental[key.strip()] = yaml.safe_load(value)
-        stream_cfg, strat_cfg = stream_preset(name, incremental=incremental, n_windows=args.windows,
+        stream_cfg, strat_cfg = stream_preset(name, incremental=_settings(args.incremental, "--incremental"),
+                                              model=_settings(args.model, "--model"), n_windows=args.windows,
                                               update_every=args.update_every,
                                               eval_per_window=args.eval_per_window,
                                               warmup_fraction=args.warmup_fraction, seed=args.seed,
@@ -174,6 +169,17 @@ def evaluate(args: argparse.Namespace) -> int:
                    log=lambda line: print(line, flush=True), progress_bar=not args.no_progress)
         return 0
     raise AssertionError(f"unknown evaluate mode {args.mode!r}")  # argparse only lets known modes through
+
+
+def _settings(items: list[str], flag: str) -> dict:
+    """``KEY=VALUE`` strings (values parsed as YAML scalars) as a mapping."""
+    out = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"{flag} takes KEY=VALUE, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
 
 
 def _add_evaluate(sub) -> None:
@@ -200,6 +206,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--no-variants", action="store_true", help="skip the incremental[...] update-rule variants")
     p.add_argument("--incremental", action="append", default=[], metavar="KEY=VALUE",
                    help="override a trainer setting of the incremental strategy (repeatable), e.g. lr=2.5e-4")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the model shape of every strategy (repeatable), e.g. d_model=128")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -79,11 +79,13 @@ PRESETS: dict[str, dict] = {
 }
 
 
-def stream_preset(name: str, incremental: Mapping | None = None, **stream_overrides) -> tuple[StreamConfig, StrategyConfig]:
+def stream_preset(name: str, incremental: Mapping | None = None, model: Mapping | None = None,
+                  **stream_overrides) -> tuple[StreamConfig, StrategyConfig]:
     """The (stream, strategy) configs for dataset ``name``; ``None`` overrides are ignored.
 
-    ``incremental`` overrides the incremental strategy's ``TrainerConfig`` on top of the preset
-    (keys and types checked as in ``serve_config.yaml``'s ``trainer`` section).
+    ``incremental`` overrides the incremental strategy's ``TrainerConfig``, and ``model`` every
+    strategy's ``ModelConfig``, on top of the preset (keys and types checked as in
+    ``serve_config.yaml``'s ``trainer`` and ``model`` sections).
     """
     from increc_ray.config import _build
 
@@ -93,8 +95,9 @@ def stream_preset(name: str, incremental: Mapping | None = None, **stream_overri
     inc = {**strat.get("incremental", {}), **(incremental or {})}  # over the product's defaults
     if inc:
         strat["incremental"] = _build(TrainerConfig, inc, "incremental.")
-    if "model" in strat:  # overrides of the default model shape
-        strat["model"] = dataclasses.replace(StrategyConfig().model, **strat["model"])
+    shape = {**strat.get("model", {}), **(model or {})}  # over the default model shape
+    if shape:
+        strat["model"] = _build(ModelConfig, {**asdict(StrategyConfig().model), **shape}, "model.")
     for key in ("retrain_every", "variants"):
         if key in over:
             strat[key] = over.pop(key)

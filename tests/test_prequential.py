@@ -233,6 +233,10 @@ def test_stream_preset_takes_incremental_overrides_checked_like_the_serve_config
     assert "unknown key 'incremental.lr_typo'" in capsys.readouterr().err
     assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "batch_size=many"]) == 2
     assert "incremental.batch_size" in capsys.readouterr().err
+    _, strat = stream_preset("ml-100k", model={"n_layers": 3})
+    assert (strat.model.d_model, strat.model.n_layers) == (128, 3)
+    assert main(["evaluate", "stream", "--data", "missing.csv", "--model", "width=128"]) == 2
+    assert "unknown key 'model.width'" in capsys.readouterr().err
 
 
 def test_last_window_averages_over_the_same_span_of_events_as_incremental():
