@@ -250,3 +250,18 @@ def test_last_window_averages_over_the_same_span_of_events_as_incremental():
     assert by_name["incremental"].streaming and not by_name["last_window"].streaming
     assert by_name["incremental"].learner.trainer_cfg.ema_decay == 0.9
     assert by_name["last_window"].learner.trainer_cfg.ema_decay == pytest.approx(0.9 ** (per_window / 20))
+
+
+def test_recent_popularity_halves_old_counts_over_one_window_of_events():
+    from increc_ray.stream_strategies import Popularity
+
+    rows = [("u0", f"i{t % 3}", t) for t in range(10)] + [("u1", "i9", 100 + t) for t in range(20)]
+    stream = build_stream(table(rows), StreamConfig(n_windows=2))
+    assert stream.n_warmup == 10 and stream.windows == [(10, 20), (20, 30)]
+    pop = Popularity("popularity", stream, half_life=1.0)
+    before = pop.counts.copy()  # i0..i2 seen in warm-up
+    for a in range(10, 20, 5):  # one window's worth of events, in two streaming steps
+        pop.learn(a, a + 5)
+    i9 = stream.item_ids.index("i9") + 1
+    assert pop.counts[1:4] == pytest.approx(before[1:4] / 2)
+    assert 5 < pop.counts[i9] < 10  # the newest events have decayed less than the older ones
