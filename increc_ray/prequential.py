@@ -77,6 +77,11 @@ class Stream:
     n_warmup: int  # events [0, n_warmup) are the warm-up
     windows: list[tuple[int, int]]  # [start, end) event ranges of the replayed windows
 
+    @property
+    def events_per_window(self) -> float:
+        """Replayed events per window (windows have equal event counts, up to rounding)."""
+        return (len(self.items) - self.n_warmup) / max(1, len(self.windows))
+
     def history(self, e: int) -> np.ndarray:
         """Stream indices of the user's events before event ``e``, oldest first."""
         return self.user_items[self.users[e]][: self.user_pos[e]]

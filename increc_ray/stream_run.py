@@ -34,11 +34,14 @@ ARTICLE_VARIANTS: dict[str, dict] = {
 }
 
 
+DEFAULT_MODEL = ModelConfig(max_len=50, dropout=0.2)  # every strategy's model unless a preset overrides it
+
+
 @dataclass(frozen=True)
 class StrategyConfig:
     """Models and schedules of the compared strategies."""
 
-    model: ModelConfig = field(default_factory=lambda: ModelConfig(max_len=50, dropout=0.2))
+    model: ModelConfig = DEFAULT_MODEL
     # from-scratch training (warm-up and full retraining): offline training's trainer settings
     # (few users, so small batches: ~20 optimizer steps per epoch; more epochs overfit the past)
     # every user's whole history, in max_len slices ("all data so far")
@@ -64,10 +67,10 @@ class StrategyConfig:
             dataclasses.replace(self.incremental, **over)  # fails early on a bad override
 
 
-# Per-dataset settings (see README "Incremental vs retraining"); other files get the defaults.
-# "incremental" holds overrides of the product's TrainerConfig defaults, chosen on these replays
-# (README "Incremental vs retraining"): a stationary catalogue wants small steps, a drifting one
-# an item table that moves faster than the encoder.
+# Per-dataset settings, chosen on these replays (README "Incremental vs retraining"); other files
+# get the defaults. "model" overrides DEFAULT_MODEL, "incremental" the product's TrainerConfig
+# defaults: a stationary catalogue wants small steps, a drifting one an item table that moves
+# faster than the encoder.
 PRESETS: dict[str, dict] = {
     # a wider model gains more from the stream here (d_model 128: incremental 0.0941 vs 0.0914 at 64)
     "ml-100k": {"stream": {}, "strategies": {"model": {"d_model": 128},
@@ -97,7 +100,7 @@ def stream_preset(name: str, incremental: Mapping | None = None, model: Mapping 
         strat["incremental"] = _build(TrainerConfig, inc, "incremental.")
     shape = {**strat.get("model", {}), **(model or {})}  # over the default model shape
     if shape:
-        strat["model"] = _build(ModelConfig, {**asdict(StrategyConfig().model), **shape}, "model.")
+        strat["model"] = _build(ModelConfig, {**asdict(DEFAULT_MODEL), **shape}, "model.")
     for key in ("retrain_every", "variants"):
         if key in over:
             strat[key] = over.pop(key)
@@ -117,8 +120,7 @@ def build_strategies(stream, cfg: StrategyConfig, log: Callable[[str], None] | N
     warm_seconds = time.process_time() - t0
     if log:
         log(f"warm-up: {stream.n_warmup} events, {cfg.warmup_epochs} epochs, {warm_seconds:.0f} CPU s")
-    per_window = (len(stream.items) - stream.n_warmup) / max(1, len(stream.windows))
-    steps_per_window = per_window / update_every if update_every else 1.0
+    steps_per_window = stream.events_per_window / update_every if update_every else 1.0
     strategies = [
         Static("static", stream, fork(warm)),
         Incremental("incremental", stream, fork(warm, cfg.incremental)),

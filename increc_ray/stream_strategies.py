@@ -139,8 +139,7 @@ class Popularity:
     def __init__(self, name: str, stream: Stream, half_life: float) -> None:
         assert half_life > 0, f"half_life must be > 0, got {half_life}"
         self.name, self.stream = name, stream
-        per_window = (len(stream.items) - stream.n_warmup) / max(1, len(stream.windows))
-        self.decay = 0.5 ** (1.0 / (half_life * per_window))  # per event
+        self.decay = 0.5 ** (1.0 / (half_life * stream.events_per_window))  # per event
         self.counts = np.bincount(stream.items[: stream.n_warmup], minlength=len(stream.item_ids) + 1).astype(float)
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
