@@ -155,11 +155,14 @@ def evaluate(args: argparse.Namespace) -> int:
                     log=lambda line: print(line, flush=True), threads=args.threads)
         return 0
     if args.mode == "stream":
+        from increc_ray.errors import ConfigError
         from increc_ray.offline import dataset_name
-        from increc_ray.stream_run import run_stream, stream_preset
+        from increc_ray.stream_run import PRESETS, run_stream, stream_preset
 
         name = args.name or dataset_name(args.data)
-        stream_cfg, strat_cfg = stream_preset(name, incremental=_settings(args.incremental, "--incremental"),
+        if args.preset is not None and args.preset not in PRESETS:
+            raise ConfigError(f"--preset: unknown preset {args.preset!r}; known: {', '.join(sorted(PRESETS))}")
+        stream_cfg, strat_cfg = stream_preset(args.preset or name, incremental=_settings(args.incremental, "--incremental"),
                                               model=_settings(args.model, "--model"), n_windows=args.windows,
                                               update_every=args.update_every,
                                               eval_per_window=args.eval_per_window,
@@ -196,6 +199,7 @@ def _add_evaluate(sub) -> None:
                    "user_id,item_id,timestamp[,event_type,value]")
     p.add_argument("--out", default="bench/results", help="folder for stream_<dataset>.json and PNGs ('' = none)")
     p.add_argument("--name", default=None, help="dataset name (default: the file's folder name)")
+    p.add_argument("--preset", default=None, help="per-dataset settings to use (default: those of --name, if any)")
     p.add_argument("--windows", type=int, default=None, help="replayed windows (update cadence)")
     p.add_argument("--update-every", type=int, default=None,
                    help="events between incremental updates (test-then-train step; 0 = once per window)")

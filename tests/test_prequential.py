@@ -237,6 +237,24 @@ def test_stream_preset_takes_incremental_overrides_checked_like_the_serve_config
     assert (strat.model.d_model, strat.model.n_layers) == (128, 3)
     assert main(["evaluate", "stream", "--data", "missing.csv", "--model", "width=128"]) == 2
     assert "unknown key 'model.width'" in capsys.readouterr().err
+    assert main(["evaluate", "stream", "--data", "missing.csv", "--preset", "ml-1m"]) == 2
+    assert "unknown preset 'ml-1m'" in capsys.readouterr().err
+
+
+def test_preset_flag_names_the_settings_apart_from_the_output_name(monkeypatch):
+    import increc_ray.stream_run as stream_run
+    from increc_ray.cli import main
+
+    seen = {}
+    monkeypatch.setattr(stream_run, "run_stream", lambda path, stream, strat, name, **kw: seen.update(
+        name=name, strat=strat, stream=stream))
+    assert main(["evaluate", "stream", "--data", "x/ml-100k/u.data", "--name", "ml-100k_every-window",
+                 "--preset", "ml-100k", "--retrain-every", "1"]) == 0
+    assert seen["name"] == "ml-100k_every-window"
+    assert seen["strat"].model.d_model == 128 and seen["strat"].incremental.lr == 2.5e-4  # ml-100k's settings
+    assert seen["strat"].retrain_every == 1
+    assert main(["evaluate", "stream", "--data", "x/ml-100k/u.data", "--name", "renamed"]) == 0
+    assert seen["strat"].model.d_model == 64  # no preset of that name: the defaults
 
 
 def test_last_window_averages_over_the_same_span_of_events_as_incremental():
