@@ -172,6 +172,7 @@ class Strategy(Protocol):
 @dataclass
 class StrategyResult:
     ranks: list[np.ndarray] = field(default_factory=list)  # per window
+    events: list[np.ndarray] = field(default_factory=list)  # per window: the scored events, as ranks
     update_seconds: float = 0.0
     window_seconds: list[float] = field(default_factory=list)
 
@@ -206,6 +207,7 @@ def replay(stream: Stream, strategies: Sequence[Strategy], cfg: StreamConfig,
                 seconds[strat.name] += _timed_learn(strat, start, end)
             res, r = results[strat.name], ranks[strat.name]
             res.ranks.append(np.concatenate(r) if r else np.empty(0, dtype=np.int64))
+            res.events.append(evs)
             res.update_seconds += seconds[strat.name]
             res.window_seconds.append(seconds[strat.name])
     return results
@@ -242,6 +244,36 @@ def summarise(stream: Stream, results: dict[str, StrategyResult], k: int) -> dic
                             "update_seconds": round(sec, 3)})
         out[name] = {f"hr@{k}": overall.hr, f"ndcg@{k}": overall.ndcg, "n": overall.n,
                      "update_seconds": round(res.update_seconds, 3), "windows": windows}
+        if res.events:
+            ranks, events = np.concatenate(res.ranks), np.concatenate(res.events)
+            assert len(ranks) == len(events), f"{name}: {len(ranks)} ranks for {len(events)} scored events"
+            out[name]["segments"] = {
+                seg: {f"ndcg@{k}": rep.ndcg if rep.n else None, "n": rep.n}
+                for seg, mask in segments(stream, events).items()
+                for rep in [evaluate_ranks(ranks[mask].tolist(), k=k)]}
+    return out
+
+
+# (low, high) bounds, inclusive, of the segments' counts
+HISTORY_BUCKETS = ((1, 5), (6, 20), (21, 50), (51, None))
+ITEM_WARMUP_BUCKETS = ((0, 0), (1, 10), (11, 50), (51, 200), (201, None))
+
+
+def segments(stream: Stream, events: np.ndarray) -> dict[str, np.ndarray]:
+    """Boolean masks over ``events`` that say where a strategy gains or loses: the user's earlier
+    events (``history``), the target item's events in the warm-up (``item warm-up``: 0 is an item
+    that arrived later, which the static model cannot know), and whether the user was in the
+    warm-up at all."""
+    counts = np.bincount(stream.items[: stream.n_warmup], minlength=len(stream.item_ids) + 1)
+    hist, item = stream.user_pos[events], counts[stream.items[events]]
+    out = {}
+    for label, values, buckets in (("history", hist, HISTORY_BUCKETS), ("item warm-up", item, ITEM_WARMUP_BUCKETS)):
+        for lo, hi in buckets:
+            name = f"{label} {lo}+" if hi is None else f"{label} {lo}" if lo == hi else f"{label} {lo}-{hi}"
+            out[name] = (values >= lo) & (values <= (hi if hi is not None else np.inf))
+    warm_users = set(stream.users[: stream.n_warmup])
+    out["warm-up user"] = np.fromiter((u in warm_users for u in stream.users[events]), bool, len(events))
+    out["new user"] = ~out["warm-up user"]
     return out
 
 

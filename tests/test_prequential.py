@@ -107,6 +107,15 @@ def test_replay_metrics_by_hand_and_order():
     assert s["n"] == 3
     assert s["hr@10"] == pytest.approx(2 / 3)
     assert s["ndcg@10"] == pytest.approx((1 + 1 / math.log2(3)) / 3)
+    # where it scored: u1's c (history 2, item c once in the warm-up, warm-up user), u2's d (history
+    # 1, an item the warm-up never had, warm-up user), u3's c (history 1, new user)
+    seg = s["segments"]
+    assert seg["history 1-5"] == {"ndcg@10": pytest.approx(s["ndcg@10"]), "n": 3}
+    assert seg["history 6-20"] == {"ndcg@10": None, "n": 0}  # JSON null, not NaN
+    assert seg["item warm-up 0"] == {"ndcg@10": 0.0, "n": 1}
+    assert seg["item warm-up 1-10"] == {"ndcg@10": pytest.approx((1 + 1 / math.log2(3)) / 2), "n": 2}
+    assert seg["warm-up user"] == {"ndcg@10": pytest.approx(0.5), "n": 2}
+    assert seg["new user"] == {"ndcg@10": pytest.approx(1 / math.log2(3)), "n": 1}
 
 
 def test_streaming_strategies_learn_every_step_and_the_others_every_window():
@@ -191,7 +200,7 @@ def test_fork_keeps_adam_moments_but_takes_the_new_hyperparameters():
 # ---- the whole run ---------------------------------------------------------------------------
 
 def test_run_stream_on_a_synthetic_file(tmp_path):
-    from increc_ray.stream_run import BASELINES, StrategyConfig, run_stream
+    from increc_ray.stream_run import BASELINES, StrategyConfig, format_table, run_stream
     from increc_ray.synthetic import SyntheticStream
 
     # planted successors with drift and new items; 4000 events, bare user,item,timestamp JSONL
@@ -216,6 +225,11 @@ def test_run_stream_on_a_synthetic_file(tmp_path):
     assert per["static"]["hr@10"] > per["popularity"]["hr@10"] + 0.1
     # new items arrive during the replay: a learning strategy ranks them, the static model cannot
     assert per["incremental"]["ndcg@10"] > per["static"]["ndcg@10"]
+    # ... which the segments show: items the warm-up never had score 0 for the static model
+    seg = saved["strategies"]["static"]["segments"]
+    assert seg["item warm-up 0"]["n"] > 0 and seg["item warm-up 0"]["ndcg@10"] == 0.0
+    assert sum(seg[f"history {b}"]["n"] for b in ("1-5", "6-20", "21-50", "51+")) == per["static"]["n"]
+    assert "item warm-up 0" in format_table(out)
 
 
 def test_stream_preset_takes_incremental_overrides_checked_like_the_serve_config(capsys):
@@ -227,8 +241,9 @@ def test_stream_preset_takes_incremental_overrides_checked_like_the_serve_config
     _, strat = stream_preset("some-other-file")
     assert strat.incremental == TrainerConfig()  # no preset: the product's defaults
     default_model = strat.model
-    _, strat = stream_preset("ml-100k")  # a preset may widen the model, and keeps the rest of its shape
-    assert strat.model.d_model == 128 and strat.model.max_len == default_model.max_len == 50
+    _, strat = stream_preset("ml-100k")  # a preset may reshape the model, and keeps the rest of it
+    assert (strat.model.d_model, strat.model.max_len) == (128, 25)
+    assert (strat.model.n_layers, strat.model.dropout) == (default_model.n_layers, default_model.dropout)
     assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "lr_typo=1"]) == 2
     assert "unknown key 'incremental.lr_typo'" in capsys.readouterr().err
     assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "batch_size=many"]) == 2
