@@ -7,6 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DATA=${DATA:-../shared/data}
+# the project venv (deploy/setup.sh) unless PYTHON names another interpreter
+if [ -n "${PYTHON:-}" ]; then PY=$PYTHON; elif [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python; fi
 for f in "$DATA/ml-latest-small/ratings.csv" "$DATA/ml-100k/u.data"; do
-  python -m increc_ray.cli evaluate stream --data "$f" --out bench/results "$@"
+  "$PY" -m increc_ray.cli evaluate stream --data "$f" --out bench/results "$@"
 done
