@@ -139,6 +139,11 @@ class TrainerConfig:
     # however many arrive at once; a long burst is learned in max_len-long slices.
     history_len: int = 200
     item_lr_mult: float = 1.0  # lr multiplier of the item table (new and rising items adapt faster)
+    # a rarely seen item's row takes longer steps, so that a new item can be recommended after a
+    # few events: its step is stretched by 1 + (rare_item_lr_mult - 1) * c / (c + count), where
+    # c = rare_item_count and count = the item's positive events so far; 1 = off
+    rare_item_lr_mult: float = 1.0
+    rare_item_count: float = 20.0
     # publish (and score with) an exponential moving average of the weights after each update:
     # ema = ema_decay * ema + (1 - ema_decay) * weights; 0 = publish the latest weights
     ema_decay: float = 0.0
@@ -165,6 +170,8 @@ class TrainerConfig:
         _check(self.replay_users >= 0, "trainer.replay_users", self.replay_users, "must be >= 0")
         _check(self.replay_positions >= 0, "trainer.replay_positions", self.replay_positions, "must be >= 0")
         _check(0 <= self.ema_decay < 1, "trainer.ema_decay", self.ema_decay, "must be in [0, 1)")
+        _check(self.rare_item_lr_mult >= 1, "trainer.rare_item_lr_mult", self.rare_item_lr_mult, "must be >= 1")
+        _check(self.rare_item_count > 0, "trainer.rare_item_count", self.rare_item_count, "must be > 0")
         _check(self.item_lr_mult > 0, "trainer.item_lr_mult", self.item_lr_mult, "must be > 0")
         _check(self.history_len > 0, "trainer.history_len", self.history_len, "must be > 0")
         _check(self.min_new_events > 0, "trainer.min_new_events", self.min_new_events, "must be > 0")

@@ -78,6 +78,7 @@ class IncrementalLearner:
         self.n_events = 0
         self._ema: dict[str, torch.Tensor] | None = None  # published weights when trainer.ema_decay > 0
         self._ema_items = 0  # items the moving average has rows for (later ones join from the model)
+        self._item_counts = np.zeros(1, dtype=np.int64)  # positive events of each item index (0: pad)
 
     @property
     def n_items(self) -> int:
@@ -98,6 +99,8 @@ class IncrementalLearner:
         items = self.vocab.add(item_ids).tolist()
         if self.n_items > n_old:
             self._add_item_rows(n_old)
+        self._item_counts = np.bincount(items, minlength=self.n_items + 1) + np.pad(
+            self._item_counts, (0, self.n_items + 1 - len(self._item_counts)))
 
         keep = self._keep
         new_targets = 0
@@ -257,6 +260,7 @@ class IncrementalLearner:
             "n_events": self.n_events,
             "ema": None if self._ema is None else {k: v.detach().cpu().clone() for k, v in self._ema.items()},
             "ema_items": self._ema_items,
+            "item_counts": torch.as_tensor(self._item_counts),
         }
 
     @classmethod
@@ -288,6 +292,9 @@ class IncrementalLearner:
         ema = state.get("ema")  # absent before ema_decay existed
         self._ema = None if ema is None else {k: v.to(self.device) for k, v in ema.items()}
         self._ema_items = state.get("ema_items", self.n_items)  # absent in checkpoints before it existed
+        counts = state.get("item_counts")  # absent before rare-item steps: count the kept histories
+        self._item_counts = (counts.numpy().copy() if counts is not None
+                             else np.bincount(state["seq_items"].numpy(), minlength=self.n_items + 1))
         return self
 
     # ---- internals -------------------------------------------------------------------------
@@ -394,8 +401,24 @@ class IncrementalLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer_cfg.grad_clip)
+        rare, stretch = self._rare_rows()
+        item = self.model.item_emb.weight
+        before = item.detach()[rare].clone() if len(rare) else None
         self.optimizer.step()
+        if before is not None:
+            with torch.no_grad():  # the rare rows' step, stretched
+                item[rare] = before + (item[rare] - before) * stretch[:, None]
         return loss.item()
+
+    def _rare_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item rows whose step is stretched (``trainer.rare_item_lr_mult``), and by how much."""
+        M, c = self.trainer_cfg.rare_item_lr_mult, self.trainer_cfg.rare_item_count
+        if M <= 1:
+            return torch.empty(0, dtype=torch.long), torch.empty(0)
+        stretch = 1 + (M - 1) * c / (c + self._item_counts[1:self.n_items + 1])
+        rows = np.flatnonzero(stretch > 1.01)  # the others step as usual
+        return (torch.as_tensor(rows + 1, device=self.device),
+                torch.as_tensor(stretch[rows], dtype=torch.float32, device=self.device))
 
     def _add_item_rows(self, n_old: int) -> None:
         """Make room for items n_old+1..n_items and warm-start their rows near the mean item."""

@@ -73,9 +73,11 @@ class StrategyConfig:
 # faster than the encoder.
 PRESETS: dict[str, dict] = {
     # a wider model with a shorter context gains more from the stream here (incremental 0.0914 at
-    # d_model 64, 0.0940 at 128, 0.0966 at 128 with max_len 25; README "Incremental vs retraining")
+    # d_model 64, 0.0940 at 128, 0.0966 at 128 with max_len 25; README "Incremental vs retraining");
+    # at its small lr a new item's row needs longer steps to be recommended at all
     "ml-100k": {"stream": {}, "strategies": {"model": {"d_model": 128, "max_len": 25},
-                                             "incremental": {"lr": 2.5e-4, "batch_size": 32, "replay_ratio": 0.1}}},
+                                             "incremental": {"lr": 2.5e-4, "batch_size": 32, "replay_ratio": 0.1,
+                                                             "rare_item_lr_mult": 20.0, "rare_item_count": 3.0}}},
     # the warm-up years predict 2007+ poorly: prequential NDCG peaks after ~5 epochs
     "ml-latest-small": {"stream": {}, "strategies": {"warmup_epochs": 5, "retrain_epochs": 5,
                                                      "incremental": {"item_lr_mult": 20.0, "ema_decay": 0.95,

@@ -322,6 +322,40 @@ def test_item_lr_mult_moves_the_item_table_faster_and_survives_growth_and_resume
     assert moved[10.0][1] < 3 * moved[1.0][1]  # ...the encoder about as far
 
 
+def test_rare_item_rows_take_stretched_steps_and_their_counts_survive_resume():
+    import copy
+    import dataclasses
+
+    L = IncrementalLearner(SMALL, TrainerConfig(lr=1e-2))
+    L.observe(events(planted_rows(n_users=200, length=20)))  # about 80 events per item
+    L.update()
+    L.observe(events([("u0", "brand-new", 10**6)]))  # an item seen once: the next update is one step
+    state = L.state_dict()
+
+    def step(**rare):
+        s = dict(copy.deepcopy(state),  # the optimizer steps its loaded moments in place
+                 trainer_config=dataclasses.asdict(dataclasses.replace(L.trainer_cfg, **rare)))
+        M = IncrementalLearner.from_state_dict(s)
+        before = M.model.item_emb.weight.detach().clone()
+        assert M.update().n_targets == 1  # one optimizer step: the same batch, dropout, gradients
+        return M, M.model.item_emb.weight.detach() - before
+
+    new, popular = int(L.vocab.lookup(["brand-new"])[0]), int(L.vocab.lookup(["i0"])[0])
+    _, plain = step()
+    R, stretched = step(rare_item_lr_mult=1.5, rare_item_count=1.0)
+    assert plain[new].abs().sum() > 0
+    # 1 + 0.5 * 1 / (1 + 1) for the item seen once; a row seen ~80 times (stretch < 1.01) as usual
+    assert torch.allclose(stretched[new], 1.25 * plain[new], atol=1e-7)
+    assert torch.equal(stretched[popular], plain[popular])
+    assert R._item_counts[new] == 1 and R._item_counts[popular] == Counter(
+        r[1] for r in planted_rows(n_users=200, length=20))["i0"]
+    resumed = IncrementalLearner.from_state_dict(R.state_dict())
+    assert np.array_equal(resumed._item_counts, R._item_counts)
+    old = R.state_dict()
+    del old["item_counts"]  # a checkpoint from before the counts: the kept histories are counted
+    assert IncrementalLearner.from_state_dict(old)._item_counts[new] == 1
+
+
 def test_a_format_1_checkpoint_resumes_with_fresh_optimizer_moments():
     L = IncrementalLearner(SMALL, TrainerConfig())
     L.observe(events(planted_rows(n_users=10, length=5)))
