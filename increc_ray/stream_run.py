@@ -130,7 +130,7 @@ def build_strategies(stream, cfg: StrategyConfig, log: Callable[[str], None] | N
         FullRetrain("full_retrain", stream, fork(warm), cfg.retrain_every, cfg.retrain_epochs, cfg.scratch),
         Incremental("last_window", stream, fork(warm, dataclasses.replace(
             cfg.incremental, replay_ratio=0.0, steps_per_update=cfg.last_window_steps, lr_schedule="constant",
-            batch_size=cfg.last_window_batch,
+            batch_size=cfg.last_window_batch, rare_item_lr_mult=1.0,  # plain steps: 5 passes x 20 overshoot
             ema_decay=cfg.incremental.ema_decay ** steps_per_window)), streaming=False),
         Popularity("popularity", stream, cfg.popularity_half_life),
     ]

@@ -277,12 +277,15 @@ def test_last_window_averages_over_the_same_span_of_events_as_incremental():
 
     stream = build_stream(table(planted()), StreamConfig(n_windows=4))
     cfg = StrategyConfig(model=TINY, warmup_epochs=1, retrain_epochs=1, variants={},
-                         incremental=TrainerConfig(ema_decay=0.9))
+                         incremental=TrainerConfig(ema_decay=0.9, rare_item_lr_mult=20.0))
     by_name = {s.name: s for s in build_strategies(stream, cfg, update_every=20)[0]}
     per_window = (len(stream.items) - stream.n_warmup) / 4
     assert by_name["incremental"].streaming and not by_name["last_window"].streaming
     assert by_name["incremental"].learner.trainer_cfg.ema_decay == 0.9
     assert by_name["last_window"].learner.trainer_cfg.ema_decay == pytest.approx(0.9 ** (per_window / 20))
+    # the naive baseline takes plain steps: stretched rare rows over 5 passes overshoot
+    assert by_name["incremental"].learner.trainer_cfg.rare_item_lr_mult == 20.0
+    assert by_name["last_window"].learner.trainer_cfg.rare_item_lr_mult == 1.0
 
 
 def test_recent_popularity_halves_old_counts_over_one_window_of_events():
