@@ -79,6 +79,7 @@ class IncrementalLearner:
         self._ema: dict[str, torch.Tensor] | None = None  # published weights when trainer.ema_decay > 0
         self._ema_items = 0  # items the moving average has rows for (later ones join from the model)
         self._item_counts = np.zeros(1, dtype=np.int64)  # positive events of each item index (0: pad)
+        self._rare: tuple[torch.Tensor, torch.Tensor] | None = None  # _rare_rows until counts change
 
     @property
     def n_items(self) -> int:
@@ -101,6 +102,7 @@ class IncrementalLearner:
             self._add_item_rows(n_old)
         self._item_counts = np.bincount(items, minlength=self.n_items + 1) + np.pad(
             self._item_counts, (0, self.n_items + 1 - len(self._item_counts)))
+        self._rare = None
 
         keep = self._keep
         new_targets = 0
@@ -411,14 +413,15 @@ class IncrementalLearner:
         return loss.item()
 
     def _rare_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item rows whose step is stretched (``trainer.rare_item_lr_mult``), and by how much."""
-        M, c = self.trainer_cfg.rare_item_lr_mult, self.trainer_cfg.rare_item_count
-        if M <= 1:
-            return torch.empty(0, dtype=torch.long), torch.empty(0)
-        stretch = 1 + (M - 1) * c / (c + self._item_counts[1:self.n_items + 1])
-        rows = np.flatnonzero(stretch > 1.01)  # the others step as usual
-        return (torch.as_tensor(rows + 1, device=self.device),
-                torch.as_tensor(stretch[rows], dtype=torch.float32, device=self.device))
+        """Item rows whose step is stretched (``trainer.rare_item_lr_mult``), and by how much;
+        computed once per change of the counts, not per optimizer step."""
+        if self._rare is None:
+            M, c = self.trainer_cfg.rare_item_lr_mult, self.trainer_cfg.rare_item_count
+            stretch = 1 + (M - 1) * c / (c + self._item_counts[1:self.n_items + 1]) if M > 1 else np.ones(0)
+            rows = np.flatnonzero(stretch > 1.01)  # the others step as usual
+            self._rare = (torch.as_tensor(rows + 1, device=self.device),
+                          torch.as_tensor(stretch[rows], dtype=torch.float32, device=self.device))
+        return self._rare
 
     def _add_item_rows(self, n_old: int) -> None:
         """Make room for items n_old+1..n_items and warm-start their rows near the mean item."""

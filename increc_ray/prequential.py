@@ -172,7 +172,7 @@ class Strategy(Protocol):
 @dataclass
 class StrategyResult:
     ranks: list[np.ndarray] = field(default_factory=list)  # per window
-    events: list[np.ndarray] = field(default_factory=list)  # per window: the scored events, as ranks
+    events: list[np.ndarray] = field(default_factory=list)  # per window: the scored events, aligned with ranks
     update_seconds: float = 0.0
     window_seconds: list[float] = field(default_factory=list)
 
@@ -235,6 +235,9 @@ def _timed_learn(strat: Strategy, start: int, end: int) -> float:
 def summarise(stream: Stream, results: dict[str, StrategyResult], k: int) -> dict:
     """Per-strategy overall and per-window HR@k / NDCG@k (micro-averaged over events)."""
     out = {}
+    # one replay scores every strategy on the same events: their segment masks are computed once
+    scored = next((np.concatenate(r.events) for r in results.values() if r.events), None)
+    masks = segments(stream, scored) if scored is not None else {}
     for name, res in results.items():
         overall = evaluate_ranks(np.concatenate(res.ranks).tolist(), k=k)
         windows = []
@@ -245,11 +248,12 @@ def summarise(stream: Stream, results: dict[str, StrategyResult], k: int) -> dic
         out[name] = {f"hr@{k}": overall.hr, f"ndcg@{k}": overall.ndcg, "n": overall.n,
                      "update_seconds": round(res.update_seconds, 3), "windows": windows}
         if res.events:
-            ranks, events = np.concatenate(res.ranks), np.concatenate(res.events)
-            assert len(ranks) == len(events), f"{name}: {len(ranks)} ranks for {len(events)} scored events"
+            ranks = np.concatenate(res.ranks)
+            assert np.array_equal(np.concatenate(res.events), scored), f"{name} was scored on other events"
+            assert len(ranks) == len(scored), f"{name}: {len(ranks)} ranks for {len(scored)} scored events"
             out[name]["segments"] = {
                 seg: {f"ndcg@{k}": rep.ndcg if rep.n else None, "n": rep.n}
-                for seg, mask in segments(stream, events).items()
+                for seg, mask in masks.items()
                 for rep in [evaluate_ranks(ranks[mask].tolist(), k=k)]}
     return out
 
