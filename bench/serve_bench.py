@@ -67,8 +67,8 @@ def main() -> None:
     from ray import serve
     from starlette.responses import JSONResponse
 
-    from increc_ray.serve import app_builder
-    from increc_ray.synthetic import SyntheticStream
+    from increc_ray.serve.app import app_builder
+    from increc_ray.evaluate.synthetic import SyntheticStream
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(include_dashboard=False, log_to_driver=False)

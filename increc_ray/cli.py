@@ -96,7 +96,7 @@ def probe_successor_rate(client: Client, stream, items: list[str], tag: str, k: 
 
 def demo(url: str, n_events: int, batch: int, seed: int) -> int:
     """Stream synthetic events over HTTP and print live recommendations as the model learns."""
-    from increc_ray.synthetic import SyntheticStream
+    from increc_ray.evaluate.synthetic import SyntheticStream
 
     client = Client(url)
     print(f"waiting for {url}/healthz ...", flush=True)
@@ -129,7 +129,7 @@ def demo(url: str, n_events: int, batch: int, seed: int) -> int:
 
 def send_file(url: str, path: str, batch: int) -> int:
     """Post the events of a file (any format the loaders read) in batches."""
-    from increc_ray.loaders import read_events_file
+    from increc_ray.ingest.loaders import read_events_file
 
     table = read_events_file(path)
     client = Client(url)
@@ -145,9 +145,9 @@ def send_file(url: str, path: str, batch: int) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """``increc evaluate <mode>``: model quality measurements (see increc_ray.offline)."""
+    """``increc evaluate <mode>``: model quality measurements (see increc_ray.evaluate.offline)."""
     if args.mode == "offline":
-        from increc_ray.offline import dataset_name, preset, run_offline
+        from increc_ray.evaluate.offline import dataset_name, preset, run_offline
 
         model_cfg, trainer_cfg, fit_cfg = preset(dataset_name(args.data), seed=args.seed,
                                                  max_epochs=args.max_epochs, max_minutes=args.max_minutes)
@@ -156,8 +156,8 @@ def evaluate(args: argparse.Namespace) -> int:
         return 0
     if args.mode == "stream":
         from increc_ray.errors import ConfigError
-        from increc_ray.offline import dataset_name
-        from increc_ray.stream_run import PRESETS, run_stream, stream_preset
+        from increc_ray.evaluate.offline import dataset_name
+        from increc_ray.evaluate.stream import PRESETS, run_stream, stream_preset
 
         name = args.name or dataset_name(args.data)
         if args.preset is not None and args.preset not in PRESETS:

@@ -7,7 +7,7 @@
     +-- DataError            a file or batch cannot be read as events (whole-file quarantine)
 
 Row-level problems are not exceptions: a bad row becomes a quarantined row
-with a reason (see ``increc_ray.clean``), so one bad event never sinks a batch.
+with a reason (see ``increc_ray.ingest.clean``), so one bad event never sinks a batch.
 """
 
 from __future__ import annotations

@@ -72,7 +72,7 @@ def app(ray_cluster, tmp_path_factory):
     """The whole increc_ray app deployed with Serve; yields (base_url, data_dir)."""
     from ray import serve
 
-    from increc_ray.serve import app_builder
+    from increc_ray.serve.app import app_builder
 
     data_dir = str(tmp_path_factory.mktemp("increc_data"))
     port = free_port()

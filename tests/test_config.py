@@ -51,6 +51,6 @@ def test_serve_config_yaml_is_a_valid_serve_deploy_config():
         schema = ServeDeploySchema.model_validate(yaml.safe_load(f)) if hasattr(ServeDeploySchema, "model_validate") \
             else ServeDeploySchema.parse_obj(yaml.safe_load(f))
     (app,) = schema.applications
-    assert app.import_path == "increc_ray.serve:app_builder"
+    assert app.import_path == "increc_ray.serve.app:app_builder"
     (rec,) = [d for d in app.deployments if d.name == "Recommender"]
     assert rec.autoscaling_config["min_replicas"] >= 1 and rec.autoscaling_config["max_replicas"] > 1

@@ -1,0 +1,122 @@
+"""The learner's checkpoint state: everything needed to resume an ``IncrementalLearner`` exactly.
+
+Only tensors and plain Python values. The state carries the model shape and the trainer
+settings it was written with; a resume may run other trainer settings (the deployed ones),
+but not another model shape, which would need the weights to be rebuilt.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import torch
+
+from increc_ray.config import ModelConfig, TrainerConfig
+from increc_ray.errors import ConfigError
+
+STATE_FORMAT = 2  # 2: the item table has its own optimizer param group
+
+
+def learner_state(learner) -> dict:
+    """The resumable state of ``learner`` (an ``IncrementalLearner``)."""
+    seqs = learner._seqs
+    users = list(seqs)
+    lens = [len(seqs[u][0]) for u in users]
+    ema = learner._ema.state
+    return {
+        "format": STATE_FORMAT,
+        "model_config": dataclasses.asdict(learner.model_cfg),
+        "trainer_config": dataclasses.asdict(learner.trainer_cfg),
+        "capacity": learner.model.capacity,
+        "model": {k: v.detach().cpu().clone() for k, v in learner.model.state_dict().items()},
+        "optimizer": _to_cpu(learner.optimizer.state_dict()),
+        "vocab": learner.vocab.to_list(),
+        "users": users,
+        "seq_offsets": torch.as_tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.long),
+        "seq_items": torch.as_tensor([i for u in users for i in seqs[u][0]], dtype=torch.long),
+        "seq_weights": torch.as_tensor([w for u in users for w in seqs[u][1]], dtype=torch.float64),
+        "pending": dict(learner._pending),
+        "n_pending_targets": learner._n_pending_targets,
+        "reservoir": list(learner._reservoir),
+        "n_users_seen": learner._n_users_seen,
+        "lr_scale": learner._lr_scale,
+        "loss_ema": learner._loss_ema,
+        "np_rng": learner._rng.bit_generator.state,
+        "torch_rng": learner._torch_rng.clone(),
+        "n_updates": learner.n_updates,
+        "n_events": learner.n_events,
+        "ema": None if ema is None else {k: v.detach().cpu().clone() for k, v in ema.items()},
+        "ema_items": learner._ema.n_items,
+        "item_counts": torch.as_tensor(learner._item_counts),
+    }
+
+
+def restore_learner(cls, state: dict, device: str = "cpu", model_cfg: ModelConfig | None = None,
+                    trainer_cfg: TrainerConfig | None = None):
+    """An ``cls`` (``IncrementalLearner``) resumed from ``state``.
+
+    ``trainer_cfg`` (default: the saved one) is what the resumed learner runs. ``model_cfg``, when
+    given, must be the saved shape: a different one raises ``ConfigError`` naming both.
+    """
+    fmt = state.get("format")
+    if fmt not in (1, STATE_FORMAT):
+        raise ConfigError(f"learner checkpoint format {fmt!r} is not readable here (expected 1 or {STATE_FORMAT})")
+    saved = ModelConfig(**state["model_config"])
+    if model_cfg is not None and _shape(model_cfg) != _shape(saved):
+        raise ConfigError(f"the checkpoint's model shape {_shape(saved)} differs from the configured "
+                          f"{_shape(model_cfg)}: a resumed trainer cannot change it (restore the old "
+                          "model settings, or start from an empty data_dir/checkpoints)")
+    if model_cfg is not None:
+        saved = dataclasses.replace(saved, dropout=model_cfg.dropout)  # dropout is no shape: it may change
+    self = cls(saved, trainer_cfg or TrainerConfig(**state["trainer_config"]), device=device)
+    with torch.random.fork_rng(devices=[]):  # grow's fresh rows are overwritten by the load below
+        self.model.grow(state["capacity"])
+    self._rebuild_optimizer()  # on the grown parameter
+    self.model.load_state_dict(state["model"])
+    if fmt == STATE_FORMAT:
+        configured = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        self.optimizer.load_state_dict(state["optimizer"])
+        for group, hyper in zip(self.optimizer.param_groups, configured):
+            group.update(hyper)  # the moments are kept; lr, decay and multipliers are the configured ones
+    else:  # format 1 grouped the item table with the encoder: resume with fresh optimizer moments
+        warnings.warn("learner state format 1: optimizer moments are reset (the model, sequences "
+                      "and offset are kept)", stacklevel=2)
+    from increc_ray.learn.vocab import ItemVocab
+
+    self.vocab = ItemVocab.from_list(state["vocab"])
+    off = state["seq_offsets"].tolist()
+    items, weights = state["seq_items"].tolist(), state["seq_weights"].tolist()
+    self._seqs = {u: (items[off[i]:off[i + 1]], weights[off[i]:off[i + 1]]) for i, u in enumerate(state["users"])}
+    self._pending = dict(state["pending"])
+    self._n_pending_targets = state["n_pending_targets"]
+    self._reservoir = list(state["reservoir"])
+    self._n_users_seen = state["n_users_seen"]
+    self._lr_scale, self._loss_ema = state["lr_scale"], state["loss_ema"]
+    self._rng.bit_generator.state = state["np_rng"]
+    self._torch_rng = state["torch_rng"].cpu().clone()  # map_location may have moved it
+    self.n_updates, self.n_events = state["n_updates"], state["n_events"]
+    ema = state.get("ema") if self.trainer_cfg.ema_decay > 0 else None  # absent before ema_decay existed
+    self._ema.state = None if ema is None else {k: v.to(self.device) for k, v in ema.items()}
+    self._ema.n_items = state.get("ema_items", self.n_items)  # absent in checkpoints before it existed
+    counts = state.get("item_counts")  # absent before rare-item steps: count the kept histories
+    self._item_counts = (counts.numpy().copy() if counts is not None
+                         else np.bincount(state["seq_items"].numpy(), minlength=self.n_items + 1))
+    return self
+
+
+def _shape(cfg: ModelConfig) -> dict:
+    """The fields that fix the weights' shapes (dropout does not)."""
+    d = dataclasses.asdict(cfg)
+    return {k: d[k] for k in ("arch", "d_model", "n_layers", "n_heads", "max_len")}
+
+
+def _to_cpu(obj):
+    if torch.is_tensor(obj):
+        return obj.detach().cpu().clone()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_to_cpu(v) for v in obj]
+    return obj

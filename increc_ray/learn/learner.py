@@ -1,0 +1,381 @@
+"""The incremental update step: the exact code the live Ray Train worker runs (no Ray here).
+
+Data flow: ``observe(events)`` appends each user's positive events to their item sequence
+(adding new items to the vocab, growing the model if needed) and marks the new positions as
+pending targets; ``update()`` takes optimizer steps on those new positions plus replayed
+sequences from a reservoir of past users, then clears the pending targets.
+
+Training examples are *slices*: (user, end, n) scores the n targets just before position
+``end`` of the user's sequence, each with up to ``max_len`` preceding items as context. A user
+with more new events than ``max_len`` (a binge, or a large file landing at once) gives several
+slices, so every new event is learned; ``train_epoch`` slices whole kept histories the same way.
+
+Loss: full softmax cross-entropy over every known item (pad and spare capacity rows are
+never candidates), weighted by the event weight of each target.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+import torch.nn.functional as F
+
+from increc_ray.config import ModelConfig, TrainerConfig
+from increc_ray.learn.model import INIT_STD, SeqRecModel, left_pad, masked_scores
+from increc_ray.learn import checkpoint
+from increc_ray.learn.ema import WeightAverage
+from increc_ray.learn.optim import adapt_lr_scale, make_optimizer, rare_row_stretch, set_lr, swap_param
+from increc_ray.learn.vocab import ItemVocab
+
+EVAL_MAX_USERS = 1024  # users scored by evaluate_next per call (keeps it cheap on big slices)
+
+
+@dataclass
+class UpdateStats:
+    loss: float  # mean training loss over the update's steps
+    n_sequences: int  # users with new targets trained on
+    n_targets: int  # new target positions trained on
+    n_replay: int  # replayed sequences
+    lr: float  # lr used for this update
+    seconds: float
+    n_items: int
+
+
+class IncrementalLearner:
+    """Keeps user sequences, the model and its optimizer; learns from new events as they come."""
+
+    def __init__(self, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, device: str = "cpu") -> None:
+        self.model_cfg, self.trainer_cfg, self.device = model_cfg, trainer_cfg, torch.device(device)
+        self.vocab = ItemVocab()
+        torch_gen = torch.Generator().manual_seed(trainer_cfg.seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(trainer_cfg.seed)  # model init is seeded, and leaves the global RNG alone
+            self.model = SeqRecModel(model_cfg).to(self.device).train()
+        self.optimizer = make_optimizer(self.model, trainer_cfg)
+        self._seqs: dict[str, tuple[list[int], list[float]]] = {}  # user -> (items, weights), oldest first
+        self._pending: dict[str, int] = {}  # user -> new items since the last update
+        self._n_pending_targets = 0
+        self._reservoir: list[str] = []  # replay candidates (reservoir sample of users)
+        self._n_users_seen = 0
+        self._lr_scale = 1.0
+        self._loss_ema: float | None = None
+        self._rng = np.random.default_rng(trainer_cfg.seed)
+        self._torch_rng = torch_gen.get_state()  # dropout and warm-start noise, kept apart from global
+        self.n_updates = 0
+        self.n_events = 0
+        self._ema = WeightAverage(trainer_cfg.ema_decay)  # published weights when trainer.ema_decay > 0
+        self._item_counts = np.zeros(1, dtype=np.int64)  # positive events of each item index (0: pad)
+        self._rare: tuple[torch.Tensor, torch.Tensor] | None = None  # _rare_rows until counts change
+
+    @property
+    def n_items(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def pending_targets(self) -> int:
+        """New target positions waiting for the next ``update``."""
+        return self._n_pending_targets
+
+    def observe(self, events: pa.Table) -> int:
+        """Add cleaned events (any order; processed by timestamp, stable). Returns new targets."""
+        self.n_events += events.num_rows
+        users, item_ids, weights = _positives(events)
+        if not users:
+            return 0
+        n_old = self.n_items
+        items = self.vocab.add(item_ids).tolist()
+        if self.n_items > n_old:
+            self._add_item_rows(n_old)
+        self._item_counts = np.bincount(items, minlength=self.n_items + 1) + np.pad(
+            self._item_counts, (0, self.n_items + 1 - len(self._item_counts)))
+        self._rare = None
+
+        keep = self._keep
+        new_targets = 0
+        for user, item, w in zip(users, items, weights):
+            seq = self._seqs.get(user)
+            if seq is None:
+                seq = self._seqs[user] = ([], [])
+                self._reservoir_add(user)
+            seq[0].append(item)
+            seq[1].append(w)
+            n_pending = self._pending[user] = self._pending.get(user, 0) + 1
+            if len(seq[0]) > keep + n_pending:  # pending items and their context stay until learned
+                del seq[0][0], seq[1][0]
+            if len(seq[0]) >= 2:  # a user's first item has no predecessor, so it is no target
+                new_targets += 1
+        self._n_pending_targets += new_targets
+        return new_targets
+
+    def update(self) -> UpdateStats | None:
+        """Train on the pending targets plus replay; None when nothing is pending."""
+        t0 = time.perf_counter()
+        # slices over the new positions of each touched user (trimmed once they are learned)
+        examples: list[tuple[str, int, int]] = []
+        n_targets = 0
+        for user, n_new in self._pending.items():
+            L = len(self._seqs[user][0])
+            n = min(n_new, L - 1)
+            examples += self._slices(user, L, n)
+            n_targets += n
+        touched = list(self._pending)
+        self._pending.clear()
+        self._n_pending_targets = 0
+        if not examples:
+            self._trim_all(touched)
+            return None
+        replay = self._sample_replay(round(self.trainer_cfg.replay_ratio * len(examples)), {u for u, _, _ in examples})
+        recent = self.trainer_cfg.replay_positions or self.model_cfg.max_len
+        for u in replay:
+            L = len(self._seqs[u][0])
+            examples.append((u, L, min(recent, self.model_cfg.max_len, L - 1)))
+
+        lr = self.trainer_cfg.lr * self._lr_scale
+        self._set_lr(lr)
+        bs = self.trainer_cfg.batch_size
+        losses = []
+        self.model.train()
+        with self._own_torch_rng():
+            for _ in range(self.trainer_cfg.steps_per_update):
+                perm = self._rng.permutation(len(examples))
+                for i in range(0, len(perm), bs):
+                    losses.append(self._step([examples[j] for j in perm[i:i + bs]]))
+        self._trim_all(touched)  # slice positions index the untrimmed sequences: trim after training
+        self._ema.update(self.model, self.n_items)
+        loss = float(np.mean(losses))
+        self._adapt_lr(loss)
+        self.n_updates += 1
+        return UpdateStats(loss=loss, n_sequences=len(touched), n_targets=n_targets, n_replay=len(replay),
+                           lr=lr, seconds=time.perf_counter() - t0, n_items=self.n_items)
+
+    def train_epoch(self, users: Sequence[str] | None = None) -> float:
+        """One shuffled pass over the whole kept sequence of each of ``users`` (default: all),
+        in ``max_len``-long slices (every kept position is scored once).
+
+        The offline (epoch-based) counterpart of ``update``: the same step and loss, every
+        position of every sequence scored, at ``trainer.lr`` (times the adaptive scale, which
+        only ``update`` moves). Pending targets are left alone. Returns the mean loss.
+        """
+        users = list(self._seqs) if users is None else list(users)
+        examples = [ex for u in users for ex in self._slices(u, len(self._seqs[u][0]), len(self._seqs[u][0]) - 1)]
+        assert examples, "train_epoch needs at least one user with two or more items"
+        self._set_lr(self.trainer_cfg.lr * self._lr_scale)
+        bs = self.trainer_cfg.batch_size
+        losses, counts = [], []
+        self.model.train()
+        with self._own_torch_rng():
+            perm = self._rng.permutation(len(examples))
+            for i in range(0, len(perm), bs):
+                batch = [examples[j] for j in perm[i:i + bs]]
+                losses.append(self._step(batch))
+                counts.append(len(batch))
+        return float(np.average(losses, weights=counts))
+
+    @torch.no_grad()
+    def score_histories(self, histories: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Scores (B, n_items + 1) of every known item after each history of item indices
+        (oldest first, last ``max_len`` used); column 0 (pad) is -inf. Eval mode, no dropout."""
+        assert all(len(h) for h in histories), "every history needs at least one item"
+        seqs = [list(h)[-self.model_cfg.max_len:] for h in histories]
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            with self._ema.loaded_into(self.model):
+                hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+                return masked_scores(self.model, hidden, self.n_items).cpu()
+        finally:
+            self.model.train(was_training)
+
+    @torch.no_grad()
+    def evaluate_next(self, events: pa.Table, k: int = 10) -> float | None:
+        """Prequential HR@k: share of known users whose first new positive in ``events`` is in
+        the current model's top-k. Call before ``observe(events)``; None when nobody qualifies."""
+        users, item_ids, _ = _positives(events)
+        first: dict[str, str] = {}
+        for user, item in zip(users, item_ids):
+            if user not in first and user in self._seqs and len(first) < EVAL_MAX_USERS:
+                first[user] = item
+        if not first:
+            return None
+        seqs = [self._seqs[u][0][-self.model_cfg.max_len:] for u in first]
+        targets = torch.as_tensor(self.vocab.lookup(first.values()), device=self.device)  # (B,) 0 = new item: a miss
+        self.model.eval()
+        with self._ema.loaded_into(self.model):
+            hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+            scores = masked_scores(self.model, hidden, self.n_items)
+        self.model.train()
+        top = scores.topk(min(k, self.n_items), dim=1).indices  # (B, k)
+        return float(((top == targets[:, None]).any(1) & (targets > 0)).float().mean())
+
+    def export_weights(self, version: int, metrics: dict | None = None) -> dict:
+        """The published artifact: CPU numpy copies of the weights (their moving average when
+        ``trainer.ema_decay`` > 0), with config and vocab."""
+        weights = self._ema.weights(self.model)
+        return {
+            "version": int(version),
+            "model_config": dataclasses.asdict(self.model_cfg),
+            "vocab": self.vocab.to_list(),
+            "state_dict": {k: v.detach().cpu().numpy().copy() for k, v in weights.items()},
+            "metrics": dict(metrics or {}),
+            "created_at": time.time(),
+        }
+
+    def state_dict(self) -> dict:
+        """Everything needed to resume exactly (see ``increc_ray.learn.checkpoint``)."""
+        return checkpoint.learner_state(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict, device: str = "cpu", model_cfg: ModelConfig | None = None,
+                        trainer_cfg: TrainerConfig | None = None) -> "IncrementalLearner":
+        """Resume from ``state``, running ``trainer_cfg`` (default: the saved settings); a
+        ``model_cfg`` of another shape than the saved one raises ``ConfigError``."""
+        return checkpoint.restore_learner(cls, state, device, model_cfg, trainer_cfg)
+
+    # ---- internals -------------------------------------------------------------------------
+
+    def _set_lr(self, lr: float) -> None:
+        set_lr(self.optimizer, lr)
+
+    def _rebuild_optimizer(self) -> None:
+        self.optimizer = make_optimizer(self.model, self.trainer_cfg)
+
+    @property
+    def _keep(self) -> int:
+        """Items kept per user once learned: ``history_len``, and never less than one context."""
+        return max(self.trainer_cfg.history_len, self.model_cfg.max_len + 1)
+
+    def _trim_all(self, users: Sequence[str]) -> None:
+        keep = self._keep
+        for user in users:
+            items, w = self._seqs[user]
+            cut = len(items) - keep
+            if cut > 0:
+                del items[:cut], w[:cut]
+
+    def _slices(self, user: str, end: int, n: int) -> list[tuple[str, int, int]]:
+        """(user, end, n) slices scoring the ``n`` targets before position ``end``, newest first,
+        at most ``max_len`` targets each. Position 0 is never a target (no predecessor)."""
+        n = min(n, end - 1)
+        out = []
+        while n > 0:
+            m = min(n, self.model_cfg.max_len)
+            out.append((user, end, m))
+            end, n = end - m, n - m
+        return out
+
+    def _batch(self, batch: list[tuple[str, int, int]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded (inputs, next-item targets, loss weights), each (B, T), of (user, end, n)
+        slices: row b's weight is the event weight on its last n positions and 0 elsewhere."""
+        inputs, targets, weights = [], [], []
+        max_len = self.model_cfg.max_len
+        for user, end, n in batch:
+            items, w = self._seqs[user]
+            lo = max(0, end - 1 - max_len)  # inputs items[lo:end-1] predict items[lo+1:end]
+            inputs.append(items[lo:end - 1])
+            targets.append(items[lo + 1:end])
+            weights.append([0.0] * (end - 1 - lo - n) + w[end - n:end])  # only the last n carry loss
+        x = left_pad(inputs).to(self.device)  # (B, T)
+        y = left_pad(targets, x.shape[1]).to(self.device)  # (B, T) next item at each position
+        T = x.shape[1]
+        wt = torch.zeros(len(batch), T, dtype=torch.float32)
+        for b, w in enumerate(weights):
+            wt[b, T - len(w):] = torch.as_tensor(w, dtype=torch.float32)
+        return x, y, wt.to(self.device)
+
+    def _step(self, batch: list[tuple[str, int, int]]) -> float:
+        """One optimizer step on ``batch`` of (user, end, n) slices (see ``_slices``)."""
+        x, y, wt = self._batch(batch)
+        sel = wt > 0  # (B, T)
+        hidden = self.model(x)[sel]  # (N, C) only the scored positions
+        logits = masked_scores(self.model, hidden, self.n_items)  # (N, n_items + 1)
+        ce = F.cross_entropy(logits, y[sel], reduction="none")  # (N,)
+        w = wt[sel]
+        loss = (ce * w).sum() / w.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer_cfg.grad_clip)
+        rare, stretch = self._rare_rows()
+        item = self.model.item_emb.weight
+        before = item.detach()[rare].clone() if len(rare) else None
+        self.optimizer.step()
+        if before is not None:
+            with torch.no_grad():  # the rare rows' step, stretched
+                item[rare] = before + (item[rare] - before) * stretch[:, None]
+        return loss.item()
+
+    def _rare_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Item rows whose step is stretched (``trainer.rare_item_lr_mult``), and by how much;
+        computed once per change of the counts, not per optimizer step."""
+        if self._rare is None:
+            rows, stretch = rare_row_stretch(self._item_counts[:self.n_items + 1], self.trainer_cfg.rare_item_lr_mult,
+                                             self.trainer_cfg.rare_item_count)
+            self._rare = (torch.as_tensor(rows, device=self.device),
+                          torch.as_tensor(stretch, dtype=torch.float32, device=self.device))
+        return self._rare
+
+    def _add_item_rows(self, n_old: int) -> None:
+        """Make room for items n_old+1..n_items and warm-start their rows near the mean item."""
+        need = self.n_items + 1
+        with torch.no_grad(), self._own_torch_rng():
+            if need > self.model.capacity:
+                new_cap = self.model.capacity
+                while new_cap < need:
+                    new_cap *= 2
+                old_p = self.model.item_emb.weight
+                self.model.grow(new_cap)
+                swap_param(self.optimizer, old_p, self.model.item_emb.weight)
+            emb = self.model.item_emb.weight
+            mean = emb[1:n_old + 1].mean(0) if n_old > 0 else torch.zeros_like(emb[0])
+            noise = torch.randn(need - 1 - n_old, emb.shape[1]) * INIT_STD
+            emb[n_old + 1:need] = mean + noise.to(emb.device)
+
+    def _reservoir_add(self, user: str) -> None:
+        self._n_users_seen += 1
+        cap = self.trainer_cfg.replay_users
+        if len(self._reservoir) < cap:
+            self._reservoir.append(user)
+        elif cap > 0:
+            j = int(self._rng.integers(self._n_users_seen))
+            if j < cap:
+                self._reservoir[j] = user
+
+    def _sample_replay(self, n: int, exclude: set[str]) -> list[str]:
+        if n <= 0:
+            return []
+        candidates = [u for u in self._reservoir if u not in exclude and len(self._seqs[u][0]) >= 2]
+        if not candidates:
+            return []
+        picks = self._rng.choice(len(candidates), size=min(n, len(candidates)), replace=False)
+        return [candidates[i] for i in picks]
+
+    def _adapt_lr(self, loss: float) -> None:
+        self._lr_scale, self._loss_ema = adapt_lr_scale(self._lr_scale, self._loss_ema, loss,
+                                                        self.trainer_cfg.lr_schedule)
+
+    @contextlib.contextmanager
+    def _own_torch_rng(self):
+        """Run with the learner's own CPU RNG stream (dropout, noise); the global RNG is untouched."""
+        with torch.random.fork_rng(devices=[]):
+            torch.set_rng_state(self._torch_rng)
+            yield
+            self._torch_rng = torch.get_rng_state()
+
+
+def _positives(events: pa.Table) -> tuple[list[str], list[str], list[float]]:
+    """(users, item ids, weights) of the positive events, in timestamp order (stable)."""
+    for col in ("user_id", "item_id", "timestamp", "label", "weight"):
+        assert col in events.column_names, f"events need column {col!r}, got {events.column_names}"
+    ts = pc.cast(events["timestamp"], pa.int64()).to_numpy(zero_copy_only=False)
+    order = np.argsort(ts, kind="stable")
+    label = events["label"].to_numpy(zero_copy_only=False)[order]
+    pos = pa.array(order[label == 1])
+    return (events["user_id"].take(pos).to_pylist(), events["item_id"].take(pos).to_pylist(),
+            events["weight"].take(pos).to_numpy(zero_copy_only=False).astype(float).tolist())

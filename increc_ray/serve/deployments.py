@@ -1,0 +1,137 @@
+"""The back-end deployments behind the Recommender, one replica each.
+
+* ``UserHistory``: users' recent items and the popularity fallback (read-your-writes).
+* ``EventIngest``: HTTP events -> landing zone, durably; a background thread keeps cleaning
+  the landing zone with Ray Data into the clean store and feeds new rows to ``UserHistory``.
+* ``ModelTrainer``: supervises the Ray Train worker (``increc_ray.learn.train``) and holds the
+  ``WeightRegistry`` that replicas long-poll for new weight versions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pyarrow as pa
+from ray import serve
+from ray.serve.handle import DeploymentHandle
+
+from increc_ray.config import Config
+from increc_ray.ingest.landing import CleanStore
+from increc_ray.ingest.pipeline import EventPipeline
+from increc_ray.learn.train import TrainerRunner
+from increc_ray.serve.history import UserHistoryIndex
+from increc_ray.serve.registry import WeightRegistry
+
+logger = logging.getLogger("increc_ray.serve")
+
+HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "label", "weight"]
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
+class UserHistory:
+    """Users' recent items and the popularity fallback, shared by all serving replicas."""
+
+    def __init__(self, config: dict) -> None:
+        cfg = Config.from_dict(config)
+        self.index = UserHistoryIndex(cfg.serving.history_len, cfg.serving.popularity_half_life_s)
+        existing = CleanStore(cfg.clean_dir).read_all(columns=HISTORY_COLUMNS)
+        if existing is not None:
+            self.index.append(existing)
+
+    def append(self, events: pa.Table) -> int:
+        return self.index.append(events)
+
+    def context(self, user_id: str) -> tuple[list[str], list[str]]:
+        return self.index.get(user_id)
+
+    def popular(self, k: int, exclude: list[str]) -> list[tuple[str, float]]:
+        return self.index.popular(k, exclude)
+
+    def stats(self) -> dict:
+        return self.index.stats()
+
+
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
+class EventIngest:
+    """Ingests HTTP events durably and keeps cleaning the landing zone with Ray Data."""
+
+    def __init__(self, config: dict, history: DeploymentHandle) -> None:
+        from ray.data import DataContext
+
+        self.cfg = Config.from_dict(config)
+        self.pipeline = EventPipeline(self.cfg)
+        self.history = history
+        self.last_error: str | None = None
+        self.last_batch: dict = {}
+        DataContext.get_current().enable_progress_bars = False
+        self._stop = threading.Event()
+        threading.Thread(target=self._clean_forever, name="increc-cleaner", daemon=True).start()
+
+    async def ingest(self, records: list) -> dict:
+        report, clean = await asyncio.to_thread(self.pipeline.ingest, records)
+        if clean.num_rows:
+            await self.history.append.remote(clean)  # before answering: read-your-writes
+        return report.to_json()
+
+    def _clean_forever(self) -> None:
+        while not self._stop.is_set():
+            try:
+                summary, fresh = self.pipeline.process_pending()
+                if fresh is not None and fresh.num_rows:
+                    self.history.append.remote(fresh).result()
+                if summary["files"]:
+                    self.last_batch = summary
+                    continue  # more may be waiting
+            except Exception as e:  # keep the loop alive; the files stay in the landing zone
+                self.last_error = f"{type(e).__name__}: {e}"
+                logger.exception("cleaning pass failed")
+            self._stop.wait(self.cfg.ingest.poll_interval_s)
+
+    def status(self) -> dict:
+        return {**self.pipeline.status(), "last_batch": self.last_batch, "last_error": self.last_error}
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+# graceful_shutdown_timeout_s: time for the trainer to checkpoint and release its worker.
+@serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=1000,
+                  graceful_shutdown_timeout_s=60)
+class ModelTrainer:
+    """Runs the incremental Ray Train trainer and holds the published weight versions."""
+
+    def __init__(self, config: dict) -> None:
+        self.cfg = Config.from_dict(config)
+        self.registry = WeightRegistry()
+        self._progress: dict = {}
+        ctx = serve.get_replica_context()
+        self.runner = TrainerRunner(self.cfg, ctx.app_name, ctx.deployment).start()
+
+    async def publish(self, weights: dict) -> int:
+        return await self.registry.publish(weights)
+
+    async def wait_newer(self, after: int, timeout_s: float):
+        return await self.registry.wait_newer(after, timeout_s)
+
+    def progress(self, progress: dict) -> None:
+        """The trainer's read position, sent after every slice it consumes."""
+        self._progress = progress
+
+    def __del__(self) -> None:
+        # Serve calls this on shutdown (redeploy, scale-down): stop cleanly so the next
+        # trainer resumes from a fresh checkpoint and finds its CPU free.
+        if not self.runner.stop(timeout_s=45):
+            logger.warning("trainer did not stop within 45 s; its resources are released when its actors die")
+
+    def status(self) -> dict:
+        latest = self.registry.latest
+        store = CleanStore(self.cfg.clean_dir)
+        consumed = self._progress.get("offset", {}).get("seq", -1)
+        return {"model_version": self.registry.version,
+                "last_update_time": latest.published_at if latest else None,
+                "last_update": latest.metrics if latest else None,
+                "clean_parts_behind": max(0, store.last_seq() - consumed),
+                "progress": self._progress,
+                "trainer": self.runner.status()}

@@ -1,0 +1,89 @@
+"""The pipeline's bookkeeping (de-duplication across HTTP, files and restarts) without Ray."""
+
+import json
+import os
+import shutil
+
+import pyarrow.parquet as pq
+import pytest
+
+from increc_ray.config import Config
+from increc_ray.ingest.pipeline import EventPipeline
+from increc_ray.ingest.ray_job import clean_files_locally
+
+T = 1_767_225_600
+
+
+def ev(i, user="u1", **kw):
+    return {"event_id": f"e{i}", "user_id": user, "item_id": f"i{i}", "event_type": "click", "timestamp": T + i, **kw}
+
+
+@pytest.fixture
+def cfg(tmp_path):
+    return Config.from_dict({"data_dir": str(tmp_path / "data")})
+
+
+def make(cfg):
+    return EventPipeline(cfg, clean_files=clean_files_locally)
+
+
+def test_http_ingest_counts_accepted_duplicates_and_rejected_and_writes_landing(cfg):
+    p = make(cfg)
+    report, clean = p.ingest([ev(1), ev(1), ev(2), {"user_id": "u1"}])
+    assert (report.accepted, report.duplicates, report.rejected_count) == (2, 1, 1)
+    assert report.rejected[0]["row"] == 3 and "item_id" in report.rejected[0]["reason"]
+    assert clean.column("item_id").to_pylist() == ["i1", "i2"]
+    assert pq.read_table(report.landing_file).num_rows == 2  # durable before the answer
+    again, _ = p.ingest([ev(2), ev(3)])
+    assert (again.accepted, again.duplicates) == (1, 1)
+    quarantined = [pq.read_table(os.path.join(cfg.quarantine_dir, f)) for f in os.listdir(cfg.quarantine_dir)]
+    assert sum(t.num_rows for t in quarantined) == 1
+
+
+def test_processing_keeps_http_rows_once_and_reports_only_unseen_rows_as_fresh(cfg):
+    p = make(cfg)
+    p.ingest([ev(1), ev(2)])
+    summary, fresh = p.process_pending()
+    assert summary["cleaned"] == 2 and summary["duplicates"] == 0
+    assert fresh.num_rows == 0, "rows accepted over HTTP are already in user histories"
+    assert p.store.read_all().column("event_id").to_pylist() == ["e1", "e2"]
+    assert p.status()["reserved_keys"] == 0 and p.landing.pending() == []
+
+
+def test_dropped_file_duplicating_a_pending_http_event_is_dropped(cfg):
+    p = make(cfg)
+    p.ingest([ev(1)])  # accepted, not yet processed
+    with open(os.path.join(cfg.landing_uri, "drop.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(e) for e in [ev(1), ev(5), ev(5), "nope"]) + "\n")
+    summary, fresh = p.process_pending()
+    assert summary["cleaned"] == 2 and summary["duplicates"] == 2 and summary["quarantined"] == 1
+    assert sorted(p.store.read_all().column("event_id").to_pylist()) == ["e1", "e5"]
+    assert fresh.column("event_id").to_pylist() == ["e5"]
+
+
+def test_restart_rebuilds_seen_keys_and_reprocessing_applies_nothing_twice(cfg):
+    p = make(cfg)
+    p.ingest([ev(1), ev(2)])
+    p.process_pending()
+    # A crash after the clean part was written but before the file was moved away:
+    processed = os.path.join(cfg.landing_uri, "_processed")
+    for name in os.listdir(processed):
+        shutil.copy(os.path.join(processed, name), os.path.join(cfg.landing_uri, "replayed.parquet"))
+    restarted = make(cfg)
+    summary, _ = restarted.process_pending()
+    assert summary["cleaned"] == 0 and summary["duplicates"] == 2
+    assert restarted.store.read_all().num_rows == 2
+    report, _ = restarted.ingest([ev(2), ev(3)])
+    assert (report.accepted, report.duplicates) == (1, 1)
+
+
+def test_unreadable_file_is_quarantined_whole_with_a_reason(cfg):
+    p = make(cfg)
+    with open(os.path.join(cfg.landing_uri, "notes.txt"), "w") as f:
+        f.write("hello")
+    summary, _ = p.process_pending()
+    assert summary["quarantined"] == 1 and summary["cleaned"] == 0
+    (name,) = os.listdir(cfg.quarantine_dir)
+    row = pq.read_table(os.path.join(cfg.quarantine_dir, name)).to_pylist()[0]
+    assert row["source"].endswith("notes.txt") and row["reason"].startswith("file:")
+    assert p.landing.pending() == []

@@ -1,0 +1,310 @@
+"""Integration: the whole loop on a real local Ray cluster, over HTTP.
+
+One app is deployed for the module (deploying takes ~20 s on 2 cores); tests run
+in file order and build on the stream the earlier ones sent.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import threading
+import time
+
+import httpx
+import pyarrow.parquet as pq
+import pytest
+
+from increc_ray.evaluate.synthetic import SyntheticStream
+
+from conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+STREAM = SyntheticStream(n_users=80, n_items=40, p_follow=0.9, n_clusters=4, new_item_every=0,
+                         drift_every=0, seed=1)
+LAST_ITEM: dict[str, str] = {}
+DATA_DIR: list[str] = []  # the app's data_dir, set by the client fixture
+
+
+@pytest.fixture(scope="module")
+def client(app):
+    url, data_dir = app
+    DATA_DIR[:] = [data_dir]
+    with httpx.Client(base_url=url, timeout=60.0) as c:
+        wait_until(lambda: _ok(c, "/healthz"), 120, what="/healthz")
+        yield c
+
+
+def _ok(c: httpx.Client, path: str) -> bool:
+    try:
+        return c.get(path).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def post(c: httpx.Client, events: list[dict]) -> dict:
+    r = c.post("/events", content=json.dumps(events))
+    assert r.status_code == 200, r.text
+    for e in events:
+        if isinstance(e, dict) and "user_id" in e and "item_id" in e:
+            LAST_ITEM[str(e["user_id"])] = str(e["item_id"])
+    return r.json()
+
+
+def status(c: httpx.Client) -> dict:
+    r = c.get("/status")
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+def clean_rows(data_dir: str) -> int:
+    from increc_ray.ingest.landing import CleanStore
+
+    return sum(pq.read_metadata(p).num_rows for _, p in CleanStore(os.path.join(data_dir, "clean")).parts())
+
+
+def wait_applied(c: httpx.Client, min_version: int, timeout_s: float = 180) -> dict:
+    """Wait until every landed event is cleaned and consumed by the trainer, and replicas
+    serve a version >= min_version."""
+    def done():
+        s = status(c)
+        seen = s["trainer"]["progress"].get("events_seen")
+        caught_up = s["ingest"]["pending_files"] == 0 and seen == clean_rows(DATA_DIR[0])
+        return s if caught_up and s["model_version"] >= min_version and s["served_version"] >= min_version else None
+    return wait_until(done, timeout_s, what=f"events consumed and version >= {min_version} served")
+
+
+def probe_successor_rate(c: httpx.Client, tag: str, k: int = 10) -> tuple[float, float, set[str]]:
+    """(model, popularity) share of probe users whose planted next item is in their top-k.
+
+    Each probe is a new user whose only event is item A, so the planted successor B is
+    unseen (seen items are excluded) and only the sequence model can know that B follows A.
+    """
+    t = STREAM.start_time + STREAM.n_events
+    popular = [i["item_id"] for i in c.get("/recommend", params={"user_id": f"cold-{tag}", "k": k + 1}).json()["items"]]
+    hits = pop_hits = 0
+    sources = set()
+    for a in STREAM.items:
+        user = f"probe-{tag}-{a}"
+        post(c, [{"user_id": user, "item_id": a, "event_type": "click", "timestamp": t}])
+        body = c.get("/recommend", params={"user_id": user, "k": k}).json()
+        sources.add(body["source"])
+        hits += STREAM.successor(a) in {i["item_id"] for i in body["items"]}
+        pop_hits += STREAM.successor(a) in [i for i in popular if i != a][:k]
+    return hits / len(STREAM.items), pop_hits / len(STREAM.items), sources
+
+
+def test_cold_start_serves_popularity_fallback(client):
+    r = client.get("/recommend", params={"user_id": "nobody", "k": 5})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["source"] == "fallback" and body["model_version"] == 0 and body["items"] == []
+
+
+def test_learns_planted_structure_better_than_popularity(client):
+    for _ in range(16):
+        answer = post(client, STREAM.next_events(250))
+        assert answer["accepted"] == 250 and answer["rejected_count"] == 0
+    wait_applied(client, min_version=3)
+    rate, pop_rate, sources = probe_successor_rate(client, "learn")
+    print(f"planted successor in top-10: model {rate:.2f}, popularity {pop_rate:.2f}")
+    assert sources == {"model"}
+    assert rate >= 0.7, f"model put the planted successor in the top 10 for only {rate:.0%} of probes"
+    assert rate >= pop_rate + 0.3, f"model {rate:.2f} is not clearly better than popularity {pop_rate:.2f}"
+
+
+def test_read_your_writes_before_the_model_updates(client):
+    item = STREAM.items[0]
+    before = client.get("/recommend", params={"user_id": "fresh-user", "k": 10}).json()
+    assert before["source"] == "fallback"
+    t = STREAM.n_events + STREAM.start_time + 1
+    post(client, [{"user_id": "fresh-user", "item_id": item, "event_type": "purchase", "timestamp": t}])
+    after = client.get("/recommend", params={"user_id": "fresh-user", "k": 10}).json()
+    assert after["source"] == "model", "the just-posted event did not reach the user's history"
+    assert item not in {i["item_id"] for i in after["items"]}, "a seen item was recommended"
+    assert STREAM.successor(item) in {i["item_id"] for i in after["items"]}
+
+
+def test_new_item_recommendable_after_next_update_without_restart(client):
+    version_before = status(client)["model_version"]
+    new_item = STREAM.introduce_item()
+    pred = STREAM.predecessor(new_item)
+    known = {i["item_id"] for u in list(LAST_ITEM)[:10]
+             for i in client.get("/recommend", params={"user_id": u, "k": 40}).json()["items"]}
+    assert new_item not in known
+    # Users walk the chain through the new item: ... -> pred -> new_item -> successor.
+    for _ in range(3):
+        post(client, STREAM.next_events(300))
+    t = STREAM.start_time + STREAM.n_events + 10
+    burst = []
+    for n, user in enumerate(sorted(LAST_ITEM)[:40]):
+        burst += [{"user_id": user, "item_id": pred, "event_type": "click", "timestamp": t + n},
+                  {"user_id": user, "item_id": new_item, "event_type": "click", "timestamp": t + n + 0.5}]
+    post(client, burst * 1)
+    wait_applied(client, min_version=version_before + 1)
+    t += 100
+    post(client, [{"user_id": "chain-walker", "item_id": pred, "event_type": "click", "timestamp": t}])
+    body = client.get("/recommend", params={"user_id": "chain-walker", "k": 10}).json()
+    assert body["source"] == "model"
+    assert new_item in {i["item_id"] for i in body["items"]}, f"{new_item} (after {pred}) not in {body['items']}"
+
+
+def test_no_failed_request_while_versions_swap(client):
+    results: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def hammer():
+        with httpx.Client(base_url=str(client.base_url), timeout=30.0) as c:
+            users = sorted(LAST_ITEM)[:5]
+            n = 0
+            while not stop.is_set():
+                try:
+                    r = c.get("/recommend", params={"user_id": users[n % len(users)], "k": 10})
+                    results.append((r.status_code, r.json().get("model_version", -1)))
+                except httpx.TransportError as e:
+                    results.append((599, -1))
+                n += 1
+
+    start_version = status(client)["served_version"]
+    thread = threading.Thread(target=hammer)
+    thread.start()
+    try:
+        deadline = time.time() + 150
+        while status(client)["served_version"] < start_version + 3 and time.time() < deadline:
+            post(client, STREAM.next_events(200))
+            time.sleep(0.3)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        thread.join()
+    codes = [code for code, _ in results]
+    versions = sorted({v for _, v in results})
+    print(f"{len(results)} requests during swaps; versions seen {versions}")
+    assert len(results) > 20
+    assert set(codes) == {200}, f"failed requests: {[c for c in codes if c != 200][:10]}"
+    assert len([v for v in versions if v >= start_version]) >= 3, f"saw only versions {versions}"
+
+
+def test_duplicates_and_bad_events_are_counted_not_applied(client):
+    t = STREAM.start_time + STREAM.n_events + 500
+    good = {"event_id": "dup-1", "user_id": "u-dup", "item_id": STREAM.items[1], "event_type": "click", "timestamp": t}
+    bad = [{"user_id": "u-dup", "item_id": "x", "event_type": "boop", "timestamp": t},
+           {"user_id": "u-dup", "event_type": "click", "timestamp": t},
+           {"user_id": "u-dup", "item_id": "x", "event_type": "click", "timestamp": "not a time"},
+           "not an object"]
+    first = post(client, [good, good, *bad])
+    assert first["accepted"] == 1 and first["duplicates"] == 1 and first["rejected_count"] == 4
+    reasons = {r["row"]: r["reason"] for r in first["rejected"]}
+    assert set(reasons) == {2, 3, 4, 5}
+    assert "event_type" in reasons[2] and "item_id" in reasons[3] and "timestamp" in reasons[4]
+    again = post(client, [good])
+    assert again["accepted"] == 0 and again["duplicates"] == 1
+
+
+@pytest.mark.parametrize("method,path,body,code,needle", [
+    ("GET", "/recommend", None, 400, "user_id"),
+    ("GET", "/recommend?user_id=u1&k=abc", None, 400, "k"),
+    ("GET", "/recommend?user_id=u1&k=0", None, 400, "k"),
+    ("GET", "/recommend?user_id=u1&k=100000", None, 400, "k"),
+    ("GET", "/recommend?user_id=u1&kk=3", None, 400, "kk"),
+    ("POST", "/events", b"", 400, "empty"),
+    ("POST", "/events", b"{not json", 400, "JSON"),
+    ("POST", "/events", b"\xff\xfe", 400, "UTF-8"),
+    ("POST", "/events", b"[]", 400, "no events"),
+    ("POST", "/events", b"[" + b",".join([b"{}"] * 10001) + b"]", 413, "limit"),
+    ("GET", "/events", None, 405, "GET"),
+    ("GET", "/nope", None, 404, "/nope"),
+])
+def test_malformed_requests_get_4xx_with_json_reason(client, method, path, body, code, needle):
+    r = client.request(method, path, content=body)
+    assert r.status_code == code, r.text
+    assert needle in r.json()["error"]
+
+
+def test_files_dropped_in_landing_folder_are_cleaned_and_bad_rows_quarantined(app, client):
+    _, data_dir = app
+    # start from an idle pipeline, so that no earlier test's events are counted as this file's
+    before = wait_until(lambda: (lambda s: s if s["lag"]["pending_files"] == 0 else None)(status(client)),
+                        120, what="an idle landing zone")["counts"]
+    t = int(STREAM.start_time + STREAM.n_events + 1000)
+    lines = [json.dumps({"user_id": "file-user", "item_id": STREAM.items[2], "event_type": "view", "timestamp": t}),
+             json.dumps({"user_id": "file-user", "item_id": STREAM.items[3], "event_type": "purchase", "timestamp": t + 1}),
+             json.dumps({"user_id": "file-user", "item_id": STREAM.items[3], "event_type": "purchase", "timestamp": t + 1}),
+             "{broken json",
+             json.dumps({"user_id": "file-user", "item_id": "i1", "event_type": "click", "timestamp": 4102444800})]
+    landing = os.path.join(data_dir, "landing")
+    tmp = os.path.join(landing, "_incoming.tmp")
+    with open(tmp, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    os.replace(tmp, os.path.join(landing, "drop-1.jsonl"))
+    after = wait_until(lambda: (lambda s: s if s["counts"]["cleaned"] >= before["cleaned"] + 2 else None)(status(client)),
+                       120, what="dropped file cleaned")
+    assert after["counts"]["quarantined"] == before["quarantined"] + 2
+    assert after["counts"]["duplicates"] == before["duplicates"] + 1
+    rows = [pq.read_table(p).to_pylist() for p in glob.glob(os.path.join(data_dir, "quarantine", "*.parquet"))]
+    reasons = [r["reason"] for table in rows for r in table if r["source"].endswith("drop-1.jsonl")]
+    assert len(reasons) == 2 and any("JSON" in r for r in reasons) and any("future" in r for r in reasons)
+    # The dropped file's events reach the user's history too.
+    hist = client.get("/recommend", params={"user_id": "file-user", "k": 50}).json()
+    assert STREAM.items[3] not in {i["item_id"] for i in hist["items"]}
+
+
+def test_trainer_checkpoints_model_optimizer_vocab_and_offsets(app, client):
+    _, data_dir = app
+    ckpts = wait_until(lambda: glob.glob(os.path.join(data_dir, "checkpoints", "**", "trainer_state.pt"),
+                                         recursive=True), 60, what="a trainer checkpoint")
+    import torch
+
+    state = torch.load(sorted(ckpts)[-1], weights_only=False)
+    assert state["version"] >= 1 and state["offset"]["seq"] >= 0
+    assert {"learner", "offset", "version", "n_updates"} <= set(state)
+
+
+def test_custom_metrics_reach_the_ray_metrics_export(app, client):
+    """The dashboard reads Ray's Prometheus export: our metrics must be in it, gauges included."""
+    import ray
+
+    session_dir = ray._private.worker._global_node.get_session_dir_path()
+    (port_file,) = glob.glob(os.path.join(session_dir, "metrics_export_port_*"))
+    port = open(port_file).read().strip()
+    wanted = {"ray_increc_events_accepted_total", "ray_increc_events_cleaned_total", "ray_increc_model_version",
+              "ray_increc_update_loss", "ray_increc_served_model_version", "ray_increc_request_latency_ms_count",
+              "ray_increc_events_applied_total", "ray_increc_model_freshness_seconds"}
+
+    def exported():
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        names = {line.split("{")[0] for line in text.splitlines() if line.startswith("ray_increc_")}
+        return names if wanted <= names else None
+
+    wait_until(exported, 60, interval_s=2, what=f"metrics {sorted(wanted)} in the export")
+
+
+def test_redeploy_resumes_from_checkpoint_without_reapplying_events(app, client):
+    """Delete and redeploy the app on the same data: the trainer resumes from its checkpoint
+    (version and stream offset), and every clean event is applied exactly once."""
+    from ray import serve
+
+    from increc_ray.serve.app import app_builder
+
+    from conftest import TEST_CONFIG
+
+    _, data_dir = app
+    before = wait_applied(client, min_version=1)
+    serve.delete("increc")
+    serve.run(app_builder({"config": {**TEST_CONFIG, "data_dir": data_dir}}), name="increc", route_prefix="/")
+    wait_until(lambda: _ok(client, "/healthz"), 120, what="/healthz after redeploy")
+    post(client, STREAM.next_events(200))  # new events after the restart are learned too
+
+    def resumed():
+        s = status(client)
+        seen = s["trainer"]["progress"].get("events_seen")
+        return s if s["ingest"]["pending_files"] == 0 and seen == clean_rows(data_dir) and s["served_version"] > 0 else None
+
+    after = wait_until(resumed, 180, what="trainer caught up after redeploy")
+    assert after["trainer"]["trainer"]["runs"] == 1
+    restored = after["trainer"]["last_update"] or {}
+    assert after["model_version"] >= 1 and (restored.get("restored") or after["model_version"] > 1)
+    print(f"before redeploy: version {before['model_version']}; after: version {after['model_version']}, "
+          f"events seen {after['trainer']['progress']['events_seen']}")

@@ -1,0 +1,38 @@
+import pyarrow as pa
+
+from increc_ray.serve.history import UserHistoryIndex
+
+
+def events(rows):
+    return pa.table({
+        "user_id": [r[0] for r in rows], "item_id": [r[1] for r in rows],
+        "timestamp": pa.array([r[2] * 1000 for r in rows], pa.timestamp("ms", tz="UTC")),
+        "label": pa.array([r[3] for r in rows], pa.int8()),
+        "weight": pa.array([float(r[3]) for r in rows], pa.float32()),
+    })
+
+
+def test_history_is_time_ordered_and_bounded_and_seen_includes_negatives():
+    idx = UserHistoryIndex(history_len=2)
+    idx.append(events([("u", "b", 20, 1), ("u", "a", 10, 1), ("u", "c", 30, 1), ("u", "z", 40, 0)]))
+    hist, seen = idx.get("u")
+    assert hist == ["b", "c"]
+    assert seen == ["a", "b", "c", "z"]
+    assert idx.get("nobody") == ([], [])
+
+
+def test_popularity_decays_in_event_time_and_excludes():
+    idx = UserHistoryIndex(half_life_s=10)
+    # "old" gets 3 events at t=0; "new" gets 2 at t=100 (10 half-lives later): new wins.
+    idx.append(events([("u1", "old", 0, 1), ("u2", "old", 0, 1), ("u3", "old", 0, 1),
+                       ("u1", "new", 100, 1), ("u2", "new", 100, 1)]))
+    assert [i for i, _ in idx.popular(2)] == ["new", "old"]
+    assert [i for i, _ in idx.popular(2, exclude=["new"])] == ["old"]
+
+
+def test_popularity_survives_long_spans_without_overflow():
+    idx = UserHistoryIndex(half_life_s=1)
+    idx.append(events([("u", "a", 0, 1), ("u", "b", 10_000, 1), ("v", "b", 10_001, 1)]))
+    top = idx.popular(2)
+    assert [i for i, _ in top] == ["b", "a"]
+    assert all(s == s for _, s in top)  # no NaN from overflow
