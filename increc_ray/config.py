@@ -186,6 +186,26 @@ class TrainerConfig:
 
 
 @dataclass(frozen=True)
+class GateConfig:
+    """Champion/challenger gate between the trainer and serving (``increc_ray.learn.gate``)."""
+
+    enabled: bool = True  # false: every update goes live (publish_every), unchecked
+    min_events: int = 500  # fresh events a candidate is scored on before it is judged
+    max_drop: float = 0.05  # a candidate may score at most this fraction below the live version
+    z: float = 2.0  # ... or below popularity, by more than z standard errors of the paired difference
+    max_eval_per_slice: int = 256  # events scored per slice of the clean stream (spread evenly)
+    k: int = 10  # NDCG@k
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.enabled, bool), "gate.enabled", self.enabled, "must be true or false")
+        _check(self.min_events > 0, "gate.min_events", self.min_events, "must be > 0")
+        _check(0 <= self.max_drop < 1, "gate.max_drop", self.max_drop, "must be in [0, 1)")
+        _check(self.z >= 0, "gate.z", self.z, "must be >= 0")
+        _check(self.max_eval_per_slice > 0, "gate.max_eval_per_slice", self.max_eval_per_slice, "must be > 0")
+        _check(self.k > 0, "gate.k", self.k, "must be > 0")
+
+
+@dataclass(frozen=True)
 class ServingConfig:
     """Recommend endpoint behaviour."""
 
@@ -212,6 +232,7 @@ class Config:
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
     serving: ServingConfig = field(default_factory=ServingConfig)
 
     def __post_init__(self) -> None:
@@ -233,6 +254,11 @@ class Config:
     @property
     def checkpoint_dir(self) -> str:
         return os.path.join(self.data_dir, "checkpoints")
+
+    @property
+    def version_file(self) -> str:
+        """The last weight version number handed out (``increc_ray.learn.versions``)."""
+        return os.path.join(self.data_dir, "versions", "last")
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "Config":

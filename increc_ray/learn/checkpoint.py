@@ -106,6 +106,31 @@ def restore_learner(cls, state: dict, device: str = "cpu", model_cfg: ModelConfi
     return self
 
 
+def rollback_weights(learner, state: dict[str, torch.Tensor] | None, n_items: int = 0) -> None:
+    """Roll ``learner``'s weights back to ``state``, a snapshot taken when its vocab had
+    ``n_items`` items (None: a fresh model). Items added since start near the mean item again;
+    the optimizer moments, the moving average and the adaptive lr start afresh (they may hold the
+    NaNs that caused the rollback). User sequences are data, and stay."""
+    from increc_ray.learn.ema import WeightAverage
+    from increc_ray.learn.model import SeqRecModel
+
+    if state is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(learner.trainer_cfg.seed)
+            state, n_items = SeqRecModel(learner.model_cfg).state_dict(), 0
+    with torch.no_grad():
+        live = learner.model.state_dict()
+        for key, value in state.items():
+            if key == "item_emb.weight":
+                live[key][: n_items + 1] = value[: n_items + 1].to(live[key].device)
+            else:
+                live[key].copy_(value)
+    learner._add_item_rows(n_items)
+    learner._rebuild_optimizer()
+    learner._ema = WeightAverage(learner.trainer_cfg.ema_decay)
+    learner._lr_scale, learner._loss_ema = 1.0, None
+
+
 def _shape(cfg: ModelConfig) -> dict:
     """The fields that fix the weights' shapes (dropout does not)."""
     d = dataclasses.asdict(cfg)

@@ -87,7 +87,7 @@ class IncrementalLearner:
     def observe(self, events: pa.Table) -> int:
         """Add cleaned events (any order; processed by timestamp, stable). Returns new targets."""
         self.n_events += events.num_rows
-        users, item_ids, weights = _positives(events)
+        users, item_ids, weights = positives(events)
         if not users:
             return 0
         n_old = self.n_items
@@ -198,7 +198,7 @@ class IncrementalLearner:
     def evaluate_next(self, events: pa.Table, k: int = 10) -> float | None:
         """Prequential HR@k: share of known users whose first new positive in ``events`` is in
         the current model's top-k. Call before ``observe(events)``; None when nobody qualifies."""
-        users, item_ids, _ = _positives(events)
+        users, item_ids, _ = positives(events)
         first: dict[str, str] = {}
         for user, item in zip(users, item_ids):
             if user not in first and user in self._seqs and len(first) < EVAL_MAX_USERS:
@@ -215,18 +215,39 @@ class IncrementalLearner:
         top = scores.topk(min(k, self.n_items), dim=1).indices  # (B, k)
         return float(((top == targets[:, None]).any(1) & (targets > 0)).float().mean())
 
-    def export_weights(self, version: int, metrics: dict | None = None) -> dict:
+    def export_weights(self, version: int, metrics: dict | None = None, snapshot=None) -> dict:
         """The published artifact: CPU numpy copies of the weights (their moving average when
-        ``trainer.ema_decay`` > 0), with config and vocab."""
-        weights = self._ema.weights(self.model)
+        ``trainer.ema_decay`` > 0), with config and vocab; of ``snapshot`` (a ``gate.Snapshot``
+        of this learner, taken earlier) when given."""
+        weights = snapshot.state() if snapshot is not None else self.published_state()
         return {
             "version": int(version),
             "model_config": dataclasses.asdict(self.model_cfg),
-            "vocab": self.vocab.to_list(),
+            "vocab": list(snapshot.vocab) if snapshot is not None else self.vocab.to_list(),
             "state_dict": {k: v.detach().cpu().numpy().copy() for k, v in weights.items()},
             "metrics": dict(metrics or {}),
             "created_at": time.time(),
         }
+
+    def published_state(self) -> dict[str, torch.Tensor]:
+        """What ``export_weights`` publishes: the moving average if there is one, else the weights."""
+        return self._ema.weights(self.model)
+
+    def finite(self) -> bool:
+        """Whether every weight is finite (a diverged update makes NaN or inf)."""
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    def knows_user(self, user: str) -> bool:
+        return user in self._seqs
+
+    def user_items(self, user: str) -> list[int]:
+        """The user's kept item indices, oldest first."""
+        return list(self._seqs[user][0])
+
+    @property
+    def item_counts(self) -> np.ndarray:
+        """Positive events of each item index so far (index 0 is padding)."""
+        return self._item_counts[: self.n_items + 1]
 
     def state_dict(self) -> dict:
         """Everything needed to resume exactly (see ``increc_ray.learn.checkpoint``)."""
@@ -369,7 +390,7 @@ class IncrementalLearner:
             self._torch_rng = torch.get_rng_state()
 
 
-def _positives(events: pa.Table) -> tuple[list[str], list[str], list[float]]:
+def positives(events: pa.Table) -> tuple[list[str], list[str], list[float]]:
     """(users, item ids, weights) of the positive events, in timestamp order (stable)."""
     for col in ("user_id", "item_id", "timestamp", "label", "weight"):
         assert col in events.column_names, f"events need column {col!r}, got {events.column_names}"

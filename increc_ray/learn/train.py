@@ -59,19 +59,21 @@ class StreamCursor:
         return {"seq": self.seq, "row": self.row}
 
 
-def _save_checkpoint(learner, cursor: StreamCursor, version: int, n_updates: int, metrics: dict) -> None:
+def _save_checkpoint(learner, cursor: StreamCursor, version: int, n_updates: int, metrics: dict,
+                     live: dict | None) -> None:
     import torch
     import ray.train
 
     with tempfile.TemporaryDirectory() as tmp:
         torch.save({"learner": learner.state_dict(), "offset": cursor.offset(), "version": version,
-                    "n_updates": n_updates}, os.path.join(tmp, CHECKPOINT_FILE))
+                    "n_updates": n_updates, "live": live}, os.path.join(tmp, CHECKPOINT_FILE))
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"checkpoint_v{version:08d}_u{n_updates:08d}")
 
 
 def _restore(cfg: Config, device: str):
-    """(learner, cursor offset, version, n_updates) from the latest checkpoint, or a fresh start."""
+    """(learner, cursor offset, last version, n_updates, live weights or None) from the latest
+    checkpoint, or a fresh start."""
     import torch
     import ray.train
 
@@ -85,43 +87,64 @@ def _restore(cfg: Config, device: str):
         learner = IncrementalLearner.from_state_dict(state["learner"], device=device, model_cfg=cfg.model,
                                                      trainer_cfg=cfg.trainer)
         logger.info("resumed from checkpoint: version %s offset %s", state["version"], state["offset"])
-        return learner, state["offset"], state["version"], state["n_updates"]
-    return IncrementalLearner(cfg.model, cfg.trainer, device=device), {"seq": -1, "row": 0}, 0, 0
+        return learner, state["offset"], state["version"], state["n_updates"], state.get("live")
+    return IncrementalLearner(cfg.model, cfg.trainer, device=device), {"seq": -1, "row": 0}, 0, 0, None
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Ray Train worker: tail the clean store, update, publish, checkpoint; forever."""
+    """Ray Train worker: tail the clean store, update, gate, publish, checkpoint; forever."""
+    import ray
     import ray.train.torch
     from ray import serve
 
     from increc_ray import telemetry
     from increc_ray.ingest.landing import CleanStore
+    from increc_ray.learn.gate import Gate, GateKeeper, Snapshot
+    from increc_ray.learn.versions import VersionCounter
 
     cfg = Config.from_dict(loop_config["config"])
-    tcfg = cfg.trainer
+    tcfg, gcfg = cfg.trainer, cfg.gate
     device = str(ray.train.torch.get_device())
-    learner, offset, version, n_updates = _restore(cfg, device)
+    learner, offset, version, n_updates, saved_live = _restore(cfg, device)
+    versions = VersionCounter(cfg.version_file, at_least=version)
     cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
     registry = serve.get_deployment_handle(loop_config["registry_deployment"], loop_config["app_name"])
     stop_file = loop_config.get("stop_file")
     last_ckpt_updates = n_updates
+    gate = Gate(gcfg)
+
+    def publish(weights: dict) -> int:
+        registry.publish.remote(weights).result()
+        telemetry.set_gauge("increc_model_version", weights["version"])
+        return weights["version"]
+
+    # What serving has live: the registry's version if it outlived us, else the checkpoint's live
+    # weights, republished under a new number (versions never repeat).
+    got = registry.wait_newer.remote(0, 0.1).result()
+    live_weights = ray.get(got[1][0]) if got else saved_live
+    if live_weights is not None and not got:
+        live_weights = {**live_weights, "version": versions.next(), "created_at": time.time()}
+        publish(live_weights)
+    if live_weights is not None:
+        gate.live = Snapshot.from_weights(live_weights)
 
     def report_progress() -> None:
         # Consumed is not the same as published: tell the registry so /status shows true lag.
         registry.progress.remote({"offset": cursor.offset(), "pending_targets": learner.pending_targets,
                                   "events_seen": learner.n_events, "n_items": learner.n_items,
-                                  "version": version})
+                                  "version": versions.last, "gate": gate.status()})
+
+    keeper = GateKeeper(learner, gate, versions.next, publish)
 
     report_progress()
-    if version > 0:  # serve the restored weights right away
-        registry.publish.remote(learner.export_weights(version, {"restored": True})).result()
-
     while not (stop_file and os.path.exists(stop_file)):
         events, written_at = cursor.next_slice(tcfg.max_new_events)
         if events is None:
             time.sleep(tcfg.poll_interval_s)
             continue
-        online = learner.evaluate_next(events, k=10) if version else None  # test-then-train quality
+        if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
+            _log_decision(keeper.test(events))
+        online = learner.evaluate_next(events, k=10) if versions.last else None  # test-then-train quality
         learner.observe(events)
         telemetry.inc("increc_events_applied_total", events.num_rows)
         report_progress()
@@ -142,15 +165,34 @@ def train_loop_per_worker(loop_config: dict) -> None:
         telemetry.set_gauge("increc_update_seconds", stats.seconds)
         if written_at:
             telemetry.set_gauge("increc_train_lag_seconds", max(0.0, time.time() - written_at))
-        if n_updates % tcfg.publish_every == 0:
-            version += 1
-            registry.publish.remote(learner.export_weights(version, metrics)).result()
-            telemetry.set_gauge("increc_model_version", version)
+        if not gcfg.enabled:
+            if n_updates % tcfg.publish_every == 0:
+                publish(learner.export_weights(versions.next(), metrics))
+        else:
+            _log_decision(keeper.after_update())
         if n_updates - last_ckpt_updates >= tcfg.checkpoint_every:
-            _save_checkpoint(learner, cursor, version, n_updates,
-                             {k: v for k, v in metrics.items() if k != "offset"})
+            _save_checkpoint(learner, cursor, versions.last, n_updates,
+                             {k: v for k, v in metrics.items() if k != "offset"}, _live_artifact(learner, gate))
             last_ckpt_updates = n_updates
-    _save_checkpoint(learner, cursor, version, n_updates, {"stopped": True})
+        report_progress()
+    _save_checkpoint(learner, cursor, versions.last, n_updates, {"stopped": True}, _live_artifact(learner, gate))
+
+
+def _log_decision(decision) -> None:
+    from increc_ray import telemetry
+
+    if decision is None:
+        return
+    telemetry.inc("increc_gate_decisions_total", outcome="promoted" if decision.promoted else "rejected")
+    log = logger.info if decision.promoted else logger.warning
+    log("gate: %s", decision.to_json())
+
+
+def _live_artifact(learner, gate) -> dict | None:
+    """The live weights as a publishable artifact, for a checkpoint (None while nothing is live)."""
+    if gate.live is None:
+        return None
+    return learner.export_weights(gate.live.version, {"restored": True}, snapshot=gate.live)
 
 
 def resolve_use_gpu(setting: str) -> bool:

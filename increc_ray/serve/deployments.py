@@ -133,5 +133,6 @@ class ModelTrainer:
                 "last_update_time": latest.published_at if latest else None,
                 "last_update": latest.metrics if latest else None,
                 "clean_parts_behind": max(0, store.last_seq() - consumed),
-                "progress": self._progress,
+                "progress": {k: v for k, v in self._progress.items() if k != "gate"},
+                "gate": self._progress.get("gate"),  # the champion/challenger decisions (learn.gate)
                 "trainer": self.runner.status()}

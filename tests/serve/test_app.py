@@ -306,5 +306,6 @@ def test_redeploy_resumes_from_checkpoint_without_reapplying_events(app, client)
     assert after["trainer"]["trainer"]["runs"] == 1
     restored = after["trainer"]["last_update"] or {}
     assert after["model_version"] >= 1 and (restored.get("restored") or after["model_version"] > 1)
+    assert after["model_version"] > before["model_version"], "a version number was handed out twice"
     print(f"before redeploy: version {before['model_version']}; after: version {after['model_version']}, "
           f"events seen {after['trainer']['progress']['events_seen']}")

@@ -1,0 +1,287 @@
+"""Champion/challenger gate: no weight version goes live unchecked (Ray-free core).
+
+After an update the trainer freezes its weights as the *candidate*. Every slice of clean
+events that arrives next is scored before the learner trains on it (test-then-train), by the
+candidate, by the *live* version (the last one promoted) and by popularity (positive-event
+counts so far), all on the same events: the rank of each event's item among the items the
+scorer knows, the user's earlier items excluded, ties against the target. Once
+``gate.min_events`` events are scored, the gate decides:
+
+* non-finite weights or scores: rejected at once (the trainer rolls back to the live weights);
+* worse than popularity, or more than ``gate.max_drop`` (relative) below the live version,
+  each by more than ``gate.z`` standard errors of the paired per-event difference (so a small
+  window's noise does not reject good candidates); and while no version is live, not above
+  popularity's NDCG: rejected. The learner keeps learning and the next update is the next
+  candidate; serving keeps the live version, or popularity while no version has beaten it.
+* otherwise promoted: it goes live under a new version number.
+
+Keeping learning after a rejection (rather than rolling back) is deliberate: a candidate that
+lost on one window may have learned a real shift that the next window rewards, and a rollback
+would throw away events that were valid. Only non-finite weights, which no further learning
+repairs, are rolled back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from increc_ray.config import GateConfig
+from increc_ray.learn.learner import positives
+from increc_ray.learn.model import SeqRecModel, left_pad, masked_scores
+
+
+class Snapshot:
+    """Frozen weights of one candidate or live version, for scoring only."""
+
+    def __init__(self, model: SeqRecModel, vocab: list[str], version: int = 0) -> None:
+        self.model, self.vocab, self.version = model.eval(), vocab, version
+
+    @property
+    def n_items(self) -> int:
+        return len(self.vocab)
+
+    @classmethod
+    def from_weights(cls, weights: dict) -> "Snapshot":
+        """The snapshot of a published artifact (``IncrementalLearner.export_weights``)."""
+        from increc_ray.config import ModelConfig
+
+        state = {k: torch.as_tensor(np.asarray(v)) for k, v in weights["state_dict"].items()}
+        model = SeqRecModel(ModelConfig(**weights["model_config"]), capacity=state["item_emb.weight"].shape[0])
+        model.load_state_dict(state)
+        return cls(model, list(weights["vocab"]), int(weights["version"]))
+
+    @classmethod
+    def of(cls, learner, version: int = 0) -> "Snapshot":
+        """The learner's published weights (its moving average, if any), frozen."""
+        model = SeqRecModel(learner.model_cfg, capacity=learner.model.capacity)
+        model.load_state_dict({k: v.detach().cpu().clone() for k, v in learner.published_state().items()})
+        return cls(model, learner.vocab.to_list(), version)
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return self.model.state_dict()
+
+    def finite(self) -> bool:
+        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+
+    @torch.no_grad()
+    def ranks(self, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
+        """0-based rank of each target after its history (item indices); a target this snapshot
+        does not know ranks ``n_items`` (a miss); NaN scores rank last."""
+        seqs = [h[-self.model.cfg.max_len:] for h in histories]
+        hidden = self.model(left_pad(seqs))[:, -1]  # (B, C)
+        return _ranks(masked_scores(self.model, hidden, self.n_items).numpy(), targets, histories)
+
+
+UNKNOWN_ITEM = np.iinfo(np.int64).max  # target index of an item new to the learner: a miss for all
+
+
+def fresh_targets(learner, events: pa.Table, limit: int) -> tuple[list[list[int]], np.ndarray]:
+    """(histories, targets) to score before ``learner.observe(events)``: the first positive of
+    each known user in ``events``, at most ``limit`` spread evenly; a target item the learner
+    does not know yet is ``UNKNOWN_ITEM``."""
+    users, item_ids, _ = positives(events)
+    first: dict[str, str] = {}
+    for user, item in zip(users, item_ids):
+        if user not in first and learner.knows_user(user):
+            first[user] = item
+    picked = list(first)
+    if len(picked) > limit:
+        picked = [picked[i] for i in np.linspace(0, len(picked) - 1, limit).round().astype(int)]
+    targets = learner.vocab.lookup([first[u] for u in picked])
+    return [learner.user_items(u) for u in picked], np.where(targets > 0, targets, UNKNOWN_ITEM)
+
+
+def popularity_ranks(counts: np.ndarray, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
+    """Ranks under popularity: ``counts[i]`` positive events of item index i (0 is pad)."""
+    scores = np.tile(counts.astype(np.float64), (len(histories), 1))
+    scores[:, 0] = -np.inf
+    return _ranks(scores, targets, histories)
+
+
+def _ranks(scores: np.ndarray, targets: np.ndarray, histories: list[list[int]]) -> np.ndarray:
+    B, n_cols = scores.shape  # (B, n_items + 1)
+    s = np.where(np.isnan(scores), -np.inf, scores)
+    known = targets < n_cols
+    s_t = np.where(known, s[np.arange(B), np.minimum(targets, n_cols - 1)], np.inf)
+    ahead = s >= s_t[:, None]  # (B, n_cols) ties count against the target
+    ahead[:, 0] = False
+    for b, h in enumerate(histories):
+        ahead[b, h] = False  # the user's earlier items are excluded
+    ahead[np.arange(B)[known], targets[known]] = False
+    return np.where(known, ahead.sum(1), n_cols)
+
+
+def ndcg(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Per-event NDCG@k of 0-based ranks (one relevant item)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    return np.where(r < k, 1.0 / np.log2(r + 2.0), 0.0)
+
+
+@dataclass
+class Decision:
+    """One gate decision, as shown in ``/status`` (``trainer.gate.last_decision``)."""
+
+    promoted: bool
+    reason: str
+    n_events: int
+    candidate_ndcg: float
+    live_ndcg: float | None
+    popularity_ndcg: float
+    se_vs_live: float | None  # standard error of the paired per-event difference
+    se_vs_popularity: float
+    version: int | None = None  # the version it went live as
+    at: float = field(default_factory=time.time)
+
+    def to_json(self) -> dict:
+        out = dict(self.__dict__)
+        for key, value in out.items():
+            if isinstance(value, float):
+                out[key] = round(value, 6) if math.isfinite(value) else None
+        return out
+
+
+class Gate:
+    """Scores the candidate, the live version and popularity on the same fresh events."""
+
+    def __init__(self, cfg: GateConfig) -> None:
+        self.cfg = cfg
+        self.candidate: Snapshot | None = None
+        self.live: Snapshot | None = None
+        self._scores: dict[str, list[np.ndarray]] = {"candidate": [], "live": [], "popularity": []}
+        self.n_promoted = 0
+        self.n_rejected = 0
+        self.last: Decision | None = None
+
+    @property
+    def n_scored(self) -> int:
+        return sum(len(a) for a in self._scores["candidate"])
+
+    def propose(self, candidate: Snapshot) -> Decision | None:
+        """A new candidate (replacing none: one is under test at a time). Non-finite weights are
+        rejected on the spot (returned); otherwise None and scoring starts."""
+        if not candidate.finite():
+            return self.reject("non-finite weights")
+        self.candidate = candidate
+        for v in self._scores.values():
+            v.clear()
+        return None
+
+    def test(self, histories: list[list[int]], targets: np.ndarray, counts: np.ndarray) -> None:
+        """Score fresh events (before the learner sees them): each has a history (item indices,
+        oldest first) and a target index (new items: an index beyond what a scorer knows)."""
+        if self.candidate is None or not len(targets):
+            return
+        k = self.cfg.k
+        self._scores["candidate"].append(ndcg(self.candidate.ranks(histories, targets), k))
+        if self.live is not None:
+            self._scores["live"].append(ndcg(self.live.ranks(histories, targets), k))
+        self._scores["popularity"].append(ndcg(popularity_ranks(counts, histories, targets), k))
+
+    def ready(self) -> bool:
+        return self.candidate is not None and self.n_scored >= self.cfg.min_events
+
+    def decide(self) -> Decision:
+        """Judge the candidate on the events scored since it was proposed."""
+        assert self.candidate is not None, "decide() needs a candidate under test"
+        cand = np.concatenate(self._scores["candidate"])
+        pop = np.concatenate(self._scores["popularity"])
+        live = np.concatenate(self._scores["live"]) if self._scores["live"] else None
+        figures = dict(candidate_ndcg=float(cand.mean()), popularity_ndcg=float(pop.mean()),
+                       se_vs_popularity=_se(cand - pop),
+                       live_ndcg=None if live is None else float(live.mean()),
+                       se_vs_live=None if live is None else _se(cand - live))
+        if not np.isfinite(cand).all():
+            return self._decide(False, "non-finite scores", **figures)
+        z = self.cfg.z
+        if live is None and figures["candidate_ndcg"] <= figures["popularity_ndcg"]:
+            return self._decide(False, "has not beaten popularity yet", **figures)
+        if (cand - pop).mean() < -z * figures["se_vs_popularity"]:
+            return self._decide(False, "worse than popularity", **figures)
+        if live is not None:
+            margin = cand - (1 - self.cfg.max_drop) * live  # (N,) per-event, paired
+            if margin.mean() < -z * _se(margin):
+                return self._decide(False, f"more than {self.cfg.max_drop:.0%} worse than the live version", **figures)
+        return self._decide(True, "promoted", **figures)
+
+    def reject(self, reason: str) -> Decision:
+        """Reject without scoring (e.g. the learner's weights are not finite)."""
+        return self._decide(False, reason, candidate_ndcg=math.nan)
+
+    def live_state(self) -> tuple[dict[str, torch.Tensor] | None, int]:
+        """(weights, n_items) of the live version to roll back to; (None, 0) while none is live."""
+        return (self.live.state(), self.live.n_items) if self.live else (None, 0)
+
+    def promote(self, version: int) -> Snapshot:
+        """The candidate goes live as ``version``; returns it."""
+        assert self.last is not None and self.last.promoted, "promote() follows a decision to promote"
+        self.candidate.version = self.last.version = version
+        self.live, self.candidate = self.candidate, None
+        self.n_promoted += 1
+        return self.live
+
+    def _decide(self, promoted: bool, reason: str, candidate_ndcg: float, popularity_ndcg: float = math.nan,
+                live_ndcg: float | None = None, se_vs_live: float | None = None,
+                se_vs_popularity: float = math.nan) -> Decision:
+        self.last = Decision(promoted, reason, self.n_scored, candidate_ndcg, live_ndcg, popularity_ndcg,
+                             se_vs_live, se_vs_popularity)
+        if not promoted:
+            self.n_rejected += 1
+            self.candidate = None
+        return self.last
+
+    def status(self) -> dict:
+        return {"enabled": self.cfg.enabled, "live_version": self.live.version if self.live else 0,
+                "under_test": self.candidate is not None, "scored": self.n_scored, "min_events": self.cfg.min_events,
+                "promoted": self.n_promoted, "rejected": self.n_rejected,
+                "last_decision": self.last.to_json() if self.last else None}
+
+
+def _se(diff: np.ndarray) -> float:
+    return float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else math.nan
+
+
+class GateKeeper:
+    """The gate's part of the train loop, Ray-free: ``test(events)`` before the learner observes
+    a slice, ``after_update()`` after each update. The worker hands in how version numbers are
+    taken and how weights are published; tests hand in plain functions."""
+
+    def __init__(self, learner, gate: Gate, next_version: Callable[[], int],
+                 publish: Callable[[dict], object]) -> None:
+        self.learner, self.gate, self.next_version, self.publish = learner, gate, next_version, publish
+
+    def test(self, events: pa.Table) -> Decision | None:
+        """Score the slice with the candidate, the live version and popularity; judge the candidate
+        once it has been scored on enough events (returns that decision)."""
+        gate = self.gate
+        gate.test(*fresh_targets(self.learner, events, gate.cfg.max_eval_per_slice), self.learner.item_counts)
+        return self._judge(gate.decide()) if gate.ready() else None
+
+    def after_update(self) -> Decision | None:
+        """Roll non-finite weights back to the live ones; else freeze a candidate if none is under
+        test (one at a time). Returns a decision when one was made."""
+        from increc_ray.learn.checkpoint import rollback_weights
+
+        if not self.learner.finite():  # no further learning repairs NaN weights
+            decision = self._judge(self.gate.reject("non-finite weights"))
+        elif self.gate.candidate is None:
+            decision = self.gate.propose(Snapshot.of(self.learner))
+            if decision is None:
+                return None
+            self._judge(decision)
+        else:
+            return None
+        rollback_weights(self.learner, *self.gate.live_state())
+        return decision
+
+    def _judge(self, decision: Decision) -> Decision:
+        if decision.promoted:
+            live = self.gate.promote(self.next_version())
+            self.publish(self.learner.export_weights(live.version, {"gate": decision.to_json()}, snapshot=live))
+        return decision

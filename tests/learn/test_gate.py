@@ -1,0 +1,152 @@
+"""Tests for increc_ray.learn.gate: the champion/challenger gate on clean and poisoned streams,
+through ``GateKeeper``, the exact path the train worker runs (Ray-free)."""
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from increc_ray.config import GateConfig, TrainerConfig
+from increc_ray.learn.gate import Gate, GateKeeper, Snapshot, _ranks, fresh_targets, ndcg
+from increc_ray.learn.learner import IncrementalLearner
+
+from test_learner import N_ITEMS, SMALL, events, planted_rows
+
+TRAINER = TrainerConfig(lr=5e-3, batch_size=32, replay_ratio=0.25, lr_schedule="constant")
+
+
+class Loop:
+    """The train worker's gate path: test a slice, observe it, update, then after_update."""
+
+    def __init__(self, gate_cfg: GateConfig, trainer: TrainerConfig = TRAINER) -> None:
+        self.learner = IncrementalLearner(SMALL, trainer)
+        self.gate = Gate(gate_cfg)
+        self.published: list[dict] = []
+        self._n = 0
+        self.keeper = GateKeeper(self.learner, self.gate, self._next, self.published.append)
+        self.decisions = []
+
+    def _next(self) -> int:
+        self._n += 1
+        return self._n
+
+    def feed(self, rows, n_chunks):
+        for idx in np.array_split(np.arange(len(rows)), n_chunks):
+            ev = events([rows[i] for i in idx])
+            for d in (self.keeper.test(ev),):
+                if d is not None:
+                    self.decisions.append(d)
+            self.learner.observe(ev)
+            if self.learner.update() is not None:
+                d = self.keeper.after_update()
+                if d is not None:
+                    self.decisions.append(d)
+
+
+def test_ranks_exclude_history_count_ties_and_miss_unknown_targets():
+    scores = np.array([[-np.inf, 0.5, 0.9, 0.5, np.nan],
+                       [-np.inf, 0.1, 0.2, 0.3, 0.4]])
+    ranks = _ranks(scores, np.array([1, 9]), [[2], [1]])
+    assert ranks.tolist() == [1, 5]  # row 0: 0.9 excluded, the 0.5 tie counts; row 1: unknown -> n_cols
+    assert ndcg(np.array([0, 1, 10]), 10).tolist() == pytest.approx([1.0, 1 / math.log2(3), 0.0])
+
+
+def test_first_candidate_goes_live_only_after_beating_popularity_on_fresh_events():
+    loop = Loop(GateConfig(min_events=150))
+    loop.feed(planted_rows(n_users=150, length=12, seed=0), 12)
+    assert loop.decisions, "the gate never judged a candidate"
+    first = loop.decisions[0]
+    assert first.live_ndcg is None and first.n_events >= 150
+    promoted = [d for d in loop.decisions if d.promoted]
+    assert promoted, [d.to_json() for d in loop.decisions]
+    assert all(d.candidate_ndcg >= d.popularity_ndcg for d in promoted)
+    assert [w["version"] for w in loop.published] == list(range(1, len(loop.published) + 1))
+    assert loop.gate.live.version == loop.published[-1]["version"]
+
+
+@pytest.fixture(scope="module")
+def trained() -> Loop:
+    """A loop whose gate has promoted a version on the clean planted stream (copied per test)."""
+    loop = Loop(GateConfig(min_events=150))
+    loop.feed(planted_rows(n_users=200, length=12, seed=0), 12)
+    assert loop.gate.live is not None, "no version went live on the clean stream"
+    return loop
+
+
+def _shuffled(rows, seed=3):
+    rng = np.random.default_rng(seed)
+    return [(u, f"i{rng.integers(N_ITEMS)}", t) for u, _, t in rows]
+
+
+def _burst(t0):
+    # many new users, each taking the pushed item after every other item
+    return [(f"bot{j}", "i0" if k % 2 else f"i{(j + k) % N_ITEMS}", t0 + 4 * j + k) for j in range(3000) for k in range(4)]
+
+
+def _later(rows, dt):
+    return [(u, i, t + dt) for u, i, t in rows]
+
+
+@pytest.mark.parametrize("poison", ["shuffled labels", "burst on one item"])
+def test_a_poisoned_candidate_is_not_promoted_and_the_clean_stream_brings_it_back(trained, poison):
+    """The candidate learned a poisoned stream (items replaced at random, or many new users
+    pushing one item); scored on genuine fresh events it loses to the live version."""
+    loop = copy.deepcopy(trained)
+    good = Snapshot.of(loop.learner, version=loop.gate.live.version)
+    rows = (_shuffled(_later(planted_rows(n_users=200, length=24, seed=5), 10**6)) if poison == "shuffled labels"
+            else _burst(10**6))
+    for idx in np.array_split(np.arange(len(rows)), 12):
+        loop.learner.observe(events([rows[i] for i in idx]))
+        loop.learner.update()
+    gate = Gate(GateConfig(min_events=150))
+    gate.live = good
+    assert gate.propose(Snapshot.of(loop.learner)) is None
+    clean = _later(planted_rows(n_users=200, length=4, seed=8), 3 * 10**6)
+    for idx in np.array_split(np.arange(len(clean)), 4):  # test, then observe: the train loop's order
+        fresh = events([clean[i] for i in idx])
+        gate.test(*fresh_targets(loop.learner, fresh, 500), loop.learner.item_counts)
+        loop.learner.observe(fresh)
+    decision = gate.decide()
+    assert not decision.promoted and "worse" in decision.reason, decision.to_json()
+    assert decision.candidate_ndcg < decision.live_ndcg and decision.se_vs_live > 0
+    # serving keeps the good version; once the stream is clean again, learning earns a new one
+    loop.gate, n_published = gate, len(loop.published)
+    loop.keeper = GateKeeper(loop.learner, gate, loop._next, loop.published.append)
+    loop.feed(_later(planted_rows(n_users=200, length=12, seed=7), 4 * 10**6), 12)
+    assert len(loop.published) > n_published and gate.live.version > good.version, "never recovered"
+
+
+def test_nan_weights_are_rejected_rolled_back_and_learning_goes_on(trained):
+    loop = copy.deepcopy(trained)
+    live = loop.gate.live
+    with torch.no_grad():
+        loop.learner.model.transformer.h[0].mlp.c_fc.weight.fill_(float("nan"))
+    decision = loop.keeper.after_update()
+    assert decision is not None and not decision.promoted and decision.reason == "non-finite weights"
+    assert loop.learner.finite()
+    n = live.n_items
+    assert torch.equal(loop.learner.model.item_emb.weight[: n + 1], live.state()["item_emb.weight"][: n + 1])
+    n_promoted = loop.gate.n_promoted
+    loop.feed(_later(planted_rows(n_users=200, length=6, seed=9), 5 * 10**6), 6)
+    assert loop.learner.finite() and loop.gate.n_promoted > n_promoted
+
+
+def test_fresh_targets_are_known_users_first_events_and_unknown_items_miss():
+    L = IncrementalLearner(SMALL, TRAINER)
+    L.observe(events([("a", "i1", 1), ("a", "i2", 2), ("b", "i3", 3)]))
+    hist, targets = fresh_targets(L, events([("a", "i3", 4), ("a", "i1", 5), ("c", "i1", 6), ("b", "new", 7)]), 10)
+    assert hist == [L.user_items("a"), L.user_items("b")]
+    assert targets[0] == L.vocab.lookup(["i3"])[0] and targets[1] > 10**9
+
+
+def test_snapshot_of_published_weights_scores_like_the_learner():
+    L = IncrementalLearner(SMALL, TRAINER)
+    L.observe(events(planted_rows(n_users=20, length=5)))
+    L.update()
+    snap = Snapshot.from_weights(L.export_weights(3))
+    assert snap.version == 3 and snap.n_items == L.n_items
+    hist = [L.user_items("u0")]
+    expect = _ranks(L.score_histories(hist).numpy(), np.array([1]), hist)
+    assert snap.ranks(hist, np.array([1])).tolist() == expect.tolist()
