@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
@@ -30,10 +31,17 @@ def git_rev(tree: str) -> str:
                           text=True).stdout.strip()
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def run_bench(tree: str, args, out: str) -> dict:
     env = {**os.environ, "PYTHONPATH": tree, "RAY_USAGE_STATS_ENABLED": "0"}
+    port = args.port or free_port()  # other clusters may be serving on this machine
     cmd = [sys.executable, os.path.join(HERE, "serve_bench.py"), "--seconds", str(args.seconds),
-           "--clients", *map(str, args.clients), "--port", str(args.port), "--out", out]
+           "--clients", *map(str, args.clients), "--port", str(port), "--out", out]
     subprocess.run(cmd, env=env, check=True, cwd=tree)
     with open(out) as f:
         return json.load(f)
@@ -46,7 +54,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2, help="before/after pairs, alternating")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 16])
-    parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--port", type=int, default=0, help="HTTP port; 0: a free one per run")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "serve_fastapi_compare.json"))
     args = parser.parse_args()
 

@@ -260,8 +260,9 @@ def _http_error(request: Request, e: HTTPException) -> JSONResponse:
 
 
 class _Telemetry:
-    """Pure ASGI middleware: latency and count per route, and 503 with a JSON reason for an
-    internal failure. It also strips a trailing slash, so ``/recommend/`` is ``/recommend``."""
+    """Pure ASGI middleware: latency and count per route; a JSON 503 for an internal failure,
+    and for a plain-text 5xx (Serve answers a downstream BackPressureError so); it also strips
+    a trailing slash, so ``/recommend/`` is ``/recommend``."""
 
     def __init__(self, app) -> None:
         self.app = app
@@ -272,24 +273,41 @@ class _Telemetry:
         started = time.perf_counter()
         route = scope["path"].rstrip("/") or "/"
         scope = {**scope, "path": route}
-        status = [0]
+        status, held, text = [0], [], []  # held: a non-JSON 5xx start, sent once its body is known
 
-        async def send_status(message) -> None:
+        async def send_json_errors(message) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                if status[0] >= 500 and (b"content-type", b"application/json") not in message.get("headers", []):
+                    held.append(message)
+                    return
+            elif held:
+                text.append(message.get("body", b""))
+                if message.get("more_body"):
+                    return
+                reason = b"".join(text).decode("utf-8", "replace").strip() or "error"
+                keep = [(k, v) for k, v in held[0].get("headers", []) if k.lower() not in _REPLACED]
+                return await _send_error(send, status[0], f"temporarily unavailable: {reason}", keep)
             await send(message)
 
         try:
-            await self.app(scope, receive, send_status)
+            await self.app(scope, receive, send_json_errors)
         except Exception as e:
             if status[0]:  # the answer has begun: nothing left to tell the client
                 raise
             logger.exception("request failed")
             status[0] = 503
-            body = json.dumps({"error": f"temporarily unavailable: {type(e).__name__}"}).encode()
-            await send({"type": "http.response.start", "status": 503,
-                        "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-            await send({"type": "http.response.body", "body": body})
+            await _send_error(send, 503, f"temporarily unavailable: {type(e).__name__}")
         finally:
             telemetry.observe("increc_request_latency_ms", (time.perf_counter() - started) * 1000, route=route)
             telemetry.inc("increc_requests_total", route=route, status=str(status[0] or 503))
+
+
+_REPLACED = (b"content-type", b"content-length")
+
+
+async def _send_error(send, status: int, reason: str, headers: list | None = None) -> None:
+    body = json.dumps({"error": reason}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        *(headers or []), (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

@@ -139,3 +139,23 @@ def test_openapi_describes_every_route(client):
                 "$ref": "#/components/schemas/ErrorResponse"}
     assert paths["/events"]["post"]["responses"]["413"]
     assert client.get("/docs").status_code == 200
+
+
+def test_a_plain_text_503_from_serve_becomes_a_json_reason(service):
+    """Serve installs its own handler for a downstream BackPressureError: text, 503, Retry-After."""
+    from starlette.responses import Response
+
+    class Overloaded(Exception):
+        pass
+
+    async def recommend(user_id, k):
+        raise Overloaded()
+
+    service._recommend = recommend
+    api = build_api(service, CFG)
+    api.add_exception_handler(Overloaded, lambda r, e: Response("Request dropped: overloaded", 503,
+                                                                headers={"Retry-After": "2"}))
+    with TestClient(api) as c:
+        r = c.get("/recommend", params={"user_id": "u1"})
+    assert (r.status_code, r.json()) == (503, {"error": "temporarily unavailable: Request dropped: overloaded"})
+    assert r.headers["retry-after"] == "2"
