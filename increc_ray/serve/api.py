@@ -145,20 +145,20 @@ def build_api(service: Service, cfg: Config) -> FastAPI:
     max_k, default_k, max_id = cfg.serving.max_k, cfg.serving.default_k, cfg.cleaning.max_id_length
     max_bytes, max_events = cfg.ingest.max_body_bytes, cfg.ingest.max_events_per_request
 
-    class RecommendQuery(BaseModel):
-        model_config = ConfigDict(extra="forbid")  # an unknown query parameter is a 400
-        user_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_id)] = Field(
-            description="The user to recommend for; a user with no history gets popular items.")
-        k: int = Field(default_k, ge=1, le=max_k, description="How many items to return.")
+    UserId = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_id), Query(
+        description="The user to recommend for; a user with no history gets popular items.")]
+    K = Annotated[int, Query(ge=1, le=max_k, description="How many items to return.")]
 
     api = FastAPI(title="increc_ray", version="1", redirect_slashes=False,
                   description="Online-learning sequential recommender: post events, get fresh recommendations.")
 
     @api.get("/recommend", response_model=RecommendResponse, responses=_errors(400, 503))
-    async def recommend(query: Annotated[RecommendQuery, Query()]) -> JSONResponse:
+    async def recommend(request: Request, user_id: UserId, k: K = default_k) -> JSONResponse:
         """Top-k unseen items for a user, from the newest weights this replica has swapped in."""
+        if unknown := _unknown_params(request):
+            raise BadRequest(unknown)
         # A JSONResponse skips re-validating the answer against response_model (documentation only).
-        return JSONResponse(await service._recommend(query.user_id, query.k))
+        return JSONResponse(await service._recommend(user_id, k))
 
     @api.post("/events", response_model=EventsResponse, responses=_errors(400, 413, 503),
               openapi_extra={"requestBody": _events_body(max_bytes, max_events)})
@@ -188,7 +188,7 @@ def build_api(service: Service, cfg: Config) -> FastAPI:
 
     api.openapi = openapi
     api.add_exception_handler(BadRequest, _bad_request)
-    api.add_exception_handler(RequestValidationError, lambda r, e: _invalid(e, max_k, max_id))
+    api.add_exception_handler(RequestValidationError, lambda r, e: _invalid(r, e, max_k, max_id))
     api.add_exception_handler(HTTPException, _http_error)
     api.add_middleware(_Telemetry)
     return api
@@ -227,14 +227,22 @@ def _bad_request(request: Request, e: BadRequest) -> JSONResponse:
     return JSONResponse(e.to_json(), status_code=e.status_code)
 
 
-def _invalid(e: RequestValidationError, max_k: int, max_id: int) -> JSONResponse:
+_RECOMMEND_PARAMS = frozenset({"user_id", "k"})
+
+
+def _unknown_params(request: Request) -> str | None:
+    """FastAPI ignores a query parameter it does not know; this API refuses it (a typo'd ``k``
+    would silently be the default otherwise)."""
+    unknown = set(request.query_params) - _RECOMMEND_PARAMS
+    return f"unknown query parameter(s): {', '.join(sorted(unknown))}" if unknown else None
+
+
+def _invalid(request: Request, e: RequestValidationError, max_k: int, max_id: int) -> JSONResponse:
     """FastAPI's 422 as this API's 400, with the reasons the hand-written parser gave."""
-    unknown = [str(err["loc"][-1]) for err in e.errors() if err["type"] == "extra_forbidden"]
-    reasons = [f"unknown query parameter(s): {', '.join(sorted(unknown))}"] if unknown else []
+    unknown = _unknown_params(request) if request.url.path == "/recommend" else None
+    reasons = [unknown] if unknown else []
     for err in e.errors():
         field, kind, value = str(err["loc"][-1]), err["type"], err.get("input")
-        if kind == "extra_forbidden":
-            continue
         if field == "user_id" and kind in ("missing", "string_too_short"):
             reasons.append("user_id is required, e.g. /recommend?user_id=42&k=10")
         elif field == "user_id" and kind == "string_too_long":

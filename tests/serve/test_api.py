@@ -60,6 +60,7 @@ def test_recommend_passes_parsed_query(client, service):
     ("?user_id=u1&k=0", "k: 0 must be between 1 and 50"),
     ("?user_id=u1&k=51", "k: 51 must be between 1 and 50"),
     ("?user_id=u1&kk=3&z=1", "unknown query parameter(s): kk, z"),
+    ("?kk=3", "unknown query parameter(s): kk; user_id is required, e.g. /recommend?user_id=42&k=10"),
 ])
 def test_bad_query_is_400_with_the_reason(client, service, query, reason):
     r = client.get("/recommend" + query)
