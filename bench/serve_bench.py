@@ -5,7 +5,10 @@ this machine) and the increc_ray app, streams synthetic events until a model ver
 served, then drives each with the same closed-loop load (C concurrent clients on loopback,
 for a fixed time) and reports requests/s, latency percentiles and the ratio to the ceiling.
 
-    python bench/serve_bench.py [--seconds 10] [--clients 4 16] [--out bench/results/serve.json]
+    python bench/serve_bench.py [--seconds 10] [--clients 4 16] [--port 8765] [--out bench/results/serve.json]
+
+The load starts once the trainer has applied every event (and the replica serves that
+version), so no update competes with the measured requests for the 2 cores.
 """
 
 from __future__ import annotations
@@ -55,11 +58,19 @@ def drive(url: str, params_for, seconds: float, clients: int) -> dict:
             "p99_ms": round(float(np.percentile(lat, 99)), 2)}
 
 
+def _settled(status: dict) -> bool:
+    """Every posted event cleaned and applied, and the newest version served."""
+    lag = status["lag"]
+    return (status["served_version"] >= 1 and status["served_version"] == status["model_version"]
+            and lag["pending_files"] == 0 and lag["clean_parts_behind"] == 0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--clients", type=int, nargs="+", default=[4, 16])
     parser.add_argument("--events", type=int, default=4000)
+    parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--out", default="bench/results/serve.json")
     args = parser.parse_args()
 
@@ -71,8 +82,8 @@ def main() -> None:
     from increc_ray.evaluate.synthetic import SyntheticStream
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(include_dashboard=False, log_to_driver=False)
-    serve.start(http_options={"host": "127.0.0.1", "port": 8765})
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)  # a cluster of our own
+    serve.start(http_options={"host": "127.0.0.1", "port": args.port})
 
     @serve.deployment(ray_actor_options={"num_cpus": 0.1})
     class Noop:
@@ -83,13 +94,13 @@ def main() -> None:
     data_dir = tempfile.mkdtemp(prefix="increc_bench_")
     serve.run(app_builder({"config": {"data_dir": data_dir, "trainer": {"min_new_events": 50, "max_new_events": 500}}}),
               name="increc", route_prefix="/")
-    base = "http://127.0.0.1:8765"
+    base = f"http://127.0.0.1:{args.port}"
     stream = SyntheticStream(n_users=1000, n_items=1000, seed=0)
     with httpx.Client(base_url=base, timeout=60) as c:
         for _ in range(args.events // 200):
             c.post("/events", content=json.dumps(stream.next_events(200))).raise_for_status()
         deadline = time.time() + 300
-        while c.get("/status").json()["served_version"] < 1 and time.time() < deadline:
+        while not _settled(c.get("/status").json()) and time.time() < deadline:
             time.sleep(1)
         status = c.get("/status").json()
     users = sorted({f"u{i}" for i in range(1000)})

@@ -38,6 +38,8 @@ def parse_body(body: bytes, max_events: int, max_bytes: int | None = None) -> li
         records = doc if isinstance(doc, list) else [doc]
     except json.JSONDecodeError as whole_err:
         records = _parse_ndjson(text, whole_err)
+    except RecursionError:  # e.g. b"[" * 200_000: json's decoder recurses once per level
+        raise BadRequest("body is nested too deeply to be events") from None
     if not records:
         raise BadRequest("no events in body")
     if len(records) > max_events:
@@ -56,4 +58,6 @@ def _parse_ndjson(text: str, whole_err: json.JSONDecodeError) -> list:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
             raise BadRequest(f"NDJSON line {n} is not valid JSON: {e.msg}", line=n) from None
+        except RecursionError:
+            raise BadRequest(f"NDJSON line {n} is nested too deeply to be an event", line=n) from None
     return records

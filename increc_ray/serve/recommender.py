@@ -1,7 +1,9 @@
 """The HTTP ingress: answers recommend calls with the newest weights it has swapped in.
 
 Routes: ``POST /events``, ``GET /recommend?user_id=..&k=..``, ``GET /healthz``,
-``GET /status``. Malformed requests get a 4xx with a JSON reason.
+``GET /status``, ``GET /docs``; the FastAPI app that routes them, its models and its
+error answers are in ``increc_ray.serve.api``. This module is the Serve shell: it holds
+the handles and the weights and answers what the routes ask.
 """
 
 from __future__ import annotations
@@ -13,22 +15,16 @@ import time
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
-from starlette.requests import Request
-from starlette.responses import JSONResponse
 
 from increc_ray import telemetry
 from increc_ray.config import Config
-from increc_ray.errors import BadRequest, PayloadTooLarge
-from increc_ray.ingest.body import parse_body
+from increc_ray.serve.api import build_api
 
 logger = logging.getLogger("increc_ray.serve")
 
 
-def _json(status: int, body: dict) -> JSONResponse:
-    return JSONResponse(body, status_code=status)
-
-
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
+@serve.ingress()  # late-bound: the app comes from __serve_build_asgi_app__, once the config is known
 class Recommender:
     """HTTP ingress; answers recommend calls with the newest weights it has swapped in."""
 
@@ -71,47 +67,23 @@ class Recommender:
                 logger.exception("weight follow failed; retrying")
                 self._stop.wait(1.0)
 
-    # ---- HTTP ----------------------------------------------------------------------------------
+    # ---- HTTP (routes, models and errors: increc_ray.serve.api) -------------------------------
 
-    async def __call__(self, request: Request) -> JSONResponse:
-        started = time.perf_counter()
-        route = request.url.path.rstrip("/") or "/"
-        handler = {("GET", "/recommend"): self._recommend, ("POST", "/events"): self._events,
-                   ("GET", "/healthz"): self._healthz, ("GET", "/status"): self._status}.get((request.method, route))
-        try:
-            if handler is None:
-                known = {"/recommend", "/events", "/healthz", "/status"}
-                if route in known:
-                    raise _MethodNotAllowed(f"{request.method} is not allowed on {route}")
-                raise _NotFound(f"no route {route}; try GET /recommend, POST /events, GET /status, GET /healthz")
-            response = await handler(request)
-        except BadRequest as e:
-            response = _json(e.status_code, e.to_json())
-        except Exception as e:
-            logger.exception("request failed")
-            response = _json(503, {"error": f"temporarily unavailable: {type(e).__name__}"})
-        telemetry.observe("increc_request_latency_ms", (time.perf_counter() - started) * 1000, route=route)
-        telemetry.inc("increc_requests_total", route=route, status=str(response.status_code))
-        return response
+    def __serve_build_asgi_app__(self):
+        """Serve calls this after ``__init__``: the API is built with this replica's config."""
+        return build_api(self, self.cfg)
 
-    async def _healthz(self, request: Request) -> JSONResponse:
-        return _json(200, {"status": "ok", "model_version": self._version()})
+    def _health(self) -> dict:
+        return {"status": "ok", "model_version": self._version()}
 
     def _version(self) -> int:
         scorer = self._scorer
         return scorer.version if scorer else 0
 
-    async def _events(self, request: Request) -> JSONResponse:
-        limit = self.cfg.ingest.max_body_bytes
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:  # refuse before reading it all
-            raise PayloadTooLarge(f"body is {declared} bytes, over the limit of {limit}", limit=limit)
-        body = await request.body()
-        records = parse_body(body, self.cfg.ingest.max_events_per_request, self.cfg.ingest.max_body_bytes)
-        return _json(200, await self.ingest.ingest.remote(records))
+    async def _ingest(self, records: list) -> dict:
+        return await self.ingest.ingest.remote(records)
 
-    async def _recommend(self, request: Request) -> JSONResponse:
-        user_id, k = self._parse_recommend(request)
+    async def _recommend(self, user_id: str, k: int) -> dict:
         history, seen = await self.history.context.remote(user_id)
         scorer = self._scorer
         items: list[tuple[str, float]] = []
@@ -122,49 +94,22 @@ class Recommender:
             have = {i for i, _ in items}
             extra = await self.history.popular.remote(k - len(items), [*seen, *have])
             items += extra
-        return _json(200, {"user_id": user_id, "k": k, "source": source,
-                           "model_version": scorer.version if scorer else 0,
-                           "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]})
+        return {"user_id": user_id, "k": k, "source": source, "model_version": scorer.version if scorer else 0,
+                "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]}
 
-    def _parse_recommend(self, request: Request) -> tuple[str, int]:
-        params = request.query_params
-        unknown = set(params) - {"user_id", "k"}
-        if unknown:
-            raise BadRequest(f"unknown query parameter(s): {', '.join(sorted(unknown))}")
-        user_id = (params.get("user_id") or "").strip()
-        if not user_id:
-            raise BadRequest("user_id is required, e.g. /recommend?user_id=42&k=10")
-        if len(user_id) > self.cfg.cleaning.max_id_length:
-            raise BadRequest(f"user_id is longer than {self.cfg.cleaning.max_id_length} characters")
-        raw_k = params.get("k", str(self.cfg.serving.default_k))
-        try:
-            k = int(raw_k)
-        except ValueError:
-            raise BadRequest(f"k: {raw_k!r} is not an integer") from None
-        if not 1 <= k <= self.cfg.serving.max_k:
-            raise BadRequest(f"k: {k} must be between 1 and {self.cfg.serving.max_k}")
-        return user_id, k
-
-    async def _status(self, request: Request) -> JSONResponse:
+    async def _status(self) -> dict:
         trainer, ingest, history = await asyncio.gather(
             self.trainer.status.remote(), self.ingest.status.remote(), self.history.stats.remote())
-        return _json(200, {"model_version": trainer["model_version"], "served_version": self._version(),
-                           "last_update_time": trainer["last_update_time"],
-                           "lag": {"pending_files": ingest["pending_files"],
-                                   "clean_parts_behind": trainer["clean_parts_behind"],
-                                   "seconds_since_update": (time.time() - trainer["last_update_time"])
-                                   if trainer["last_update_time"] else None},
-                           "counts": {k: ingest[k] for k in ("accepted", "duplicates", "quarantined", "cleaned")},
-                           "trainer": trainer, "ingest": ingest, "history": history,
-                           "replica": {"swaps": self.swaps}})
+        return {"model_version": trainer["model_version"], "served_version": self._version(),
+                "last_update_time": trainer["last_update_time"],
+                "lag": {"pending_files": ingest["pending_files"],
+                        "clean_parts_behind": trainer["clean_parts_behind"],
+                        "seconds_since_update": (time.time() - trainer["last_update_time"])
+                        if trainer["last_update_time"] else None},
+                "counts": {k: ingest[k] for k in ("accepted", "duplicates", "quarantined", "cleaned")},
+                "trainer": trainer, "ingest": ingest, "history": history,
+                "replica": {"swaps": self.swaps}}
 
     def __del__(self) -> None:
         self._stop.set()
 
-
-class _NotFound(BadRequest):
-    status_code = 404
-
-
-class _MethodNotAllowed(BadRequest):
-    status_code = 405

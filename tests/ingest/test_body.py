@@ -26,3 +26,10 @@ def test_limits_are_413():
     with pytest.raises(PayloadTooLarge) as err:
         parse_body(b"[{}]", 10, max_bytes=2)
     assert err.value.status_code == 413
+
+
+@pytest.mark.parametrize("body", [b"[" * 200_000, b'{"a": ' * 100_000, b'{"a": 1}\n' + b"[" * 200_000])
+def test_deeply_nested_body_is_a_bad_request_not_a_crash(body):
+    with pytest.raises(BadRequest, match="nested too deeply") as err:  # json.loads raises RecursionError
+        parse_body(body, 10)
+    assert err.value.status_code == 400

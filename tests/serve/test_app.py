@@ -214,6 +214,9 @@ def test_duplicates_and_bad_events_are_counted_not_applied(client):
     ("POST", "/events", b"\xff\xfe", 400, "UTF-8"),
     ("POST", "/events", b"[]", 400, "no events"),
     ("POST", "/events", b"[" + b",".join([b"{}"] * 10001) + b"]", 413, "limit"),
+    ("POST", "/events", b"[" * 200_000, 400, "nested too deeply"),  # json.loads: RecursionError
+    ("POST", "/events", b" " * 1_000_001, 413, "limit"),  # refused from Content-Length
+    ("POST", "/recommend", None, 405, "POST"),
     ("GET", "/events", None, 405, "GET"),
     ("GET", "/nope", None, 404, "/nope"),
 ])
@@ -221,6 +224,32 @@ def test_malformed_requests_get_4xx_with_json_reason(client, method, path, body,
     r = client.request(method, path, content=body)
     assert r.status_code == code, r.text
     assert needle in r.json()["error"]
+
+
+def test_chunked_body_over_the_limit_is_cut_off(client):
+    """No Content-Length: the replica counts the body as it streams in and stops at the limit."""
+    def chunks():
+        for _ in range(40):  # 2.6 MB, the limit is 1 MB
+            yield b" " * 65536
+    r = client.post("/events", content=chunks())
+    assert r.status_code == 413, r.text
+    assert r.json()["limit"] == 1_000_000 and "limit" in r.json()["error"]
+
+
+def test_openapi_lists_every_route_with_its_parameters(client):
+    doc = client.get("/openapi.json").json()
+    paths = doc["paths"]
+    assert {"/recommend", "/events", "/healthz", "/status"} <= set(paths)
+    assert set(paths["/recommend"]) == {"get"} and set(paths["/events"]) == {"post"}
+    assert set(paths["/healthz"]) == {"get"} and set(paths["/status"]) == {"get"}
+    params = {p["name"]: p for p in paths["/recommend"]["get"]["parameters"]}
+    assert set(params) == {"user_id", "k"} and params["user_id"]["required"] and params["user_id"]["in"] == "query"
+    assert params["k"]["schema"]["minimum"] == 1 and params["k"]["schema"]["maximum"] == 200
+    body = paths["/events"]["post"]["requestBody"]
+    assert body["required"] and {"application/json", "application/x-ndjson"} <= set(body["content"])
+    assert "Event" in doc["components"]["schemas"] and "ErrorResponse" in doc["components"]["schemas"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
 
 
 def test_files_dropped_in_landing_folder_are_cleaned_and_bad_rows_quarantined(app, client):

@@ -1,0 +1,162 @@
+"""The HTTP layer alone: routes, bounds, error shapes and the OpenAPI document, in process
+(starlette's TestClient) against a stand-in service. tests/serve/test_app.py runs the same
+API on a real Ray cluster."""
+
+from __future__ import annotations
+
+import pytest
+from starlette.testclient import TestClient
+
+from increc_ray.config import Config
+from increc_ray.serve.api import build_api
+
+CFG = Config.from_dict({"ingest": {"max_body_bytes": 1000, "max_events_per_request": 5}, "serving": {"max_k": 50}})
+
+
+class FakeService:
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    async def _recommend(self, user_id: str, k: int) -> dict:
+        self.calls.append(("recommend", user_id, k))
+        if user_id == "boom":
+            raise RuntimeError("the history replica is gone")
+        return {"user_id": user_id, "k": k, "source": "fallback", "model_version": 0, "items": []}
+
+    async def _ingest(self, records: list) -> dict:
+        self.calls.append(("ingest", records))
+        return {"accepted": len(records), "duplicates": 0, "rejected_count": 0, "rejected": []}
+
+    def _health(self) -> dict:
+        return {"status": "ok", "model_version": 3}
+
+    async def _status(self) -> dict:
+        return {"model_version": 3}
+
+
+@pytest.fixture
+def service():
+    return FakeService()
+
+
+@pytest.fixture
+def client(service):
+    with TestClient(build_api(service, CFG), raise_server_exceptions=False) as c:
+        yield c
+
+
+def test_recommend_passes_parsed_query(client, service):
+    r = client.get("/recommend", params={"user_id": "  u1 ", "k": "7"})
+    assert r.status_code == 200 and r.json()["k"] == 7
+    assert client.get("/recommend/", params={"user_id": "u2"}).status_code == 200  # trailing slash, default k
+    assert service.calls == [("recommend", "u1", 7), ("recommend", "u2", CFG.serving.default_k)]
+
+
+@pytest.mark.parametrize("query,reason", [
+    ("", "user_id is required, e.g. /recommend?user_id=42&k=10"),
+    ("?user_id=%20", "user_id is required, e.g. /recommend?user_id=42&k=10"),
+    ("?user_id=" + "x" * 257, "user_id is longer than 256 characters"),
+    ("?user_id=u1&k=abc", "k: 'abc' is not an integer"),
+    ("?user_id=u1&k=0", "k: 0 must be between 1 and 50"),
+    ("?user_id=u1&k=51", "k: 51 must be between 1 and 50"),
+    ("?user_id=u1&kk=3&z=1", "unknown query parameter(s): kk, z"),
+    ("?kk=3", "unknown query parameter(s): kk; user_id is required, e.g. /recommend?user_id=42&k=10"),
+])
+def test_bad_query_is_400_with_the_reason(client, service, query, reason):
+    r = client.get("/recommend" + query)
+    assert (r.status_code, r.json()) == (400, {"error": reason})
+    assert service.calls == []
+
+
+@pytest.mark.parametrize("method,path,code,reason", [
+    ("GET", "/events", 405, "GET is not allowed on /events"),
+    ("POST", "/recommend", 405, "POST is not allowed on /recommend"),
+    ("GET", "/nope", 404, "no route /nope; try GET /recommend, POST /events, GET /status, GET /healthz, GET /docs"),
+])
+def test_unknown_route_and_wrong_method(client, method, path, code, reason):
+    r = client.request(method, path)
+    assert (r.status_code, r.json()) == (code, {"error": reason})
+
+
+def test_events_accepts_array_object_and_ndjson(client, service):
+    for body in (b'[{"user_id": 1}, {"user_id": 2}]', b'{"user_id": 1}\n{"user_id": 2}\n'):
+        assert client.post("/events", content=body).json()["accepted"] == 2
+    assert client.post("/events", content=b'{"user_id": 1}').json()["accepted"] == 1
+
+
+def test_events_refusals(client, service):
+    too_many = client.post("/events", content=b"[" + b",".join([b"{}"] * 6) + b"]")
+    assert too_many.status_code == 413 and too_many.json()["limit"] == 5
+    declared = client.post("/events", content=b"x" * 1001)  # refused from Content-Length
+    assert declared.status_code == 413 and declared.json() == {
+        "error": "body is 1001 bytes, over the limit of 1000", "limit": 1000}
+    chunked = client.post("/events", content=(b"[{}]" + b" " * 96 for _ in range(20)))  # no Content-Length
+    assert chunked.status_code == 413 and chunked.json()["limit"] == 1000
+    assert service.calls == []
+
+
+def test_chunked_body_is_cut_off_not_read_whole(service):
+    """A chunked body that grows past the limit is refused as soon as it does."""
+    read = []
+
+    async def receive():
+        read.append(1)
+        return {"type": "http.request", "body": b" " * 400, "more_body": True}  # never ends
+
+    sent = []
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "POST", "path": "/events", "raw_path": b"/events", "query_string": b"",
+             "headers": [(b"transfer-encoding", b"chunked")], "root_path": "", "scheme": "http",
+             "server": ("t", 80), "client": ("c", 1), "http_version": "1.1", "asgi": {"version": "3.0"}}
+    import asyncio
+
+    asyncio.run(build_api(service, CFG)(scope, receive, send))
+    assert sent[0]["status"] == 413 and len(read) == 3  # 1200 bytes read, of an endless body
+
+
+def test_internal_failure_is_503_with_a_reason(client):
+    r = client.get("/recommend", params={"user_id": "boom"})
+    assert (r.status_code, r.json()) == (503, {"error": "temporarily unavailable: RuntimeError"})
+
+
+def test_openapi_describes_every_route(client):
+    doc = client.get("/openapi.json").json()
+    paths = doc["paths"]
+    assert set(paths) == {"/recommend", "/events", "/healthz", "/status"}
+    params = {p["name"]: p for p in paths["/recommend"]["get"]["parameters"]}
+    assert params["user_id"]["required"] and params["user_id"]["schema"]["maxLength"] == 256
+    assert params["k"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 50, "default": 10,
+                                     "title": "K", "description": "How many items to return."}
+    body = paths["/events"]["post"]["requestBody"]["content"]
+    assert {"application/json", "application/x-ndjson"} <= set(body)
+    assert body["application/json"]["schema"]["oneOf"][0]["maxItems"] == 5
+    for path, ops in paths.items():
+        for op in ops.values():
+            assert "422" not in op["responses"], f"{path} documents a 422 it never sends"
+            assert op["responses"]["503"]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/ErrorResponse"}
+    assert paths["/events"]["post"]["responses"]["413"]
+    assert client.get("/docs").status_code == 200
+
+
+def test_a_plain_text_503_from_serve_becomes_a_json_reason(service):
+    """Serve installs its own handler for a downstream BackPressureError: text, 503, Retry-After."""
+    from starlette.responses import Response
+
+    class Overloaded(Exception):
+        pass
+
+    async def recommend(user_id, k):
+        raise Overloaded()
+
+    service._recommend = recommend
+    api = build_api(service, CFG)
+    api.add_exception_handler(Overloaded, lambda r, e: Response("Request dropped: overloaded", 503,
+                                                                headers={"Retry-After": "2"}))
+    with TestClient(api) as c:
+        r = c.get("/recommend", params={"user_id": "u1"})
+    assert (r.status_code, r.json()) == (503, {"error": "temporarily unavailable: Request dropped: overloaded"})
+    assert r.headers["retry-after"] == "2"
