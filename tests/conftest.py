@@ -59,7 +59,9 @@ def ray_cluster():
     """A real local Ray cluster for the integration tests of this session."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # address="local": always a fresh cluster of our own, even while another one runs on this
+    # machine (the demo's, which plain ray.init() would join and then refuse num_cpus for)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     from ray import serve
 
