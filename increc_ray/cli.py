@@ -4,15 +4,22 @@
                                             deployed app and print live recommendations
     increc send FILE [--url URL]            post an event file (JSONL/CSV/Parquet/MovieLens)
     increc status [--url URL]               print GET /status
-    increc evaluate offline --data FILE     leave-one-out full-ranking quality of the model
+    increc evaluate offline --data FILE [--profile NAME | --config FILE]
+                                            leave-one-out full-ranking quality of the model
                                             (writes bench/results/offline_<dataset>.json)
-    increc evaluate stream --data FILE      prequential replay: incremental vs retraining
+    increc evaluate stream --data FILE [--profile NAME | --config FILE]
+                                            prequential replay: incremental vs retraining
                                             (writes bench/results/stream_<dataset>.json + PNGs)
+
+A benchmark reads only its profile (deploy/profiles/NAME.yaml, the config a deployment runs;
+default: the profile named like the dataset, else ml-100k, the one serve_config.yaml deploys)
+plus the override flags, and records both in its result JSON.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -145,33 +152,56 @@ def send_file(url: str, path: str, batch: int) -> int:
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    """``increc evaluate <mode>``: model quality measurements (see increc_ray.evaluate.offline)."""
-    if args.mode == "offline":
-        from increc_ray.evaluate.offline import dataset_name, preset, run_offline
+    """``increc evaluate <mode>``: model quality under one profile (see increc_ray.evaluate)."""
+    from increc_ray.evaluate.offline import dataset_name
 
-        model_cfg, trainer_cfg, fit_cfg = preset(dataset_name(args.data), seed=args.seed,
-                                                 max_epochs=args.max_epochs, max_minutes=args.max_minutes)
-        run_offline(args.data, model_cfg, trainer_cfg, fit_cfg, out_dir=args.out or None,
-                    log=lambda line: print(line, flush=True), threads=args.threads)
+    name = (args.name if args.mode == "stream" else None) or dataset_name(args.data)
+    label, cfg = resolve_profile(args, name)
+    log = functools.partial(print, flush=True)
+    if args.mode == "offline":
+        from increc_ray.evaluate.offline import run_offline
+
+        run_offline(args.data, cfg, profile=label, out_dir=args.out or None, log=log, threads=args.threads)
         return 0
     if args.mode == "stream":
-        from increc_ray.errors import ConfigError
-        from increc_ray.evaluate.offline import dataset_name
-        from increc_ray.evaluate.stream import PRESETS, run_stream, stream_preset
+        from increc_ray.evaluate.stream import run_stream
 
-        name = args.name or dataset_name(args.data)
-        if args.preset is not None and args.preset not in PRESETS:
-            raise ConfigError(f"--preset: unknown preset {args.preset!r}; known: {', '.join(sorted(PRESETS))}")
-        stream_cfg, strat_cfg = stream_preset(args.preset or name, incremental=_settings(args.incremental, "--incremental"),
-                                              model=_settings(args.model, "--model"), n_windows=args.windows,
-                                              update_every=args.update_every,
-                                              eval_per_window=args.eval_per_window,
-                                              warmup_fraction=args.warmup_fraction, seed=args.seed,
-                                              retrain_every=args.retrain_every, variants={} if args.no_variants else None)
-        run_stream(args.data, stream_cfg, strat_cfg, out_dir=args.out or None, name=name,
-                   log=lambda line: print(line, flush=True), progress_bar=not args.no_progress)
+        run_stream(args.data, cfg, profile=label, out_dir=args.out or None, name=name, log=log,
+                   progress_bar=not args.no_progress)
         return 0
     raise AssertionError(f"unknown evaluate mode {args.mode!r}")  # argparse only lets known modes through
+
+
+# single-setting flags -> the config key they set
+_FLAG_KEYS = {"windows": ("evaluation", "windows"), "eval_per_window": ("evaluation", "eval_per_window"),
+              "warmup_fraction": ("evaluation", "warmup_fraction"), "retrain_every": ("evaluation", "retrain_every"),
+              "seed": ("evaluation", "seed"),
+              "trainer_seed": ("trainer", "seed"), "max_epochs": ("bootstrap", "epochs"),
+              "max_minutes": ("bootstrap", "max_minutes")}
+
+
+def resolve_profile(args: argparse.Namespace, dataset: str):
+    """(label, Config): ``--config FILE``, else ``--profile NAME``, else the profile named like the
+    dataset, else the deployed default (``profiles.DEFAULT_PROFILE``); the flags' overrides on top."""
+    from increc_ray import profiles
+    from increc_ray.config import replace
+
+    over: dict = {}
+    for flag, section in (("incremental", "trainer"), ("model", "model"), ("bootstrap", "bootstrap")):
+        if getattr(args, flag):
+            over[section] = _settings(getattr(args, flag), f"--{flag}")
+    for dest, (section, key) in _FLAG_KEYS.items():
+        value = getattr(args, dest, None)
+        if value is not None:
+            over.setdefault(section, {})[key] = value
+    if args.config:
+        label, cfg = args.config, profiles.load(args.profile, args.config, over)  # both: ConfigError
+    else:
+        label = args.profile or (dataset if dataset in profiles.profile_names() else profiles.DEFAULT_PROFILE)
+        cfg = profiles.load(profile=label, overrides=over)
+    if getattr(args, "no_variants", False):  # a replacement, not a merge: no variant is left
+        cfg = replace(cfg, evaluation=replace(cfg.evaluation, variants={}))
+    return label, cfg
 
 
 def _settings(items: list[str], flag: str) -> dict:
@@ -185,33 +215,41 @@ def _settings(items: list[str], flag: str) -> dict:
     return out
 
 
+def _add_profile_flags(p) -> None:
+    p.add_argument("--profile", "--preset", default=None, dest="profile",
+                   help="deploy/profiles/NAME.yaml (default: the profile named like the dataset, else "
+                   "ml-100k, the deployed one)")
+    p.add_argument("--config", default=None, metavar="FILE", help="a config YAML file instead of a profile")
+    p.add_argument("--incremental", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a trainer setting (repeatable), e.g. lr=2.5e-4 or min_new_events=100")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="override the model shape (repeatable), e.g. d_model=128")
+    p.add_argument("--bootstrap", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a from-scratch training setting (repeatable), e.g. epochs=5")
+
+
 def _add_evaluate(sub) -> None:
-    ev = sub.add_parser("evaluate", help="measure model quality").add_subparsers(dest="mode", required=True)
+    ev = sub.add_parser("evaluate", help="measure model quality under a profile").add_subparsers(dest="mode", required=True)
     p = ev.add_parser("offline", help="leave-one-out by time, full ranking, vs most popular (e.g. MovieLens)")
     p.add_argument("--data", required=True, help="event file: MovieLens u.data / ratings.csv, or any loader format")
     p.add_argument("--out", default="bench/results", help="folder for offline_<dataset>.json ('' = do not write)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-epochs", type=int, default=None, help="override the dataset preset")
-    p.add_argument("--max-minutes", type=float, default=None, help="wall-clock cap on training")
+    _add_profile_flags(p)
+    p.add_argument("--seed", type=int, default=None, dest="trainer_seed", help="trainer.seed (model init, shuffling)")
+    p.add_argument("--max-epochs", type=int, default=None, help="bootstrap.epochs")
+    p.add_argument("--max-minutes", type=float, default=None, help="bootstrap.max_minutes")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads (0 = torch's default)")
     p = ev.add_parser("stream", help="prequential (test-then-train) replay: incremental vs retraining vs static")
     p.add_argument("--data", required=True, help="event file: MovieLens, or CSV/Parquet/JSONL of "
                    "user_id,item_id,timestamp[,event_type,value]")
     p.add_argument("--out", default="bench/results", help="folder for stream_<dataset>.json and PNGs ('' = none)")
     p.add_argument("--name", default=None, help="dataset name (default: the file's folder name)")
-    p.add_argument("--preset", default=None, help="per-dataset settings to use (default: those of --name, if any)")
-    p.add_argument("--windows", type=int, default=None, help="replayed windows (update cadence)")
-    p.add_argument("--update-every", type=int, default=None,
-                   help="events between incremental updates (test-then-train step; 0 = once per window)")
-    p.add_argument("--eval-per-window", type=int, default=None, help="evaluated events per window (0 = all)")
-    p.add_argument("--warmup-fraction", type=float, default=None, help="share of the time span for warm-up")
-    p.add_argument("--retrain-every", type=int, default=None, help="windows between full retrains")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--no-variants", action="store_true", help="skip the incremental[...] update-rule variants")
-    p.add_argument("--incremental", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a trainer setting of the incremental strategy (repeatable), e.g. lr=2.5e-4")
-    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                   help="override the model shape of every strategy (repeatable), e.g. d_model=128")
+    _add_profile_flags(p)
+    p.add_argument("--windows", type=int, default=None, help="evaluation.windows")
+    p.add_argument("--eval-per-window", type=int, default=None, help="evaluation.eval_per_window (0 = all)")
+    p.add_argument("--warmup-fraction", type=float, default=None, help="evaluation.warmup_fraction")
+    p.add_argument("--retrain-every", type=int, default=None, help="evaluation.retrain_every")
+    p.add_argument("--seed", type=int, default=None, help="evaluation.seed (the evaluated sample)")
+    p.add_argument("--no-variants", action="store_true", help="evaluation.variants = {} (no incremental[...])")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

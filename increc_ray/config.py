@@ -1,8 +1,11 @@
-"""One typed configuration for ingest, cleaning, model, trainer and serving.
+"""One typed configuration for ingest, cleaning, model, trainer, bootstrap, gate, serving and evaluation.
 
-Loaded once (from YAML or a dict), checked when built: unknown keys and bad
-values fail with a message naming the key and the value. The same frozen
-object reaches every stage, so no stage reads ``os.environ`` on its own.
+Loaded once (from YAML or a dict, usually a profile under ``deploy/profiles/``: see
+``increc_ray.profiles``), checked when built: unknown keys and bad values fail with a message
+naming the key and the value. The same frozen object reaches every stage, so no stage reads
+``os.environ`` on its own. The models are pydantic v2, strict: ``"1"`` is no integer, ``true``
+is no number. ``replace(cfg, key=value)`` is the re-validating copy (``model_copy(update=...)``
+would not check the new values).
 
 >>> cfg = Config.from_dict({"model": {"d_model": 32}})
 >>> cfg.model.d_model
@@ -11,23 +14,57 @@ object reaches every stage, so no stage reads ``os.environ`` on its own.
 Traceback (most recent call last):
 ...
 increc_ray.errors.ConfigError: unknown key 'model.d_modle' (allowed: arch, d_model, dropout, initial_item_capacity, max_len, n_heads, n_layers)
+>>> replace(cfg.trainer, lr=-1.0)
+Traceback (most recent call last):
+...
+increc_ray.errors.ConfigError: trainer.lr: -1.0 must be > 0
 """
 
 from __future__ import annotations
 
-import collections.abc
-import dataclasses
 import os
-import types
-import typing
-from dataclasses import dataclass, field
-from typing import Any, Mapping
+from datetime import datetime
+from typing import Any, ClassVar, Literal, Mapping, TypeVar
 
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from increc_ray.config_errors import SectionError, describe
 from increc_ray.errors import ConfigError
 
+# Keys renamed by issue 10 (old -> new); an old key fails naming its new name.
+RENAMED = {
+    "ingest.poll_interval_s": "ingest.landing_poll_interval_s",
+    "trainer.poll_interval_s": "trainer.clean_store_poll_interval_s",
+    "trainer.history_len": "trainer.kept_items_per_user",
+    "serving.history_len": "serving.recent_items_per_user",
+}
 
-@dataclass(frozen=True)
-class LabelRule:
+
+class _Section(BaseModel):
+    """A frozen, strict config section; building one with a bad key or value raises ConfigError."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    section: ClassVar[str] = ""  # the key this section has in ``Config`` (for messages)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as e:
+            raise describe(e, type(self), type(self).section, RENAMED) from None
+
+
+S = TypeVar("S", bound=_Section)
+
+
+def replace(obj: S, **changes: Any) -> S:
+    """A copy of the config section ``obj`` with ``changes``, validated like a new one."""
+    try:
+        return type(obj)(**{**dict(obj), **changes})
+    except SectionError as e:
+        raise ConfigError(str(e)) from None
+
+
+class LabelRule(_Section):
     """How one event type becomes a training label.
 
     An event is a positive with this ``weight`` when ``weight > 0`` and, if
@@ -35,11 +72,8 @@ class LabelRule:
     below the threshold is seen, but not a positive).
     """
 
-    weight: float = 1.0
+    weight: float = Field(1.0, ge=0)
     min_value: float | None = None
-
-    def __post_init__(self) -> None:
-        _check(self.weight >= 0, "weight", self.weight, "must be >= 0")
 
 
 def _default_event_types() -> dict[str, LabelRule]:
@@ -53,190 +87,226 @@ def _default_event_types() -> dict[str, LabelRule]:
     }
 
 
-@dataclass(frozen=True)
-class IngestConfig:
+class IngestConfig(_Section):
     """Where events land and how they are picked up."""
 
+    section: ClassVar[str] = "ingest"
     landing_uri: str = ""  # local path or pyarrow filesystem URI; "" = <data_dir>/landing
-    poll_interval_s: float = 1.0  # how often the landing zone is scanned for new files
-    max_events_per_request: int = 10_000
-    max_body_bytes: int = 16 * 1024 * 1024
-    max_files_per_batch: int = 64  # files cleaned together in one Ray Data job
-
-    def __post_init__(self) -> None:
-        _check(self.poll_interval_s > 0, "ingest.poll_interval_s", self.poll_interval_s, "must be > 0")
-        _check(self.max_events_per_request > 0, "ingest.max_events_per_request", self.max_events_per_request, "must be > 0")
-        _check(self.max_body_bytes > 0, "ingest.max_body_bytes", self.max_body_bytes, "must be > 0")
-        _check(self.max_files_per_batch > 0, "ingest.max_files_per_batch", self.max_files_per_batch, "must be > 0")
+    landing_poll_interval_s: float = Field(1.0, gt=0)  # how often the landing zone is scanned for new files
+    max_events_per_request: int = Field(10_000, gt=0)
+    max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
+    max_files_per_batch: int = Field(64, gt=0)  # files cleaned together in one Ray Data job
 
 
-@dataclass(frozen=True)
-class CleaningConfig:
+class CleaningConfig(_Section):
     """Validation and labelling rules applied to every event."""
 
-    event_types: Mapping[str, LabelRule] = field(default_factory=_default_event_types)
+    section: ClassVar[str] = "cleaning"
+    event_types: dict[str, LabelRule] = Field(default_factory=_default_event_types)
     min_timestamp: str = "1990-01-01T00:00:00Z"  # older events are rejected
-    max_future_skew_s: float = 86_400.0  # events this far past "now" are rejected
-    max_id_length: int = 256
+    max_future_skew_s: float = Field(86_400.0, ge=0)  # events this far past "now" are rejected
+    max_id_length: int = Field(256, gt=0)
     default_event_type: str = "click"  # used when an event carries no event_type (e.g. a bare user,item,timestamp file)
 
-    def __post_init__(self) -> None:
-        _check(len(self.event_types) > 0, "cleaning.event_types", dict(self.event_types), "must not be empty")
-        _check(self.max_future_skew_s >= 0, "cleaning.max_future_skew_s", self.max_future_skew_s, "must be >= 0")
-        _check(self.max_id_length > 0, "cleaning.max_id_length", self.max_id_length, "must be > 0")
-        _check(self.default_event_type in self.event_types, "cleaning.default_event_type", self.default_event_type,
-               f"must be one of cleaning.event_types ({', '.join(sorted(self.event_types))})")
-        from datetime import datetime
-
+    @field_validator("min_timestamp")
+    @classmethod
+    def _iso(cls, v: str) -> str:
         try:
-            datetime.fromisoformat(self.min_timestamp.replace("Z", "+00:00"))
+            datetime.fromisoformat(v.replace("Z", "+00:00"))
         except ValueError:
-            raise ConfigError(f"cleaning.min_timestamp: {self.min_timestamp!r} is not an ISO-8601 timestamp") from None
+            raise SectionError(None, v, "is not an ISO-8601 timestamp") from None
+        return v
+
+    @model_validator(mode="after")
+    def _default_is_known(self) -> "CleaningConfig":
+        if not self.event_types:
+            raise SectionError("event_types", {}, "must not be empty")
+        if self.default_event_type not in self.event_types:
+            raise SectionError("default_event_type", self.default_event_type,
+                      f"must be one of cleaning.event_types ({', '.join(sorted(self.event_types))})")
+        return self
 
 
-@dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(_Section):
     """Shape of the transformer sequential recommender (built from config, never downloaded)."""
 
-    arch: str = "gpt2"  # causal, SASRec-style encoder from `transformers`
-    d_model: int = 64
-    n_layers: int = 2
-    n_heads: int = 2
-    max_len: int = 50  # longest item sequence the encoder sees
-    dropout: float = 0.1
-    initial_item_capacity: int = 1024  # embedding rows allocated up front; grows by doubling
+    section: ClassVar[str] = "model"
+    arch: Literal["gpt2"] = "gpt2"  # causal, SASRec-style encoder from `transformers`
+    d_model: int = Field(64, gt=0)
+    n_layers: int = Field(2, gt=0)
+    n_heads: int = Field(2, gt=0)
+    max_len: int = Field(50, ge=2)  # longest item sequence the encoder sees
+    dropout: float = Field(0.1, ge=0, lt=1)
+    initial_item_capacity: int = Field(1024, ge=2)  # embedding rows allocated up front; grows by doubling
 
-    def __post_init__(self) -> None:
-        _check(self.arch in ("gpt2",), "model.arch", self.arch, "must be one of: gpt2")
-        _check(self.d_model > 0, "model.d_model", self.d_model, "must be > 0")
-        _check(self.n_heads > 0 and self.d_model % self.n_heads == 0, "model.n_heads", self.n_heads,
-               f"must be > 0 and divide d_model={self.d_model}")
-        _check(self.n_layers > 0, "model.n_layers", self.n_layers, "must be > 0")
-        _check(self.max_len >= 2, "model.max_len", self.max_len, "must be >= 2")
-        _check(0 <= self.dropout < 1, "model.dropout", self.dropout, "must be in [0, 1)")
-        _check(self.initial_item_capacity >= 2, "model.initial_item_capacity", self.initial_item_capacity, "must be >= 2")
+    @model_validator(mode="after")
+    def _heads_divide(self) -> "ModelConfig":
+        if self.d_model % self.n_heads:
+            raise SectionError("n_heads", self.n_heads, f"must divide d_model={self.d_model}")
+        return self
 
 
-@dataclass(frozen=True)
-class TrainerConfig:
+class TrainerConfig(_Section):
     """How the incremental trainer turns new events into weight updates."""
 
-    optimizer: str = "adamw"  # adamw | adam | sgd | momentum
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    momentum: float = 0.9  # for sgd/momentum
-    lr_schedule: str = "adaptive"  # constant | adaptive (shrinks when the update loss rises)
+    section: ClassVar[str] = "trainer"
+    optimizer: Literal["adamw", "adam", "sgd", "momentum"] = "adamw"
+    lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    momentum: float = Field(0.9, ge=0, lt=1)  # for sgd/momentum
+    lr_schedule: Literal["constant", "adaptive"] = "adaptive"  # adaptive: shrinks when the update loss rises
     # Update defaults chosen on the prequential replays (README "Incremental vs retraining"): small
     # batches, one pass, a quarter as many replayed users as new ones, each scored on its newest few
     # positions only (the full softmax over every item is most of an update's cost).
-    batch_size: int = 16  # sequences per optimizer step
-    steps_per_update: int = 1  # passes over the new data per update
-    replay_ratio: float = 0.25  # replayed sequences per new sequence (against forgetting)
-    replay_users: int = 10_000  # reservoir of users kept for replay
-    replay_positions: int = 5  # loss on only the newest N positions of a replayed sequence; 0 = all
+    batch_size: int = Field(16, gt=0)  # sequences per optimizer step
+    steps_per_update: int = Field(1, gt=0)  # passes over the new data per update
+    replay_ratio: float = Field(0.25, ge=0)  # replayed sequences per new sequence (against forgetting)
+    replay_users: int = Field(10_000, ge=0)  # reservoir of users kept for replay
+    replay_positions: int = Field(5, ge=0)  # loss on only the newest N positions of a replayed sequence; 0 = all
     # items kept per user once learned (at least model.max_len + 1): what replay and train_epoch
     # see, and what checkpoints hold. New events are never cut off before an update learns them,
     # however many arrive at once; a long burst is learned in max_len-long slices.
-    history_len: int = 200
-    item_lr_mult: float = 1.0  # lr multiplier of the item table (new and rising items adapt faster)
+    kept_items_per_user: int = Field(200, gt=0)
+    item_lr_mult: float = Field(1.0, gt=0)  # lr multiplier of the item table (new and rising items adapt faster)
     # a rarely seen item's row takes longer steps, so that a new item can be recommended after a
     # few events: its step is stretched by 1 + (rare_item_lr_mult - 1) * c / (c + count), where
     # c = rare_item_count and count = the item's positive events so far; 1 = off
-    rare_item_lr_mult: float = 1.0
-    rare_item_count: float = 20.0
+    rare_item_lr_mult: float = Field(1.0, ge=1)
+    rare_item_count: float = Field(20.0, gt=0)
     # publish (and score with) an exponential moving average of the weights after each update:
     # ema = ema_decay * ema + (1 - ema_decay) * weights; 0 = publish the latest weights
-    ema_decay: float = 0.0
-    min_new_events: int = 1  # wait for at least this many cleaned events before an update
-    max_new_events: int = 20_000  # cap per update; the rest waits for the next one
-    grad_clip: float = 1.0
-    publish_every: int = 1  # publish a weight version every N updates
-    checkpoint_every: int = 10  # checkpoint every N updates
-    poll_interval_s: float = 0.5
-    use_gpu: str = "auto"  # auto | true | false
+    ema_decay: float = Field(0.0, ge=0, lt=1)
+    # an update runs once this many cleaned events are waiting (the stream replay's step, too)
+    min_new_events: int = Field(1, gt=0)
+    max_new_events: int = Field(20_000, gt=0)  # cap per update; the rest waits for the next one
+    grad_clip: float = Field(1.0, gt=0)
+    publish_every: int = Field(1, gt=0)  # publish a weight version every N updates
+    checkpoint_every: int = Field(10, gt=0)  # checkpoint every N updates
+    clean_store_poll_interval_s: float = Field(0.5, gt=0)  # wait between looks for new clean events
+    use_gpu: Literal["auto", "true", "false"] = "auto"
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        _check(self.optimizer in ("adamw", "adam", "sgd", "momentum"), "trainer.optimizer", self.optimizer,
-               "must be one of: adamw, adam, sgd, momentum")
-        _check(self.lr > 0, "trainer.lr", self.lr, "must be > 0")
-        _check(self.weight_decay >= 0, "trainer.weight_decay", self.weight_decay, "must be >= 0")
-        _check(0 <= self.momentum < 1, "trainer.momentum", self.momentum, "must be in [0, 1)")
-        _check(self.lr_schedule in ("constant", "adaptive"), "trainer.lr_schedule", self.lr_schedule,
-               "must be one of: constant, adaptive")
-        _check(self.batch_size > 0, "trainer.batch_size", self.batch_size, "must be > 0")
-        _check(self.steps_per_update > 0, "trainer.steps_per_update", self.steps_per_update, "must be > 0")
-        _check(self.replay_ratio >= 0, "trainer.replay_ratio", self.replay_ratio, "must be >= 0")
-        _check(self.replay_users >= 0, "trainer.replay_users", self.replay_users, "must be >= 0")
-        _check(self.replay_positions >= 0, "trainer.replay_positions", self.replay_positions, "must be >= 0")
-        _check(0 <= self.ema_decay < 1, "trainer.ema_decay", self.ema_decay, "must be in [0, 1)")
-        _check(self.rare_item_lr_mult >= 1, "trainer.rare_item_lr_mult", self.rare_item_lr_mult, "must be >= 1")
-        _check(self.rare_item_count > 0, "trainer.rare_item_count", self.rare_item_count, "must be > 0")
-        _check(self.item_lr_mult > 0, "trainer.item_lr_mult", self.item_lr_mult, "must be > 0")
-        _check(self.history_len > 0, "trainer.history_len", self.history_len, "must be > 0")
-        _check(self.min_new_events > 0, "trainer.min_new_events", self.min_new_events, "must be > 0")
-        _check(self.max_new_events >= self.min_new_events, "trainer.max_new_events", self.max_new_events,
-               "must be >= trainer.min_new_events")
-        _check(self.grad_clip > 0, "trainer.grad_clip", self.grad_clip, "must be > 0")
-        _check(self.publish_every > 0, "trainer.publish_every", self.publish_every, "must be > 0")
-        _check(self.checkpoint_every > 0, "trainer.checkpoint_every", self.checkpoint_every, "must be > 0")
-        _check(self.poll_interval_s > 0, "trainer.poll_interval_s", self.poll_interval_s, "must be > 0")
-        _check(self.use_gpu in ("auto", "true", "false"), "trainer.use_gpu", self.use_gpu,
-               "must be one of: auto, true, false")
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _yaml_bool(cls, v: Any) -> Any:
+        return ("true" if v else "false") if isinstance(v, bool) else v  # YAML reads `false` as a bool
+
+    @model_validator(mode="after")
+    def _max_ge_min(self) -> "TrainerConfig":
+        if self.max_new_events < self.min_new_events:
+            raise SectionError("max_new_events", self.max_new_events, "must be >= trainer.min_new_events")
+        return self
 
 
-@dataclass(frozen=True)
-class GateConfig:
+class BootstrapConfig(_Section):
+    """Training a model from scratch on everything seen so far, to convergence: a deployment
+    setting (a cold-started trainer bootstraps on the events already there), and the from-scratch
+    training of the benchmarks (offline training, the replay's warm-up and full retraining).
+
+    At most ``epochs`` passes over each user's newest ``kept_items_per_user`` items; where a
+    validation split exists (offline: each user's second-to-last item) it is scored every
+    ``eval_every`` epochs, training stops after ``patience`` scores without a better NDCG@10 and
+    the best weights are kept. ``max_minutes`` caps the wall clock. The replay has no validation
+    split, so its warm-up and retrains run exactly ``epochs`` epochs. The other trainer settings
+    (seed, grad_clip, momentum, replay_users) are the trainer's; item_lr_mult, rare-item steps and
+    the weight average are off: a from-scratch pass sees every item many times.
+    """
+
+    section: ClassVar[str] = "bootstrap"
+    epochs: int = Field(10, gt=0)
+    patience: int = Field(5, gt=0)  # validation scores without a better NDCG@10 before stopping
+    eval_every: int = Field(2, gt=0)  # epochs between validation scores
+    max_minutes: float = Field(25.0, gt=0)
+    optimizer: Literal["adamw", "adam", "sgd", "momentum"] = "adamw"
+    lr: float = Field(2e-3, gt=0)  # constant: the adaptive schedule acts on updates, not epochs
+    weight_decay: float = Field(0.01, ge=0)
+    batch_size: int = Field(32, gt=0)
+    kept_items_per_user: int = Field(1_000_000, gt=0)  # 1000000: every user's whole history
+
+
+ARTICLE_VARIANTS: dict[str, dict[str, Any]] = {
+    # the seed article's update rules, as overrides of the trainer section
+    "ogd": {"optimizer": "sgd", "batch_size": 1, "lr": 0.05, "lr_schedule": "constant"},
+    "minibatch_sgd": {"optimizer": "sgd", "lr": 0.5, "lr_schedule": "constant"},
+    "momentum": {"optimizer": "momentum", "lr": 0.05, "lr_schedule": "constant"},
+    "adamw": {"optimizer": "adamw", "lr_schedule": "constant"},
+    "adaptive_lr": {"optimizer": "adamw", "lr_schedule": "adaptive"},
+}
+
+
+class EvaluationConfig(_Section):
+    """The benchmarks' protocol (``increc evaluate``); the deployment ignores this section.
+
+    The replay steps by ``trainer.min_new_events`` events, as the live trainer updates.
+    """
+
+    section: ClassVar[str] = "evaluation"
+    k: int = Field(10, gt=0)  # HR@k, NDCG@k
+    warmup_fraction: float = Field(0.5, gt=0, lt=1)  # share of the time span used for the replay's warm-up
+    windows: int = Field(20, gt=0)  # the replayed part is cut into this many windows of equal event counts
+    eval_per_window: int = Field(0, ge=0)  # evaluate at most this many events per window (seeded); 0 = all
+    seed: int = 0  # of that sample
+    retrain_every: int = Field(4, gt=0)  # windows between full retrains (each a bootstrap on all events so far)
+    last_window_steps: int = Field(5, gt=0)  # last_window: passes over the newest window, no replay
+    last_window_batch: int = Field(16, gt=0)  # its batch (smaller than the trainer's: it fits harder)
+    popularity_half_life_windows: float = Field(1.0, gt=0)  # recent popularity's decay
+    # incremental[<name>]: the trainer with these overrides (not min_new_events: the step is shared)
+    variants: dict[str, dict[str, Any]] = Field(default_factory=lambda: {k: dict(v) for k, v in ARTICLE_VARIANTS.items()})
+
+
+class GateConfig(_Section):
     """Champion/challenger gate between the trainer and serving (``increc_ray.learn.gate``)."""
 
-    enabled: bool = True  # false: every update goes live (publish_every), unchecked
-    min_events: int = 500  # fresh events a candidate is scored on before it is judged
-    max_drop: float = 0.05  # a candidate may score at most this fraction below the live version
-    z: float = 2.0  # ... or below popularity, by more than z standard errors of the paired difference
-    max_eval_per_slice: int = 256  # events scored per slice of the clean stream (spread evenly)
-    k: int = 10  # NDCG@k
-
-    def __post_init__(self) -> None:
-        _check(isinstance(self.enabled, bool), "gate.enabled", self.enabled, "must be true or false")
-        _check(self.min_events > 0, "gate.min_events", self.min_events, "must be > 0")
-        _check(0 <= self.max_drop < 1, "gate.max_drop", self.max_drop, "must be in [0, 1)")
-        _check(self.z >= 0, "gate.z", self.z, "must be >= 0")
-        _check(self.max_eval_per_slice > 0, "gate.max_eval_per_slice", self.max_eval_per_slice, "must be > 0")
-        _check(self.k > 0, "gate.k", self.k, "must be > 0")
+    section: ClassVar[str] = "gate"
+    enabled: bool = True  # false: every update goes live (trainer.publish_every), unchecked
+    min_events: int = Field(500, gt=0)  # fresh events a candidate is scored on before it is judged
+    max_drop: float = Field(0.05, ge=0, lt=1)  # a candidate may score at most this fraction below the live version
+    z: float = Field(2.0, ge=0)  # ... or below popularity, by more than z standard errors of the paired difference
+    max_eval_per_slice: int = Field(256, gt=0)  # events scored per slice of the clean stream (spread evenly)
+    k: int = Field(10, gt=0)  # NDCG@k
 
 
-@dataclass(frozen=True)
-class ServingConfig:
+class ServingConfig(_Section):
     """Recommend endpoint behaviour."""
 
-    default_k: int = 10
-    max_k: int = 200
-    history_len: int = 200  # recent items kept per user for read-your-writes
-    popularity_half_life_s: float = 3600.0  # decay of the popularity fallback, in event time
-    weight_poll_timeout_s: float = 5.0  # long-poll for a newer weight version
+    section: ClassVar[str] = "serving"
+    default_k: int = Field(10, gt=0)
+    max_k: int = Field(200, gt=0)
+    recent_items_per_user: int = Field(200, gt=0)  # kept per user for read-your-writes and seen-item exclusion
+    popularity_half_life_s: float = Field(3600.0, gt=0)  # decay of the popularity fallback, in event time
+    weight_poll_timeout_s: float = Field(5.0, gt=0)  # long-poll for a newer weight version
 
-    def __post_init__(self) -> None:
-        _check(self.default_k > 0, "serving.default_k", self.default_k, "must be > 0")
-        _check(self.max_k >= self.default_k, "serving.max_k", self.max_k, "must be >= serving.default_k")
-        _check(self.history_len > 0, "serving.history_len", self.history_len, "must be > 0")
-        _check(self.popularity_half_life_s > 0, "serving.popularity_half_life_s", self.popularity_half_life_s, "must be > 0")
-        _check(self.weight_poll_timeout_s > 0, "serving.weight_poll_timeout_s", self.weight_poll_timeout_s, "must be > 0")
+    @model_validator(mode="after")
+    def _max_ge_default(self) -> "ServingConfig":
+        if self.max_k < self.default_k:
+            raise SectionError("max_k", self.max_k, "must be >= serving.default_k")
+        return self
 
 
-@dataclass(frozen=True)
-class Config:
+class Config(_Section):
     """The whole increc_ray configuration."""
 
-    data_dir: str = "/tmp/increc_ray"  # landing/, clean/, quarantine/, checkpoints/ live here
-    ingest: IngestConfig = field(default_factory=IngestConfig)
-    cleaning: CleaningConfig = field(default_factory=CleaningConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
-    gate: GateConfig = field(default_factory=GateConfig)
-    serving: ServingConfig = field(default_factory=ServingConfig)
+    data_dir: str = Field("/tmp/increc_ray", min_length=1)  # landing/, clean/, quarantine/, checkpoints/ live here
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    cleaning: CleaningConfig = Field(default_factory=CleaningConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    trainer: TrainerConfig = Field(default_factory=TrainerConfig)
+    bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
+    gate: GateConfig = Field(default_factory=GateConfig)
+    serving: ServingConfig = Field(default_factory=ServingConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
-    def __post_init__(self) -> None:
-        _check(bool(self.data_dir), "data_dir", self.data_dir, "must not be empty")
+    @model_validator(mode="after")
+    def _variants_are_trainer_overrides(self) -> "Config":
+        for name, over in self.evaluation.variants.items():
+            if "min_new_events" in over:
+                raise SectionError(f"evaluation.variants.{name}.min_new_events", over["min_new_events"],
+                          "cannot vary: the replay's step is trainer.min_new_events")
+            try:
+                replace(self.trainer, **over)
+            except ConfigError as e:
+                raise SectionError(f"evaluation.variants.{name}", dict(over), f"is no valid trainer override ({e})") from None
+        return self
 
     # Derived locations: one place decides the layout of data_dir.
     @property
@@ -260,9 +330,25 @@ class Config:
         """The last weight version number handed out (``increc_ray.learn.versions``)."""
         return os.path.join(self.data_dir, "versions", "last")
 
+    @property
+    def bootstrap_trainer(self) -> TrainerConfig:
+        """The trainer settings of from-scratch training (see ``BootstrapConfig``)."""
+        b, t = self.bootstrap, self.trainer
+        return TrainerConfig(optimizer=b.optimizer, lr=b.lr, weight_decay=b.weight_decay, lr_schedule="constant",
+                             batch_size=b.batch_size, kept_items_per_user=b.kept_items_per_user, seed=t.seed,
+                             grad_clip=t.grad_clip, momentum=t.momentum, replay_users=t.replay_users,
+                             use_gpu=t.use_gpu)
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "Config":
-        return _build(cls, data or {}, prefix="")
+        if isinstance(data, Config):
+            return data
+        if data is not None and not isinstance(data, Mapping):
+            raise ConfigError(f"config: expected a mapping, got {data!r}")
+        try:
+            return cls.model_validate(dict(data or {}))
+        except ValidationError as e:
+            raise ConfigError(str(describe(e, cls, "", RENAMED))) from None
 
     @classmethod
     def from_yaml(cls, path: str) -> "Config":
@@ -272,71 +358,10 @@ class Config:
             data = yaml.safe_load(f) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: top level must be a mapping, got {type(data).__name__}")
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        return _to_plain(self)
-
-
-def _check(ok: bool, key: str, value: Any, why: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {value!r} {why}")
-
-
-def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
-    if isinstance(obj, Mapping):
-        return {k: _to_plain(v) for k, v in obj.items()}
-    return obj
-
-
-def _build(cls: type, data: Any, prefix: str) -> Any:
-    if dataclasses.is_dataclass(data) and isinstance(data, cls):
-        return data
-    if not isinstance(data, Mapping):
-        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        path = f"{prefix}{key}"
-        if key not in fields:
-            raise ConfigError(f"unknown key {path!r} (allowed: {', '.join(sorted(fields))})")
-        kwargs[key] = _coerce(hints[key], value, path)
-    try:
-        return cls(**kwargs)
-    except TypeError as e:  # pragma: no cover - fields are checked above
-        raise ConfigError(f"{prefix or 'config'}: {e}") from None
-
-
-def _coerce(tp: Any, value: Any, path: str) -> Any:
-    origin = typing.get_origin(tp)
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, prefix=path + ".")
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(inner[0], value, path)
-    if origin in (collections.abc.Mapping, dict):
-        key_t, val_t = typing.get_args(tp) or (str, Any)
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
-        return {str(k): _coerce(val_t, v, f"{path}.{k}") for k, v in value.items()}
-    if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
-        return value
-    if tp is str:
-        if isinstance(value, bool):  # YAML turns `true` into a bool; accept it for flag-like strings
-            return "true" if value else "false"
-        if not isinstance(value, (str, int, float)):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return str(value)
-    return value
+        return self.model_dump()

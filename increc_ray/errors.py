@@ -2,6 +2,7 @@
 
     IncrecError
     +-- ConfigError          a config key or value is wrong (names the key and the value)
+    |   +-- SectionError     raised building one config section (increc_ray.config_errors)
     +-- BadRequest           a client request is malformed -> HTTP 4xx with a JSON reason
     |   +-- PayloadTooLarge  the body is over ingest.max_body_bytes -> 413
     +-- DataError            a file or batch cannot be read as events (whole-file quarantine)

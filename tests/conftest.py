@@ -45,11 +45,11 @@ def positives_table(rows) -> "pa.Table":
 
 # Small and fast settings for tests: the same code paths as serve_config.yaml.
 TEST_CONFIG = {
-    "ingest": {"poll_interval_s": 0.2, "max_body_bytes": 1_000_000},
+    "ingest": {"landing_poll_interval_s": 0.2, "max_body_bytes": 1_000_000},
     "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 20, "dropout": 0.1,
               "initial_item_capacity": 64},
     "trainer": {"lr": 0.005, "batch_size": 64, "min_new_events": 20, "max_new_events": 250, "steps_per_update": 2,
-                "checkpoint_every": 5, "poll_interval_s": 0.2},
+                "checkpoint_every": 5, "clean_store_poll_interval_s": 0.2},
     "gate": {"min_events": 100},
     "serving": {"weight_poll_timeout_s": 2.0},
 }

@@ -3,16 +3,17 @@ field's standard protocol (``increc evaluate offline``).
 
 Protocol (leave-one-out by time, full ranking):
 
-* Every positive event is an interaction (``offline_cleaning`` makes every rating positive).
+* Every positive event is an interaction: the events are cleaned and labelled by the profile's
+  ``cleaning`` rules (the MovieLens profiles make every rating a positive).
 * Each user's interactions are sorted by time with a *stable* sort (ties keep file order);
   the last is the test target, the second-to-last the validation target, the rest is
   training. Users with fewer than three interactions only contribute training data.
 * A target is ranked against **every** item of the dataset, with the user's earlier items
   (the ones the model saw as history) excluded; ties count against the target
   (``increc_ray.evaluate.ranking``). Items never seen in training score -inf: a miss, not a skip.
-* The model trains on the training parts only (``IncrementalLearner.train_epoch``: the live
-  update's step and loss), stops early on validation NDCG@10, and is tested with the
-  validation item appended to the history.
+* The model trains on the training parts only, as the profile's ``bootstrap`` section says
+  (``IncrementalLearner.train_epoch``: the live update's step and loss), stops early on
+  validation NDCG@10, and is tested with the validation item appended to the history.
 
 The most-popular baseline (training counts; seen items excluded) is measured in the same run.
 """
@@ -23,7 +24,7 @@ import copy
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -32,22 +33,15 @@ import pyarrow.compute as pc
 import torch
 
 from increc_ray.ingest.clean import clean_batch
-from increc_ray.config import CleaningConfig, LabelRule, ModelConfig, TrainerConfig
-from increc_ray.errors import ConfigError, DataError
+from increc_ray.config import BootstrapConfig, CleaningConfig, Config, ModelConfig, TrainerConfig
+from increc_ray.errors import DataError
 from increc_ray.learn.learner import IncrementalLearner
 from increc_ray.ingest.loaders import read_events_file
 from increc_ray.evaluate.ranking import K, ScoreFn, evaluate_ranks, rank_of
 
-def offline_cleaning() -> CleaningConfig:
-    """The default cleaning rules, except that every rating is a positive of weight 1."""
-    rules = dict(CleaningConfig().event_types)
-    rules["rating"] = LabelRule(weight=1.0, min_value=None)
-    return CleaningConfig(event_types=rules)
-
-
-def load_interactions(path: str, cleaning: CleaningConfig | None = None) -> pa.Table:
+def load_interactions(path: str, cleaning: CleaningConfig) -> pa.Table:
     """Read and clean an event file; the positives, in file order. Quarantined rows raise."""
-    result = clean_batch(read_events_file(path), cleaning or offline_cleaning(), source=path)
+    result = clean_batch(read_events_file(path), cleaning, source=path)
     if result.quarantined.num_rows:
         first = result.quarantined.slice(0, 1).to_pylist()[0]
         raise DataError(f"{path}: {result.quarantined.num_rows} rows failed cleaning, e.g. row {first['row']}: "
@@ -146,87 +140,50 @@ def model_scorer(learner: IncrementalLearner, index: dict[str, int]) -> ScoreFn:
     return score
 
 
-def evaluate(score_fn: ScoreFn, split: Split, index: dict[str, int], part: str, max_users: int | None = None) -> dict:
-    """HR@10 / NDCG@10 on ``part`` ("valid" or "test") over the evaluated users."""
+def evaluate(score_fn: ScoreFn, split: Split, index: dict[str, int], part: str, max_users: int | None = None,
+             k: int = K) -> dict:
+    """HR@k / NDCG@k on ``part`` ("valid" or "test") over the evaluated users."""
     users = list(split.test)[:max_users]
     if part == "valid":
         histories, targets = [split.train[u] for u in users], [split.valid[u] for u in users]
     else:
         assert part == "test", f"part must be 'valid' or 'test', got {part!r}"
         histories, targets = [split.train[u] + [split.valid[u]] for u in users], [split.test[u] for u in users]
-    rep = evaluate_ranks(ranks(score_fn, index, histories, targets), k=K)
-    return {f"hr@{K}": rep.hr, f"ndcg@{K}": rep.ndcg, "n": rep.n}
+    rep = evaluate_ranks(ranks(score_fn, index, histories, targets), k=k)
+    return {f"hr@{k}": rep.hr, f"ndcg@{k}": rep.ndcg, "n": rep.n}
 
 
 # ---- training --------------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class FitConfig:
-    """The epoch loop around ``IncrementalLearner.train_epoch``."""
-
-    max_epochs: int = 200
-    patience: int = 20  # evaluations without a better validation NDCG@10 before stopping
-    eval_every: int = 2  # epochs between validation evaluations
-    max_minutes: float = 25.0  # wall-clock cap on training (the issue allows 30)
-
-    def __post_init__(self) -> None:
-        for key in ("max_epochs", "patience", "eval_every", "max_minutes"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"fit.{key}: {getattr(self, key)!r} must be > 0")
-
-
-# Tuned per dataset on validation NDCG@10 (see README "Offline quality"); others get DEFAULT.
-# history_len 201 (max_len + 1: each user's newest items only) is what the committed results used.
-DEFAULT = {"model": {"max_len": 200, "dropout": 0.2},
-           "trainer": {"batch_size": 128, "lr_schedule": "constant", "history_len": 201},
-           "fit": {"eval_every": 2, "patience": 5}}
-PRESETS: dict[str, dict] = {
-    "ml-100k": DEFAULT,
-    "ml-latest-small": {"model": {"max_len": 200, "dropout": 0.3},
-                        "trainer": {"batch_size": 64, "lr": 2e-3, "lr_schedule": "constant", "history_len": 201},
-                        "fit": {"max_epochs": 40, "eval_every": 2, "patience": 5}},
-}
-
-
-def preset(name: str, seed: int = 0, max_epochs: int | None = None,
-           max_minutes: float | None = None) -> tuple[ModelConfig, TrainerConfig, FitConfig]:
-    """The (model, trainer, fit) configs for dataset ``name``, with optional overrides."""
-    p = PRESETS.get(name, DEFAULT)
-    fit_kw = dict(p["fit"])
-    if max_epochs is not None:
-        fit_kw["max_epochs"] = max_epochs
-    if max_minutes is not None:
-        fit_kw["max_minutes"] = max_minutes
-    return ModelConfig(**p["model"]), TrainerConfig(**{**p["trainer"], "seed": seed}), FitConfig(**fit_kw)
-
-
-def fit(split: Split, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, fit_cfg: FitConfig,
-        log: Callable[[str], None] | None = None) -> tuple[IncrementalLearner, dict]:
-    """Train a fresh learner on the training parts; keep the weights of the best validation NDCG@10."""
+def fit(split: Split, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, bootstrap: BootstrapConfig,
+        log: Callable[[str], None] | None = None, k: int = K) -> tuple[IncrementalLearner, dict]:
+    """Train a fresh learner on the training parts (``bootstrap``: epochs, validation cadence,
+    patience, time cap; ``trainer_cfg``: its step); keep the weights of the best validation NDCG@k."""
     learner = IncrementalLearner(model_cfg, trainer_cfg)
     learner.observe(split.train_events)
     index = catalogue_index(split)
     score = model_scorer(learner, index)
+    nd = f"ndcg@{k}"
     best, best_state, best_epoch, bad, history = -1.0, None, 0, 0, []
     t0 = time.perf_counter()
     epoch = 0
-    for epoch in range(1, fit_cfg.max_epochs + 1):
+    for epoch in range(1, bootstrap.epochs + 1):
         loss = learner.train_epoch()
-        if epoch % fit_cfg.eval_every and epoch != fit_cfg.max_epochs:
+        if epoch % bootstrap.eval_every and epoch != bootstrap.epochs:
             continue
-        valid = evaluate(score, split, index, "valid")
+        valid = evaluate(score, split, index, "valid", k=k)
         elapsed = time.perf_counter() - t0
-        history.append({"epoch": epoch, "loss": round(loss, 4), "valid_ndcg@10": round(valid["ndcg@10"], 4),
+        history.append({"epoch": epoch, "loss": round(loss, 4), f"valid_{nd}": round(valid[nd], 4),
                         "seconds": round(elapsed, 1)})
         if log:
-            log(f"epoch {epoch:4d}  loss {loss:.4f}  valid hr@10 {valid['hr@10']:.4f} "
-                f"ndcg@10 {valid['ndcg@10']:.4f}  {elapsed:6.0f}s")
-        if valid["ndcg@10"] > best:
-            best, best_epoch, bad = valid["ndcg@10"], epoch, 0
+            log(f"epoch {epoch:4d}  loss {loss:.4f}  valid hr@{k} {valid[f'hr@{k}']:.4f} "
+                f"{nd} {valid[nd]:.4f}  {elapsed:6.0f}s")
+        if valid[nd] > best:
+            best, best_epoch, bad = valid[nd], epoch, 0
             best_state = copy.deepcopy(learner.model.state_dict())
         else:
             bad += 1
-        if bad >= fit_cfg.patience or elapsed > 60 * fit_cfg.max_minutes:
+        if bad >= bootstrap.patience or elapsed > 60 * bootstrap.max_minutes:
             break
     train_seconds = time.perf_counter() - t0  # includes the validation passes early stopping needs
     learner.model.load_state_dict(best_state)
@@ -240,38 +197,43 @@ def dataset_name(path: str) -> str:
     return os.path.basename(os.path.dirname(os.path.abspath(path))) or os.path.splitext(os.path.basename(path))[0]
 
 
-def run_offline(path: str, model_cfg: ModelConfig, trainer_cfg: TrainerConfig, fit_cfg: FitConfig,
-                out_dir: str | None = "bench/results", log: Callable[[str], None] | None = print,
-                threads: int | None = None) -> dict:
-    """Load, split, train, evaluate model and popularity; write ``<out_dir>/offline_<dataset>.json``.
+def run_offline(path: str, cfg: Config, profile: str | None = None, out_dir: str | None = "bench/results",
+                log: Callable[[str], None] | None = print, threads: int | None = None) -> dict:
+    """Load (``cfg.cleaning``), split, bootstrap ``cfg.model`` (``cfg.bootstrap``), evaluate model
+    and popularity; write ``<out_dir>/offline_<dataset>.json`` naming ``profile`` and the whole ``cfg``.
 
     ``threads`` sets torch's CPU threads for the run (None: leave torch's setting alone)."""
 
     if threads:
         torch.set_num_threads(threads)
-    name = dataset_name(path)
-    split = leave_one_out(load_interactions(path))
+    name, k = dataset_name(path), cfg.evaluation.k
+    split = leave_one_out(load_interactions(path, cfg.cleaning))
     stats = dataset_stats(split)
     if log:
-        log(f"{name}: {stats}")
+        log(f"{name} (profile {profile}): {stats}")
     index = catalogue_index(split)
-    learner, info = fit(split, model_cfg, trainer_cfg, fit_cfg, log=log)
+    learner, info = fit(split, cfg.model, cfg.bootstrap_trainer, cfg.bootstrap, log=log, k=k)
     score = model_scorer(learner, index)
+
+    def measure(fn, part):
+        return evaluate(fn, split, index, part, k=k)
+
     result = {
         "dataset": name,
         "data_file": os.path.abspath(path),
+        "profile": profile,
         "protocol": "leave-one-out by time (stable sort), full ranking over all items, seen items excluded",
         "stats": stats,
-        "test": evaluate(score, split, index, "test"),
-        "valid": evaluate(score, split, index, "valid"),
-        "popularity": {"test": evaluate(popularity_scorer(split, index, True), split, index, "test"),
-                       "valid": evaluate(popularity_scorer(split, index, False), split, index, "valid")},
+        "test": measure(score, "test"),
+        "valid": measure(score, "valid"),
+        "popularity": {"test": measure(popularity_scorer(split, index, True), "test"),
+                       "valid": measure(popularity_scorer(split, index, False), "valid")},
         **info,
-        "config": {"model": asdict(model_cfg), "trainer": asdict(trainer_cfg), "fit": asdict(fit_cfg)},
+        "config": cfg.to_dict(),
         "machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__},
     }
     if log:
-        log(format_table(result))
+        log(format_table(result, k))
     if out_dir:
         write_result(result, out_dir, f"offline_{name}.json")
     return result
@@ -286,14 +248,15 @@ def write_result(result: dict, out_dir: str, filename: str) -> str:
     return path
 
 
-def format_table(result: dict) -> str:
+def format_table(result: dict, k: int = K) -> str:
     """The printed summary: model vs popularity, valid and test."""
     rows = [("model", result["valid"], result["test"]),
             ("most popular", result["popularity"]["valid"], result["popularity"]["test"])]
+    hr, nd = f"hr@{k}", f"ndcg@{k}"
     lines = [f"{result['dataset']}  ({result['stats']['eval_users']} users ranked over "
              f"{result['stats']['items']} items; trained {result['train_seconds']:.0f}s, "
              f"best epoch {result['best_epoch']})",
-             f"{'':14}{'valid HR@10':>12}{'NDCG@10':>9}{'test HR@10':>12}{'NDCG@10':>9}"]
+             f"{'':14}{f'valid HR@{k}':>12}{f'NDCG@{k}':>9}{f'test HR@{k}':>12}{f'NDCG@{k}':>9}"]
     for name, v, t in rows:
-        lines.append(f"{name:14}{v['hr@10']:12.4f}{v['ndcg@10']:9.4f}{t['hr@10']:12.4f}{t['ndcg@10']:9.4f}")
+        lines.append(f"{name:14}{v[hr]:12.4f}{v[nd]:9.4f}{t[hr]:12.4f}{t[nd]:9.4f}")
     return "\n".join(lines)

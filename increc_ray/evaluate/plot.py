@@ -15,7 +15,7 @@ def plot_result(result: dict, out_dir: str) -> list[str]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    k = result["config"]["stream"]["k"]
+    k = result["config"]["evaluation"]["k"]
     nd = f"ndcg@{k}"
     name = result["dataset"]
     paths = []

@@ -2,15 +2,15 @@
 
 Protocol:
 
-* Every positive event is an interaction (``offline.offline_cleaning``: every rating counts).
+* Every positive event is an interaction (the profile's ``cleaning`` rules label the events).
   Events are sorted by timestamp with a *stable* sort (ties keep file order).
-* A warm-up prefix (default: the first half of the time span) trains the starting model.
-  The rest is cut into ``n_windows`` windows of equal event counts and replayed in order.
+* A warm-up prefix (``evaluation.warmup_fraction`` of the time span) trains the starting model.
+  The rest is cut into ``evaluation.windows`` windows of equal event counts, replayed in order.
 * Every strategy is first *tested* on events, then *trained* on them (``Strategy.learn``), at
   its own cadence. A *streaming* strategy (``Strategy.streaming``: the incremental trainer,
-  recent popularity) learns after every ``update_every`` events, as the live trainer updates
-  whenever new events have landed; the others (full retraining, last-window fine-tuning) learn
-  once per window. Either way an event is tested with weights that have not seen it. The
+  recent popularity) learns after every ``step`` events (``trainer.min_new_events``, as the
+  live trainer updates once that many clean events wait) and at the end of each window; the
+  others (full retraining, last-window fine-tuning) learn once per window. Either way an event is tested with weights that have not seen it. The
   history a model is asked about includes the user's earlier events up to the tested one
   (read-your-writes, as the serving app does).
 * The target of an event is ranked against **every item known so far** (every item of an
@@ -28,37 +28,17 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Callable, Protocol, Sequence
 
 import numpy as np
 import pyarrow as pa
 
-from increc_ray.evaluate.ranking import K, evaluate_ranks
+from increc_ray.config import EvaluationConfig
+from increc_ray.evaluate.ranking import evaluate_ranks
 
 SCORE_BATCH = 256  # histories scored per forward pass
 MISS = np.iinfo(np.int32).max  # the rank of a target nobody can rank (an item new to the stream)
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    """The replay itself (the strategies have their own configs, see ``stream_strategies``)."""
-
-    warmup_fraction: float = 0.5  # share of the time span (first..last timestamp) used for warm-up
-    n_windows: int = 20  # the replayed part is cut into this many windows of equal event counts
-    eval_per_window: int = 0  # evaluate at most this many events per window (seeded sample); 0 = all
-    # events between the updates of a streaming strategy (its test-then-train step); 0 = once
-    # per window. The live trainer updates as soon as new events land, far more often than this.
-    update_every: int = 200
-    k: int = K
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        assert 0 < self.warmup_fraction < 1, f"warmup_fraction must be in (0, 1), got {self.warmup_fraction}"
-        assert self.n_windows >= 1, f"n_windows must be >= 1, got {self.n_windows}"
-        assert self.eval_per_window >= 0, f"eval_per_window must be >= 0, got {self.eval_per_window}"
-        assert self.update_every >= 0, f"update_every must be >= 0, got {self.update_every}"
-        assert self.k >= 1, f"k must be >= 1, got {self.k}"
 
 
 @dataclass
@@ -86,7 +66,7 @@ class Stream:
         return self.user_items[self.users[e]][: self.user_pos[e]]
 
 
-def build_stream(events: pa.Table, cfg: StreamConfig) -> Stream:
+def build_stream(events: pa.Table, cfg: EvaluationConfig) -> Stream:
     """Sort positives by time, index items by first appearance, split warm-up and windows."""
     ts = events["timestamp"].cast(pa.int64()).to_numpy(zero_copy_only=False)
     order = np.argsort(ts, kind="stable")
@@ -110,7 +90,7 @@ def build_stream(events: pa.Table, cfg: StreamConfig) -> Stream:
     cut = ts[0] + cfg.warmup_fraction * (ts[-1] - ts[0])
     n_warmup = int(np.searchsorted(ts, cut, side="left"))
     assert 0 < n_warmup < len(ts), f"warm-up cut at {cut} leaves {n_warmup} of {len(ts)} events for warm-up"
-    n_windows = min(cfg.n_windows, len(ts) - n_warmup)
+    n_windows = min(cfg.windows, len(ts) - n_warmup)
     bounds = np.linspace(n_warmup, len(ts), n_windows + 1).round().astype(int)
     return Stream(events, users, items, list(index), n_known, user_pos,
                   {u: np.asarray(s, dtype=np.int64) for u, s in per_user.items()}, ts, n_warmup,
@@ -154,14 +134,14 @@ class Strategy(Protocol):
     """What the replay needs from a strategy: score histories, then learn what was scored."""
 
     name: str
-    streaming: bool  # learns every ``StreamConfig.update_every`` events, else once per window
+    streaming: bool  # learns every ``step`` events of the replay, else once per window
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
         """(B, n_stream_items + 1) scores over stream indices; -inf where the model has no item."""
 
     def learn(self, start: int, end: int) -> None:
-        """Train on the stream's events [start, end) (after they were evaluated): a step of
-        ``update_every`` events if ``streaming``, else a whole window."""
+        """Train on the stream's events [start, end) (after they were evaluated): a step of the
+        replay if ``streaming``, else a whole window."""
 
 
 @dataclass
@@ -172,20 +152,20 @@ class StrategyResult:
     window_seconds: list[float] = field(default_factory=list)
 
 
-def replay(stream: Stream, strategies: Sequence[Strategy], cfg: StreamConfig,
+def replay(stream: Stream, strategies: Sequence[Strategy], cfg: EvaluationConfig, step: int,
            progress: Callable[[int, str], None] | None = None) -> dict[str, StrategyResult]:
     """Test-then-train over the windows; each strategy's ranks and update CPU seconds.
 
-    Each window is replayed in steps of ``cfg.update_every`` events: every strategy is tested
-    on a step's events, then the streaming ones learn the step. At the window's end the others
-    learn the window. Nothing is learned after the last tested event.
+    Each window is replayed in steps of ``step`` events (its last step may be shorter): every
+    strategy is tested on a step's events, then the streaming ones learn the step. At the
+    window's end the others learn the window. Nothing is learned after the last tested event.
     """
+    assert step >= 1, f"step must be >= 1, got {step}"
     rng = np.random.default_rng(cfg.seed)
     results = {s.name: StrategyResult() for s in strategies}
     final = stream.windows[-1][1] if stream.windows else 0  # nothing is tested after it: no learning
     for start, end in stream.windows:
         evs = eval_events(stream, start, end, cfg.eval_per_window, rng)
-        step = cfg.update_every or (end - start)
         ranks: dict[str, list[np.ndarray]] = {s.name: [] for s in strategies}
         seconds = dict.fromkeys(ranks, 0.0)
         for a in range(start, end, step):
@@ -303,7 +283,3 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "python": platform.python_version(), "processor": platform.processor() or platform.machine()}
-
-
-def config_dict(cfg) -> dict:
-    return asdict(cfg)

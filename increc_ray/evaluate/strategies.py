@@ -2,9 +2,10 @@
 
 * ``Static``: the warm-up model, never updated.
 * ``Incremental``: the live trainer's loop, verbatim in what it calls: ``observe`` a slice of at
-  most ``trainer.max_new_events`` events, then ``update`` once ``trainer.min_new_events``
-  targets are pending (``increc_ray.learn.train``). Its replay, lr schedule and new-item warm start
-  are the learner's own. It streams: it learns every ``StreamConfig.update_every`` events.
+  most ``trainer.max_new_events`` events, then ``update`` (``increc_ray.learn.train``). Its replay,
+  lr schedule and new-item warm start are the learner's own. It streams: the replay hands it
+  ``trainer.min_new_events`` events at a time (and a window's remainder at its end), as the live
+  trainer updates once that many clean events wait.
   ``last_window`` is the same loop once per window, with no replay and several passes:
   fine-tuning on the newest window only, the naive baseline.
 * ``FullRetrain``: every ``every``-th window a fresh learner is trained from scratch on all
@@ -19,7 +20,6 @@ scores -inf, and a history item it does not know is dropped, as ``Scorer`` does.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Sequence
 
 import numpy as np
@@ -49,7 +49,7 @@ def fork(learner: IncrementalLearner, trainer_cfg: TrainerConfig | None = None) 
     state = learner.state_dict()  # tensors are cloned: the copy shares nothing
     state["pending"], state["n_pending_targets"] = {}, 0
     if trainer_cfg is not None and trainer_cfg != learner.trainer_cfg:
-        state["trainer_config"] = asdict(trainer_cfg)
+        state["trainer_config"] = trainer_cfg.model_dump()
         fresh = IncrementalLearner(learner.model_cfg, trainer_cfg).optimizer.state_dict()
         if trainer_cfg.optimizer == learner.trainer_cfg.optimizer:
             groups = [{**new, "params": old["params"]}
@@ -98,7 +98,8 @@ class Static(_LearnerScores):
 
 
 class Incremental(_LearnerScores):
-    """The live trainer's observe/update loop over each step (``streaming``) or window."""
+    """The live trainer's observe/update loop over each step (``streaming``) or window: the step
+    is what decides when it updates (the replay's step is ``trainer.min_new_events``)."""
 
     def __init__(self, name: str, stream: Stream, learner: IncrementalLearner, streaming: bool = True) -> None:
         self.name, self.stream, self.learner, self.streaming = name, stream, learner, streaming
@@ -108,7 +109,7 @@ class Incremental(_LearnerScores):
         cfg = self.learner.trainer_cfg
         for a in range(start, end, cfg.max_new_events):
             self.learner.observe(self.stream.events.slice(a, min(end, a + cfg.max_new_events) - a))
-            if self.learner.pending_targets >= cfg.min_new_events and self.learner.update() is not None:
+            if self.learner.pending_targets and self.learner.update() is not None:
                 self.n_updates += 1
 
 

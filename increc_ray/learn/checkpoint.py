@@ -7,13 +7,12 @@ but not another model shape, which would need the weights to be rebuilt.
 
 from __future__ import annotations
 
-import dataclasses
 import warnings
 
 import numpy as np
 import torch
 
-from increc_ray.config import ModelConfig, TrainerConfig
+from increc_ray.config import ModelConfig, TrainerConfig, replace
 from increc_ray.errors import ConfigError
 
 STATE_FORMAT = 2  # 2: the item table has its own optimizer param group
@@ -27,8 +26,8 @@ def learner_state(learner) -> dict:
     ema = learner._ema.state
     return {
         "format": STATE_FORMAT,
-        "model_config": dataclasses.asdict(learner.model_cfg),
-        "trainer_config": dataclasses.asdict(learner.trainer_cfg),
+        "model_config": learner.model_cfg.model_dump(),
+        "trainer_config": learner.trainer_cfg.model_dump(),
         "capacity": learner.model.capacity,
         "model": {k: v.detach().cpu().clone() for k, v in learner.model.state_dict().items()},
         "optimizer": _to_cpu(learner.optimizer.state_dict()),
@@ -69,8 +68,8 @@ def restore_learner(cls, state: dict, device: str = "cpu", model_cfg: ModelConfi
                           f"{_shape(model_cfg)}: a resumed trainer cannot change it (restore the old "
                           "model settings, or start from an empty data_dir/checkpoints)")
     if model_cfg is not None:
-        saved = dataclasses.replace(saved, dropout=model_cfg.dropout)  # dropout is no shape: it may change
-    self = cls(saved, trainer_cfg or TrainerConfig(**state["trainer_config"]), device=device)
+        saved = replace(saved, dropout=model_cfg.dropout)  # dropout is no shape: it may change
+    self = cls(saved, trainer_cfg or saved_trainer_config(state["trainer_config"]), device=device)
     with torch.random.fork_rng(devices=[]):  # grow's fresh rows are overwritten by the load below
         self.model.grow(state["capacity"])
     self._rebuild_optimizer()  # on the grown parameter
@@ -131,9 +130,18 @@ def rollback_weights(learner, state: dict[str, torch.Tensor] | None, n_items: in
     learner._lr_scale, learner._loss_ema = 1.0, None
 
 
+# trainer_config keys written before issue 10 renamed them (old -> new)
+RENAMED_TRAINER_KEYS = {"history_len": "kept_items_per_user", "poll_interval_s": "clean_store_poll_interval_s"}
+
+
+def saved_trainer_config(saved: dict) -> TrainerConfig:
+    """The TrainerConfig of a checkpoint's ``trainer_config``, old key names mapped to new ones."""
+    return TrainerConfig(**{RENAMED_TRAINER_KEYS.get(k, k): v for k, v in saved.items()})
+
+
 def _shape(cfg: ModelConfig) -> dict:
     """The fields that fix the weights' shapes (dropout does not)."""
-    d = dataclasses.asdict(cfg)
+    d = cfg.model_dump()
     return {k: d[k] for k in ("arch", "d_model", "n_layers", "n_heads", "max_len")}
 
 

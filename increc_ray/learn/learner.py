@@ -17,7 +17,6 @@ never candidates), weighted by the event weight of each target.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -222,7 +221,7 @@ class IncrementalLearner:
         weights = snapshot.state() if snapshot is not None else self.published_state()
         return {
             "version": int(version),
-            "model_config": dataclasses.asdict(self.model_cfg),
+            "model_config": self.model_cfg.model_dump(),
             "vocab": list(snapshot.vocab) if snapshot is not None else self.vocab.to_list(),
             "state_dict": {k: v.detach().cpu().numpy().copy() for k, v in weights.items()},
             "metrics": dict(metrics or {}),
@@ -270,8 +269,8 @@ class IncrementalLearner:
 
     @property
     def _keep(self) -> int:
-        """Items kept per user once learned: ``history_len``, and never less than one context."""
-        return max(self.trainer_cfg.history_len, self.model_cfg.max_len + 1)
+        """Items kept per user once learned: ``kept_items_per_user``, and never less than one context."""
+        return max(self.trainer_cfg.kept_items_per_user, self.model_cfg.max_len + 1)
 
     def _trim_all(self, users: Sequence[str]) -> None:
         keep = self._keep

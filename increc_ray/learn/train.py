@@ -137,10 +137,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     keeper = GateKeeper(learner, gate, versions.next, publish)
 
     report_progress()
+    # clean events read since the last update: an update runs once trainer.min_new_events wait,
+    # the step the stream replay (increc_ray.evaluate) takes too
+    waiting = learner.pending_targets
     while not (stop_file and os.path.exists(stop_file)):
         events, written_at = cursor.next_slice(tcfg.max_new_events)
         if events is None:
-            time.sleep(tcfg.poll_interval_s)
+            time.sleep(tcfg.clean_store_poll_interval_s)
             continue
         if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
             _log_decision(keeper.test(events))
@@ -148,8 +151,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         learner.observe(events)
         telemetry.inc("increc_events_applied_total", events.num_rows)
         report_progress()
-        if learner.pending_targets < tcfg.min_new_events:
+        waiting += events.num_rows
+        if waiting < tcfg.min_new_events:
             continue
+        waiting = 0
         stats = learner.update()
         if stats is None:
             continue

@@ -11,22 +11,16 @@
 
 from __future__ import annotations
 
-from increc_ray.config import Config
-from increc_ray.errors import ConfigError
+from increc_ray.profiles import from_app_args
 from increc_ray.serve.deployments import EventIngest, ModelTrainer, UserHistory
 from increc_ray.serve.recommender import Recommender
 
 
 def app_builder(args: dict):
-    """Serve application builder: ``args`` is ``{"config": {...}}`` or ``{"config_file": path}``."""
-    args = dict(args or {})
-    if "config_file" in args:
-        cfg = Config.from_yaml(args.pop("config_file"))
-    else:
-        cfg = Config.from_dict(args.pop("config", {}))
-    if args:
-        raise ConfigError(f"unknown application args: {', '.join(sorted(args))} (use 'config' or 'config_file')")
-    config = cfg.to_dict()
+    """Serve application builder. ``args``: ``{"profile": NAME}`` (``deploy/profiles/NAME.yaml``)
+    or ``{"config_file": PATH}``, either optionally with ``{"config": {...}}`` merged deeply on
+    top; or ``{"config": {...}}`` alone (on the built-in defaults). See ``increc_ray.profiles``."""
+    config = from_app_args(args).to_dict()
     history = UserHistory.bind(config)
     ingest = EventIngest.bind(config, history)
     trainer = ModelTrainer.bind(config)

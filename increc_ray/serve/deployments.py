@@ -35,7 +35,7 @@ class UserHistory:
 
     def __init__(self, config: dict) -> None:
         cfg = Config.from_dict(config)
-        self.index = UserHistoryIndex(cfg.serving.history_len, cfg.serving.popularity_half_life_s)
+        self.index = UserHistoryIndex(cfg.serving.recent_items_per_user, cfg.serving.popularity_half_life_s)
         existing = CleanStore(cfg.clean_dir).read_all(columns=HISTORY_COLUMNS)
         if existing is not None:
             self.index.append(existing)
@@ -87,7 +87,7 @@ class EventIngest:
             except Exception as e:  # keep the loop alive; the files stay in the landing zone
                 self.last_error = f"{type(e).__name__}: {e}"
                 logger.exception("cleaning pass failed")
-            self._stop.wait(self.cfg.ingest.poll_interval_s)
+            self._stop.wait(self.cfg.ingest.landing_poll_interval_s)
 
     def status(self) -> dict:
         return {**self.pipeline.status(), "last_batch": self.last_batch, "last_error": self.last_error}

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from increc_ray.cli import main
-from increc_ray.config import ModelConfig, TrainerConfig
+from increc_ray.config import BootstrapConfig, CleaningConfig, LabelRule, ModelConfig, TrainerConfig, replace
 from increc_ray.learn.learner import IncrementalLearner
-from increc_ray.evaluate.offline import (FitConfig, Split, catalogue_index, dataset_name, evaluate, fit, leave_one_out,
+from increc_ray.evaluate.offline import (Split, catalogue_index, dataset_name, evaluate, fit, leave_one_out,
                                 load_interactions, model_scorer, popularity_scorer, ranks)
 
 from conftest import positives_table
@@ -44,11 +44,16 @@ def test_stable_sort_is_not_just_luck():
     assert s.train["u"] + [s.valid["u"], s.test["u"]] == items
 
 
-def test_load_interactions_makes_every_rating_positive(tmp_path):
+def test_load_interactions_keeps_the_positives_of_the_profiles_cleaning(tmp_path):
+    from increc_ray import profiles
+
     path = tmp_path / "ratings.csv"
     path.write_text("userId,movieId,rating,timestamp\n1,10,1.0,964982703\n1,11,5.0,964982224\n2,10,0.5,964982931\n")
-    t = load_interactions(str(path))
+    t = load_interactions(str(path), profiles.load("ml-100k").cleaning)  # every rating is a positive
     assert t.num_rows == 3 and t["label"].to_pylist() == [1, 1, 1]
+    liked = CleaningConfig()  # the built-in rules: a rating below 3.5 is seen, not a positive
+    assert liked.event_types["rating"] == LabelRule(weight=1.0, min_value=3.5)
+    assert load_interactions(str(path), liked)["item_id"].to_pylist() == ["11"]
     assert dataset_name("/x/ml-100k/u.data") == "ml-100k"
 
 
@@ -138,7 +143,7 @@ def test_training_learns_a_planted_successor_and_beats_popularity():
     s = leave_one_out(planted())
     learner, info = fit(s, ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=12, dropout=0.1),
                         TrainerConfig(lr=5e-3, batch_size=64, lr_schedule="constant"),
-                        FitConfig(max_epochs=30, eval_every=5, patience=3))
+                        BootstrapConfig(epochs=30, eval_every=5, patience=3))
     index = catalogue_index(s)
     model = evaluate(model_scorer(learner, index), s, index, "test")
     pop = evaluate(popularity_scorer(s, index, True), s, index, "test")
@@ -172,5 +177,10 @@ def test_cli_evaluate_offline_writes_results(tmp_path, capsys):
     for part in ("test", "valid"):
         assert 0 <= result[part]["hr@10"] <= 1 and 0 <= result[part]["ndcg@10"] <= result[part]["hr@10"]
         assert set(result["popularity"][part]) == {"hr@10", "ndcg@10", "n"}
-    assert result["train_seconds"] > 0 and result["config"]["model"]["max_len"] >= 2
-    assert "most popular" in capsys.readouterr().out
+    assert result["train_seconds"] > 0 and "most popular" in capsys.readouterr().out
+    # no profile named tiny-set: the deployed default, with --max-epochs over its bootstrap.epochs
+    from increc_ray import profiles
+
+    assert result["profile"] == "ml-100k"
+    expected = profiles.load("ml-100k")
+    assert result["config"] == replace(expected, bootstrap=replace(expected.bootstrap, epochs=2)).to_dict()

@@ -1,4 +1,4 @@
-"""Tests for the prequential replay (increc_ray.evaluate.prequential, stream_strategies, stream_run): the
+"""Tests for the prequential replay (increc_ray.evaluate.prequential, strategies, stream): the
 metric against hand-computed values and ``ranking.rank_of``, the stream bookkeeping, the
 test-then-train order, and a whole run on a small synthetic stream. No Ray."""
 
@@ -10,8 +10,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from increc_ray.config import ModelConfig, TrainerConfig
-from increc_ray.evaluate.prequential import MISS, StreamConfig, build_stream, prequential_ranks, replay, summarise
+from increc_ray.config import Config, EvaluationConfig, ModelConfig, TrainerConfig
+from increc_ray.evaluate.prequential import MISS, build_stream, prequential_ranks, replay, summarise
 from increc_ray.evaluate.ranking import rank_of
 from increc_ray.evaluate.strategies import Incremental, fork, train_from_scratch
 
@@ -56,7 +56,7 @@ def test_ranks_agree_with_rank_of():
 def test_build_stream_orders_indexes_and_splits():
     rows = [("u2", "b", 10), ("u1", "a", 0), ("u1", "c", 40), ("u2", "a", 40),  # ties keep file order
             ("u1", "b", 100), ("u3", "d", 60)]
-    s = build_stream(table(rows), StreamConfig(warmup_fraction=0.5, n_windows=2))
+    s = build_stream(table(rows), EvaluationConfig(warmup_fraction=0.5, windows=2))
     assert s.item_ids == ["a", "b", "c", "d"]
     assert s.items.tolist() == [1, 2, 3, 1, 4, 2]
     assert s.n_known.tolist() == [0, 1, 2, 3, 3, 4]
@@ -68,7 +68,7 @@ def test_build_stream_orders_indexes_and_splits():
 
 def test_build_stream_warmup_is_half_the_time_span():
     rows = [("u1", "a", 0), ("u1", "b", 10), ("u2", "a", 49), ("u2", "c", 50), ("u1", "c", 100)]
-    s = build_stream(table(rows), StreamConfig(n_windows=5))
+    s = build_stream(table(rows), EvaluationConfig(windows=5))
     assert s.n_warmup == 3
     assert s.windows == [(3, 4), (4, 5)]  # no more windows than replayed events
 
@@ -97,10 +97,10 @@ def test_replay_metrics_by_hand_and_order():
             ("u3", "a", 70),  # no history: not evaluated
             ("u2", "d", 80),  # d is new to the stream: miss
             ("u3", "c", 100)]  # history a excluded; b ahead of c: rank 1 -> ndcg 1/log2(3)
-    stream = build_stream(table(rows), StreamConfig(n_windows=2))
+    stream = build_stream(table(rows), EvaluationConfig(windows=2))
     assert stream.windows == [(3, 5), (5, 7)]
     log = []
-    res = replay(stream, [Fixed(stream, log)], StreamConfig(n_windows=2))
+    res = replay(stream, [Fixed(stream, log)], EvaluationConfig(windows=2), step=200)
     assert [r.tolist() for r in res["fixed"].ranks] == [[0], [MISS, 1]]
     assert log == [("score", 1), ("learn", 3, 5), ("score", 2)]  # tested before learned; no learning after the last
     s = summarise(stream, res, k=10)["fixed"]
@@ -121,11 +121,11 @@ def test_replay_metrics_by_hand_and_order():
 def test_streaming_strategies_learn_every_step_and_the_others_every_window():
     rows = [("u1", "a", 0), ("u1", "b", 10), ("u2", "c", 20),
             ("u1", "c", 60), ("u3", "a", 70), ("u2", "d", 80), ("u3", "c", 90), ("u1", "d", 100)]
-    stream = build_stream(table(rows), StreamConfig(n_windows=2))
+    stream = build_stream(table(rows), EvaluationConfig(windows=2))
     assert stream.windows == [(3, 6), (6, 8)]
     log = []
-    cfg = StreamConfig(n_windows=2, update_every=2)
-    res = replay(stream, [Fixed(stream, log, streaming=True, name="live"), Fixed(stream, log)], cfg)
+    res = replay(stream, [Fixed(stream, log, streaming=True, name="live"), Fixed(stream, log)],
+                 EvaluationConfig(windows=2), step=2)
     # steps [3,5) [5,6) | [6,8): each tested (events with a history) before anyone learns it
     assert log == [("score", 1), ("learn", "live", 3, 5), ("score", 1),
                    ("score", 1), ("learn", "live", 5, 6), ("score", 1), ("learn", 3, 6),
@@ -158,12 +158,12 @@ def planted(n_users=40, length=12, n_items=20, seed=0):
 
 
 def test_incremental_is_tested_before_it_learns():
-    stream = build_stream(table(planted()), StreamConfig(n_windows=4))
+    stream = build_stream(table(planted()), EvaluationConfig(windows=4))
     warm = train_from_scratch(stream, stream.n_warmup, TINY, TrainerConfig(batch_size=16), epochs=2)
     assert warm.n_events == stream.n_warmup
     spy = Spy("incremental", stream, fork(warm, TrainerConfig(batch_size=16, max_new_events=20)))
     spy.seen_at_test = []
-    replay(stream, [spy], StreamConfig(n_windows=4, update_every=50))
+    replay(stream, [spy], EvaluationConfig(windows=4), step=50)
     # every step of 50 events is tested with exactly the events before it learned
     steps = [a for start, end in stream.windows for a in range(start, end, 50)
              if (stream.user_pos[a:min(end, a + 50)] > 0).any()]
@@ -173,7 +173,7 @@ def test_incremental_is_tested_before_it_learns():
 
 
 def test_fork_is_independent_and_keeps_nothing_pending():
-    stream = build_stream(table(planted()), StreamConfig())
+    stream = build_stream(table(planted()), EvaluationConfig())
     warm = train_from_scratch(stream, stream.n_warmup, TINY, TrainerConfig(batch_size=16), epochs=1)
     assert warm.pending_targets > 0  # observe marked the warm-up as pending; train_epoch leaves it
     copy = fork(warm, TrainerConfig(optimizer="sgd", lr=0.1))
@@ -185,7 +185,7 @@ def test_fork_is_independent_and_keeps_nothing_pending():
 
 
 def test_fork_keeps_adam_moments_but_takes_the_new_hyperparameters():
-    stream = build_stream(table(planted()), StreamConfig())
+    stream = build_stream(table(planted()), EvaluationConfig())
     warm = train_from_scratch(stream, stream.n_warmup, TINY, TrainerConfig(batch_size=16, lr=2e-3), epochs=1)
     copy = fork(warm, TrainerConfig(lr=5e-4, weight_decay=0.1, item_lr_mult=4.0))
     assert [g["lr"] for g in copy.optimizer.param_groups] == pytest.approx([2e-3, 5e-4, 5e-4])
@@ -199,8 +199,20 @@ def test_fork_keeps_adam_moments_but_takes_the_new_hyperparameters():
 
 # ---- the whole run ---------------------------------------------------------------------------
 
+def tiny_config(**sections) -> Config:
+    """A small, fast config of every section (the shape of a profile), with ``sections`` merged in."""
+    from increc_ray.profiles import merge
+
+    base = {"model": TINY.model_dump(),
+            "trainer": {"lr": 3e-3, "steps_per_update": 3, "min_new_events": 50},
+            "bootstrap": {"epochs": 8, "lr": 3e-3, "batch_size": 32},
+            "evaluation": {"windows": 4, "retrain_every": 2,
+                           "variants": {"ogd": {"optimizer": "sgd", "batch_size": 1, "lr": 0.05}}}}
+    return Config.from_dict(merge(base, sections))
+
+
 def test_run_stream_on_a_synthetic_file(tmp_path):
-    from increc_ray.evaluate.stream import BASELINES, StrategyConfig, format_table, run_stream
+    from increc_ray.evaluate.stream import BASELINES, format_table, run_stream
     from increc_ray.evaluate.synthetic import SyntheticStream
 
     # planted successors with drift and new items; 4000 events, bare user,item,timestamp JSONL
@@ -209,18 +221,22 @@ def test_run_stream_on_a_synthetic_file(tmp_path):
     with open(path, "w") as f:
         for ev in syn.next_events(4000):
             f.write(json.dumps({"user_id": ev["user_id"], "item_id": ev["item_id"], "timestamp": ev["timestamp"]}) + "\n")
-    cfg = StrategyConfig(model=TINY, scratch=TrainerConfig(batch_size=32, lr=3e-3), warmup_epochs=8,
-                         retrain_every=2, retrain_epochs=8, incremental=TrainerConfig(lr=3e-3, steps_per_update=3),
-                         variants={"ogd": {"optimizer": "sgd", "batch_size": 1, "lr": 0.05}})
-    out = run_stream(str(path), StreamConfig(n_windows=4), cfg, out_dir=str(tmp_path), name="syn", log=None,
-                     progress_bar=False)
+    cfg = tiny_config()
+    out = run_stream(str(path), cfg, profile="tiny", out_dir=str(tmp_path), name="syn", log=None, progress_bar=False)
     saved = json.loads((tmp_path / "stream_syn.json").read_text())
     assert set(saved["strategies"]) == set(BASELINES) | {"incremental[ogd]"}
     assert (tmp_path / "stream_syn_time.png").stat().st_size > 0 and (tmp_path / "stream_syn_compute.png").exists()
+    # the result names its profile and holds the whole resolved config, which rebuilds it
+    assert saved["profile"] == "tiny" and Config.from_dict(saved["config"]) == cfg
     per = out["strategies"]
     for name in BASELINES:
         assert {"hr@10", "ndcg@10", "update_seconds"} <= set(per[name]) and len(per[name]["windows"]) == 4
     assert per["static"]["update_seconds"] == 0.0 and per["full_retrain"]["update_seconds"] > 0
+    # the incremental strategy ran the profile's trainer, updating once per min_new_events events
+    assert per["incremental"]["trainer"] == cfg.trainer.model_dump()
+    per_window = saved["stats"]["replay_events"] / 4
+    assert 3 * (per_window // 50) <= per["incremental"]["n_updates"] <= 4 * (per_window // 50 + 1)
+    assert per["incremental[ogd]"]["trainer"]["batch_size"] == 1
     # a model that learned the planted successors beats recent popularity by far
     assert per["static"]["hr@10"] > per["popularity"]["hr@10"] + 0.1
     # new items arrive during the replay: a learning strategy ranks them, the static model cannot
@@ -232,56 +248,59 @@ def test_run_stream_on_a_synthetic_file(tmp_path):
     assert "item warm-up 0" in format_table(out)
 
 
-def test_stream_preset_takes_incremental_overrides_checked_like_the_serve_config(capsys):
+def test_cli_overrides_are_checked_like_the_serve_config(capsys):
     from increc_ray.cli import main
-    from increc_ray.evaluate.stream import stream_preset
 
-    _, strat = stream_preset("ml-latest-small", incremental={"lr": 2.5e-4, "batch_size": 8})
-    assert (strat.incremental.lr, strat.incremental.batch_size, strat.incremental.item_lr_mult) == (2.5e-4, 8, 20.0)
-    _, strat = stream_preset("some-other-file")
-    assert strat.incremental == TrainerConfig()  # no preset: the product's defaults
-    default_model = strat.model
-    _, strat = stream_preset("ml-100k")  # a preset may reshape the model, and keeps the rest of it
-    assert (strat.model.d_model, strat.model.max_len) == (128, 25)
-    assert (strat.model.n_layers, strat.model.dropout) == (default_model.n_layers, default_model.dropout)
     assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "lr_typo=1"]) == 2
-    assert "unknown key 'incremental.lr_typo'" in capsys.readouterr().err
+    assert "unknown key 'trainer.lr_typo'" in capsys.readouterr().err
     assert main(["evaluate", "stream", "--data", "missing.csv", "--incremental", "batch_size=many"]) == 2
-    assert "incremental.batch_size" in capsys.readouterr().err
-    _, strat = stream_preset("ml-100k", model={"n_layers": 3})
-    assert (strat.model.d_model, strat.model.n_layers) == (128, 3)
+    assert "trainer.batch_size: expected an integer, got 'many'" in capsys.readouterr().err
     assert main(["evaluate", "stream", "--data", "missing.csv", "--model", "width=128"]) == 2
     assert "unknown key 'model.width'" in capsys.readouterr().err
-    assert main(["evaluate", "stream", "--data", "missing.csv", "--preset", "ml-1m"]) == 2
-    assert "unknown preset 'ml-1m'" in capsys.readouterr().err
+    assert main(["evaluate", "stream", "--data", "missing.csv", "--profile", "ml-1m"]) == 2
+    assert "unknown profile 'ml-1m' (known: " in capsys.readouterr().err
 
 
-def test_preset_flag_names_the_settings_apart_from_the_output_name(monkeypatch):
+def test_the_profile_is_all_the_stream_benchmark_reads(monkeypatch, tmp_path):
     import increc_ray.evaluate.stream as stream_run
+    from increc_ray import profiles
     from increc_ray.cli import main
 
     seen = {}
-    monkeypatch.setattr(stream_run, "run_stream", lambda path, stream, strat, name, **kw: seen.update(
-        name=name, strat=strat, stream=stream))
+    monkeypatch.setattr(stream_run, "run_stream", lambda path, cfg, profile, name, **kw: seen.update(
+        name=name, cfg=cfg, profile=profile))
     assert main(["evaluate", "stream", "--data", "x/ml-100k/u.data", "--name", "ml-100k_every-window",
-                 "--preset", "ml-100k", "--retrain-every", "1"]) == 0
-    assert seen["name"] == "ml-100k_every-window"
-    assert seen["strat"].model.d_model == 128 and seen["strat"].incremental.lr == 2.5e-4  # ml-100k's settings
-    assert seen["strat"].retrain_every == 1
-    assert main(["evaluate", "stream", "--data", "x/ml-100k/u.data", "--name", "renamed"]) == 0
-    assert seen["strat"].model.d_model == 64  # no preset of that name: the defaults
+                 "--profile", "ml-100k", "--retrain-every", "1", "--no-variants"]) == 0
+    assert seen["name"] == "ml-100k_every-window" and seen["profile"] == "ml-100k"
+    expected = profiles.load("ml-100k", overrides={"evaluation": {"retrain_every": 1}})
+    assert seen["cfg"].trainer == expected.trainer and seen["cfg"].model == expected.model
+    assert seen["cfg"].evaluation.retrain_every == 1 and seen["cfg"].evaluation.variants == {}
+    # no --profile: the one named like the dataset, else the deployed default
+    assert main(["evaluate", "stream", "--data", "x/ml-latest-small/ratings.csv"]) == 0
+    assert seen["profile"] == "ml-latest-small" and seen["cfg"] == profiles.load("ml-latest-small")
+    assert main(["evaluate", "stream", "--data", "x/other/events.csv", "--preset", "ml-latest-small"]) == 0
+    assert seen["profile"] == "ml-latest-small"  # --preset: the old name of --profile
+    assert main(["evaluate", "stream", "--data", "x/renamed/u.data"]) == 0
+    assert seen["profile"] == profiles.DEFAULT_PROFILE == "ml-100k"
+    f = tmp_path / "mine.yaml"
+    f.write_text("trainer: {min_new_events: 7}\n")
+    assert main(["evaluate", "stream", "--data", "x/ml-100k/u.data", "--config", str(f),
+                 "--incremental", "lr=0.01"]) == 0
+    assert seen["profile"] == str(f) and (seen["cfg"].trainer.min_new_events, seen["cfg"].trainer.lr) == (7, 0.01)
 
 
 def test_last_window_averages_over_the_same_span_of_events_as_incremental():
-    from increc_ray.evaluate.stream import StrategyConfig, build_strategies
+    from increc_ray.evaluate.stream import build_strategies
 
-    stream = build_stream(table(planted()), StreamConfig(n_windows=4))
-    cfg = StrategyConfig(model=TINY, warmup_epochs=1, retrain_epochs=1, variants={},
-                         incremental=TrainerConfig(ema_decay=0.9, rare_item_lr_mult=20.0))
-    by_name = {s.name: s for s in build_strategies(stream, cfg, update_every=20)[0]}
+    stream = build_stream(table(planted()), EvaluationConfig(windows=4))
+    cfg = tiny_config(trainer={"ema_decay": 0.9, "rare_item_lr_mult": 20.0, "min_new_events": 20},
+                      bootstrap={"epochs": 1})
+    cfg = Config.from_dict({**cfg.to_dict(), "evaluation": {"windows": 4, "variants": {}}})
+    by_name = {s.name: s for s in build_strategies(stream, cfg)[0]}
     per_window = (len(stream.items) - stream.n_warmup) / 4
     assert by_name["incremental"].streaming and not by_name["last_window"].streaming
-    assert by_name["incremental"].learner.trainer_cfg.ema_decay == 0.9
+    assert by_name["incremental"].learner.trainer_cfg == cfg.trainer
+    assert by_name["full_retrain"].trainer_cfg == cfg.bootstrap_trainer
     assert by_name["last_window"].learner.trainer_cfg.ema_decay == pytest.approx(0.9 ** (per_window / 20))
     # the naive baseline takes plain steps: stretched rare rows over 5 passes overshoot
     assert by_name["incremental"].learner.trainer_cfg.rare_item_lr_mult == 20.0
@@ -292,7 +311,7 @@ def test_recent_popularity_halves_old_counts_over_one_window_of_events():
     from increc_ray.evaluate.strategies import Popularity
 
     rows = [("u0", f"i{t % 3}", t) for t in range(10)] + [("u1", "i9", 100 + t) for t in range(20)]
-    stream = build_stream(table(rows), StreamConfig(n_windows=2))
+    stream = build_stream(table(rows), EvaluationConfig(windows=2))
     assert stream.n_warmup == 10 and stream.windows == [(10, 20), (20, 30)]
     pop = Popularity("popularity", stream, half_life=1.0)
     before = pop.counts.copy()  # i0..i2 seen in warm-up

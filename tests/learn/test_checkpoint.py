@@ -1,11 +1,9 @@
 """Tests for increc_ray.learn.checkpoint: a resume runs the configured trainer settings, and a
 model shape it cannot apply fails naming both shapes."""
 
-import dataclasses
-
 import pytest
 
-from increc_ray.config import TrainerConfig
+from increc_ray.config import TrainerConfig, replace
 from increc_ray.errors import ConfigError
 from increc_ray.learn.learner import IncrementalLearner
 
@@ -21,7 +19,7 @@ def _trained(trainer: TrainerConfig) -> IncrementalLearner:
 def test_resume_runs_the_configured_trainer_settings_and_keeps_the_moments():
     saved = TrainerConfig(lr=1e-3, item_lr_mult=1.0, batch_size=16, weight_decay=0.01)
     L = _trained(saved)
-    deployed = dataclasses.replace(saved, lr=2.5e-4, item_lr_mult=20.0, batch_size=4, weight_decay=0.0)
+    deployed = replace(saved, lr=2.5e-4, item_lr_mult=20.0, batch_size=4, weight_decay=0.0)
     R = IncrementalLearner.from_state_dict(L.state_dict(), model_cfg=SMALL, trainer_cfg=deployed)
     assert R.trainer_cfg == deployed
     groups = R.optimizer.param_groups
@@ -38,9 +36,20 @@ def test_resume_runs_the_configured_trainer_settings_and_keeps_the_moments():
 
 def test_resume_with_another_model_shape_fails_naming_both():
     L = _trained(TrainerConfig())
-    wider = dataclasses.replace(SMALL, d_model=32)
+    wider = replace(SMALL, d_model=32)
     with pytest.raises(ConfigError, match=r"'d_model': 16.*'d_model': 32"):
         IncrementalLearner.from_state_dict(L.state_dict(), model_cfg=wider)
     # dropout is not a shape: it may change
-    R = IncrementalLearner.from_state_dict(L.state_dict(), model_cfg=dataclasses.replace(SMALL, dropout=0.3))
+    R = IncrementalLearner.from_state_dict(L.state_dict(), model_cfg=replace(SMALL, dropout=0.3))
     assert R.model_cfg.dropout == 0.3
+
+
+def test_a_checkpoint_with_the_old_trainer_key_names_still_loads():
+    L = _trained(TrainerConfig(kept_items_per_user=50, clean_store_poll_interval_s=0.25))
+    old = L.state_dict()
+    saved = old["trainer_config"]
+    saved["history_len"] = saved.pop("kept_items_per_user")  # the names before issue 10
+    saved["poll_interval_s"] = saved.pop("clean_store_poll_interval_s")
+    R = IncrementalLearner.from_state_dict(old)
+    assert R.trainer_cfg == L.trainer_cfg
+    assert (R.trainer_cfg.kept_items_per_user, R.trainer_cfg.clean_store_poll_interval_s) == (50, 0.25)

@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 import torch
 
-from increc_ray.config import ModelConfig, TrainerConfig
+from increc_ray.config import ModelConfig, TrainerConfig, replace
 from increc_ray.learn.learner import IncrementalLearner, UpdateStats
 from increc_ray.learn.model import masked_scores
 from increc_ray.serve.scorer import Scorer
@@ -84,10 +84,10 @@ def test_observe_orders_by_time_skips_negatives_and_counts_targets():
 
 
 def test_a_burst_longer_than_max_len_is_learned_in_slices_then_trimmed(monkeypatch):
-    L = IncrementalLearner(SMALL, TrainerConfig(history_len=12, replay_ratio=0.0))  # max_len 8
+    L = IncrementalLearner(SMALL, TrainerConfig(kept_items_per_user=12, replay_ratio=0.0))  # max_len 8
     L.observe(events([("u", f"i{j}", j) for j in range(5)]))
     L.update()
-    L.observe(events([("u", f"i{j}", j) for j in range(5, 25)]))  # 20 new: more than max_len and history_len
+    L.observe(events([("u", f"i{j}", j) for j in range(5, 25)]))  # 20 new: more than max_len and kept_items_per_user
     assert L.pending_targets == 20
     assert len(L.state_dict()["seq_items"]) == 25  # pending items and their context stay until learned
     assert L._slices("u", 25, 20) == [("u", 25, 8), ("u", 17, 8), ("u", 9, 4)]  # each target once
@@ -100,12 +100,12 @@ def test_a_burst_longer_than_max_len_is_learned_in_slices_then_trimmed(monkeypat
     assert targets == sorted(L.vocab.lookup([f"i{j}" for j in range(5, 25)]).tolist())  # exactly the new events
     assert L.pending_targets == 0 and L.update() is None
     st = L.state_dict()
-    assert st["seq_items"].tolist() == L.vocab.lookup([f"i{j}" for j in range(13, 25)]).tolist()  # history_len
+    assert st["seq_items"].tolist() == L.vocab.lookup([f"i{j}" for j in range(13, 25)]).tolist()  # kept_items_per_user
     assert len(st["seq_weights"]) == 12  # items and their weights trimmed together
 
 
 def test_slice_batches_align_inputs_targets_and_loss_weights():
-    L = IncrementalLearner(SMALL, TrainerConfig(history_len=100))  # max_len 8
+    L = IncrementalLearner(SMALL, TrainerConfig(kept_items_per_user=100))  # max_len 8
     L.observe(events([("u", f"i{j}", j) for j in range(20)], weights=[float(j) for j in range(20)]))
     L.observe(events([("v", "i0", 0), ("v", "i1", 1)]))
     idx = {f"i{j}": int(L.vocab.lookup([f"i{j}"])[0]) for j in range(20)}
@@ -325,7 +325,6 @@ def test_item_lr_mult_moves_the_item_table_faster_and_survives_growth_and_resume
 
 def test_rare_item_rows_take_stretched_steps_and_their_counts_survive_resume():
     import copy
-    import dataclasses
 
     L = IncrementalLearner(SMALL, TrainerConfig(lr=1e-2))
     L.observe(events(planted_rows(n_users=200, length=20)))  # about 80 events per item
@@ -335,7 +334,7 @@ def test_rare_item_rows_take_stretched_steps_and_their_counts_survive_resume():
 
     def step(**rare):
         s = dict(copy.deepcopy(state),  # the optimizer steps its loaded moments in place
-                 trainer_config=dataclasses.asdict(dataclasses.replace(L.trainer_cfg, **rare)))
+                 trainer_config=replace(L.trainer_cfg, **rare).model_dump())
         M = IncrementalLearner.from_state_dict(s)
         before = M.model.item_emb.weight.detach().clone()
         assert M.update().n_targets == 1  # one optimizer step: the same batch, dropout, gradients
@@ -363,7 +362,7 @@ def test_a_format_1_checkpoint_resumes_with_fresh_optimizer_moments():
     L.update()
     old = L.state_dict()
     old["format"] = 1
-    del old["trainer_config"]["item_lr_mult"], old["trainer_config"]["history_len"]  # fields format 1 lacked
+    del old["trainer_config"]["item_lr_mult"], old["trainer_config"]["kept_items_per_user"]  # fields format 1 lacked
     with pytest.warns(UserWarning, match="optimizer moments are reset"):
         R = IncrementalLearner.from_state_dict(old)
     assert all((R.model.state_dict()[k] == v).all() for k, v in L.model.state_dict().items())

@@ -1,6 +1,5 @@
 """Tests for increc_ray.learn.model: vocab, encoder, growth and the inference scorer."""
 
-import dataclasses
 import time
 
 import numpy as np
@@ -16,7 +15,7 @@ CFG = ModelConfig(d_model=16, n_layers=1, n_heads=2, max_len=8, dropout=0.0, ini
 
 
 def _weights(model: SeqRecModel, vocab: list[str], version: int = 3) -> dict:
-    return {"version": version, "model_config": dataclasses.asdict(model.cfg), "vocab": vocab,
+    return {"version": version, "model_config": model.cfg.model_dump(), "vocab": vocab,
             "state_dict": {k: v.detach().numpy().copy() for k, v in model.state_dict().items()},
             "metrics": {"loss": 1.0}, "created_at": time.time()}
 
