@@ -38,7 +38,6 @@ from urllib.parse import urlparse
 import numpy as np
 
 from increc_ray.evaluate import live
-from increc_ray.evaluate.prequential import MISS
 from increc_ray.evaluate.ranking import K
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

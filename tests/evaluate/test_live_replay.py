@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from increc_ray.evaluate import live
-from increc_ray.evaluate.prequential import MISS, StreamConfig, build_stream
+from increc_ray.config import EvaluationConfig
+from increc_ray.evaluate.prequential import MISS, build_stream
 from increc_ray.evaluate.ranking import evaluate_ranks, rank_of
 
 from conftest import positives_table
@@ -24,7 +25,7 @@ def test_time_order_is_stable_and_matches_the_harness():
     rows = [("u1", "a", 3000), ("u2", "b", 1000), ("u1", "c", 1000), ("u3", "d", 2000), ("u2", "e", 3000)]
     ordered = live.time_ordered(positives_table(rows))
     assert ordered["item_id"].to_pylist() == ["b", "c", "d", "a", "e"]  # ties keep file order
-    stream = build_stream(positives_table(rows), StreamConfig(n_windows=1))
+    stream = build_stream(positives_table(rows), EvaluationConfig(windows=1))
     assert [stream.item_ids[i - 1] for i in stream.items] == ordered["item_id"].to_pylist()
 
 
@@ -33,7 +34,7 @@ def test_warmup_cut_is_the_harness_cut():
     ts = np.sort(rng.integers(0, 10_000, 200)) * 1000
     rows = [(f"u{i % 7}", f"i{i}", t) for i, t in enumerate(ts)]
     for fraction in (0.3, 0.5, 0.8):
-        stream = build_stream(positives_table(rows), StreamConfig(warmup_fraction=fraction, n_windows=2))
+        stream = build_stream(positives_table(rows), EvaluationConfig(warmup_fraction=fraction, windows=2))
         assert live.warmup_count(ts, fraction) == stream.n_warmup
 
 
@@ -42,7 +43,7 @@ def test_scorable_events_are_those_with_an_earlier_event_of_the_user():
     assert live.scorable(users, 0).tolist() == [2, 4, 5]
     assert live.scorable(users, 3).tolist() == [4, 5]  # a user's warm-up events count as history
     rows = [(u, f"i{j}", j * 1000) for j, u in enumerate(users)]
-    stream = build_stream(positives_table(rows), StreamConfig(n_windows=1))
+    stream = build_stream(positives_table(rows), EvaluationConfig(windows=1))
     assert live.scorable(users, 0).tolist() == np.flatnonzero(stream.user_pos > 0).tolist()
 
 
