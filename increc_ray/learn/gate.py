@@ -74,9 +74,16 @@ class Snapshot:
     def ranks(self, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
         """0-based rank of each target after its history (item indices); a target this snapshot
         does not know ranks ``n_items`` (a miss); NaN scores rank last."""
-        seqs = [h[-self.model.cfg.max_len:] for h in histories]
-        hidden = self.model(left_pad(seqs))[:, -1]  # (B, C)
-        return _ranks(masked_scores(self.model, hidden, self.n_items).numpy(), targets, histories)
+        n = self.n_items
+        known = [[i for i in h if i <= n] for h in histories]  # items newer than the snapshot are skipped
+        rows = [b for b, h in enumerate(known) if h]
+        ranks = np.full(len(histories), n + 1)  # no known history: a miss
+        if rows:
+            seqs = [known[b][-self.model.cfg.max_len:] for b in rows]
+            hidden = self.model(left_pad(seqs))[:, -1]  # (B, C)
+            scores = masked_scores(self.model, hidden, n).numpy()  # (B, n + 1)
+            ranks[rows] = _ranks(scores, np.asarray(targets)[rows], [known[b] for b in rows])
+        return ranks
 
 
 UNKNOWN_ITEM = np.iinfo(np.int64).max  # target index of an item new to the learner: a miss for all
@@ -113,7 +120,7 @@ def _ranks(scores: np.ndarray, targets: np.ndarray, histories: list[list[int]]) 
     ahead = s >= s_t[:, None]  # (B, n_cols) ties count against the target
     ahead[:, 0] = False
     for b, h in enumerate(histories):
-        ahead[b, h] = False  # the user's earlier items are excluded
+        ahead[b, [i for i in h if i < n_cols]] = False  # the user's earlier items are excluded
     ahead[np.arange(B)[known], targets[known]] = False
     return np.where(known, ahead.sum(1), n_cols)
 

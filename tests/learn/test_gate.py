@@ -150,3 +150,20 @@ def test_snapshot_of_published_weights_scores_like_the_learner():
     hist = [L.user_items("u0")]
     expect = _ranks(L.score_histories(hist).numpy(), np.array([1]), hist)
     assert snap.ranks(hist, np.array([1])).tolist() == expect.tolist()
+
+
+def test_items_newer_than_a_snapshot_are_skipped_in_histories_and_missed_as_targets():
+    L = IncrementalLearner(SMALL, TRAINER)
+    L.observe(events(planted_rows(n_users=20, length=5)))
+    L.update()
+    snap = Snapshot.of(L)
+    L.observe(events([("u0", "brand-new", 10**7), ("newbie", "brand-new", 10**7)]))  # after the snapshot
+    new = L.vocab.lookup(["brand-new"])[0]
+    assert new > snap.n_items
+    ranks = snap.ranks([L.user_items("u0"), [new]], np.array([1, new]))
+    assert ranks[1] == snap.n_items + 1  # nothing it knows in the history: a miss
+    assert ranks[0] <= snap.n_items  # the new item is skipped, the rest is scored
+    gate = Gate(GateConfig(min_events=1))
+    gate.propose(snap)
+    gate.test([L.user_items("u0")], np.array([new]), L.item_counts)  # the new item as target: a miss
+    assert gate.n_scored == 1
