@@ -115,10 +115,7 @@ def deploy_config(serve_config: str, data_dir: str, port: int) -> tuple[dict, di
         path = path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(serve_config)), path)
         with open(path, encoding="utf-8") as f:
             args["config"] = yaml.safe_load(f) or {}
-    if "config" not in args:
-        raise SystemExit(f"{serve_config}: applications[0].args has no 'config' or 'config_file' "
-                         f"(keys: {', '.join(args)}); cannot point data_dir at a temp dir")
-    args["config"] = {**args["config"], "data_dir": data_dir}
+    args["config"] = {**(args.get("config") or {}), "data_dir": data_dir}  # merged over a profile, if any
     app["args"] = args
     doc["applications"] = [app]
     doc["http_options"] = {**(doc.get("http_options") or {}), "host": "127.0.0.1", "port": port}
@@ -195,11 +192,10 @@ class Deployment:
 def resolved_config(args: dict) -> dict | None:
     """The app config as the product resolves it (defaults filled in), if it can say."""
     try:
-        from increc_ray.config import Config
+        from increc_ray.profiles import from_app_args
 
-        cfg = Config.from_dict(args["config"])
-        return cfg.to_dict() if hasattr(cfg, "to_dict") else cfg.model_dump()
-    except Exception as e:  # the config module is being rewritten; the raw args are recorded anyway
+        return from_app_args(args).to_dict()  # what app_builder deploys
+    except Exception as e:  # the raw args are recorded anyway
         print(f"note: could not resolve the app config ({type(e).__name__}: {e})", file=sys.stderr)
         return None
 
@@ -343,9 +339,11 @@ def harness_figures(path: str) -> dict | None:
     conf = doc.get("config", {})
     return {"file": path, f"hr@{K}": inc[f"hr@{K}"], f"ndcg@{K}": inc[f"ndcg@{K}"], "n": inc.get("n"),
             "popularity_recent": {k: doc["strategies"].get("popularity", {}).get(k) for k in (f"hr@{K}", f"ndcg@{K}")},
-            "stream_config": conf.get("stream"), "model": conf.get("strategies", {}).get("model"),
-            "incremental_trainer": conf.get("strategies", {}).get("incremental"),
-            "warmup_epochs": conf.get("strategies", {}).get("warmup_epochs")}
+            "profile": doc.get("profile"),
+            # the profile layout (one Config), else the layout before profiles
+            "model": conf.get("model") or conf.get("strategies", {}).get("model"),
+            "incremental_trainer": conf.get("trainer") or conf.get("strategies", {}).get("incremental"),
+            "warmup_epochs": (conf.get("bootstrap") or {}).get("epochs") or conf.get("strategies", {}).get("warmup_epochs")}
 
 
 def setting_differences(harness: dict | None, resolved: dict | None) -> list[str]:
@@ -356,7 +354,7 @@ def setting_differences(harness: dict | None, resolved: dict | None) -> list[str
     for section, theirs in (("model", harness.get("model")), ("trainer", harness.get("incremental_trainer"))):
         ours = resolved.get(section) or {}
         for key in sorted(set(theirs or {}) & set(ours)):
-            if theirs[key] != ours[key] and key not in ("use_gpu", "checkpoint_every", "poll_interval_s"):
+            if theirs[key] != ours[key] and key not in ("use_gpu", "checkpoint_every", "clean_store_poll_interval_s"):
                 out.append(f"{section}.{key}: harness {theirs[key]}, deployed {ours[key]}")
     return out
 

@@ -132,7 +132,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
         # Consumed is not the same as published: tell the registry so /status shows true lag.
         registry.progress.remote({"offset": cursor.offset(), "pending_targets": learner.pending_targets,
                                   "events_seen": learner.n_events, "n_items": learner.n_items,
-                                  "version": versions.last, "gate": gate.status()})
+                                  "version": versions.last, "gate": gate.status(), "worker_pid": os.getpid()})
 
     keeper = GateKeeper(learner, gate, versions.next, publish)
 
