@@ -267,6 +267,8 @@ class GateKeeper:
         """Score the slice with the candidate, the live version and popularity; judge the candidate
         once it has been scored on enough events (returns that decision)."""
         gate = self.gate
+        if gate.candidate is None:  # nothing under test: no histories to gather
+            return None
         gate.test(*fresh_targets(self.learner, events, gate.cfg.max_eval_per_slice), self.learner.item_counts)
         return self._judge(gate.decide()) if gate.ready() else None
 
