@@ -211,9 +211,12 @@ def test_deploy_config_inlines_a_config_file(cli, tmp_path):
         {"name": "x", "import_path": "increc_ray.serve.app:app_builder", "args": {"config_file": "app.yaml"}}]}))
     doc, args = cli.deploy_config(str(tmp_path / "serve.yaml"), "/tmp/d", 1)
     assert args == {"config": {"model": {"d_model": 32}, "data_dir": "/tmp/d"}}
-    (tmp_path / "bad.yaml").write_text(yaml.safe_dump({"applications": [{"args": {"profile": "small"}}]}))
-    with pytest.raises(SystemExit, match="no 'config' or 'config_file'"):
-        cli.deploy_config(str(tmp_path / "bad.yaml"), "/tmp/d", 1)
+    # a profile (what serve_config.yaml deploys): data_dir merged over it, the profile kept
+    (tmp_path / "profile.yaml").write_text(yaml.safe_dump({"applications": [
+        {"args": {"profile": "ml-100k", "config": {"data_dir": "/tmp/increc_ray"}}}]}))
+    doc, args = cli.deploy_config(str(tmp_path / "profile.yaml"), "/tmp/d", 1)
+    assert args == {"profile": "ml-100k", "config": {"data_dir": "/tmp/d"}}
+    assert cli.resolved_config(args)["model"]["d_model"] == 128  # the profile's, resolved as app_builder does
 
 
 def test_only_loopback_urls(cli):
