@@ -206,9 +206,14 @@ class Stream:
     """The cleaned positives in time order, as plain lists."""
 
     def __init__(self, path: str, limit: int) -> None:
-        from increc_ray.evaluate.offline import load_interactions
+        from increc_ray import profiles
+        from increc_ray.evaluate.offline import dataset_name, load_interactions
 
-        events = live.time_ordered(load_interactions(path))
+        # the harness's reading of the file: the cleaning rules of the profile named like the
+        # dataset (as `increc evaluate` picks it), else the default one
+        name = dataset_name(path)
+        profile = name if name in profiles.profile_names() else profiles.DEFAULT_PROFILE
+        events = live.time_ordered(load_interactions(path, profiles.load(profile).cleaning))
         if limit:
             events = events.slice(0, limit)
         self.n = events.num_rows

@@ -231,3 +231,10 @@ def test_setting_differences(cli):
     assert cli.setting_differences(harness, resolved) == ["model.d_model: harness 128, deployed 64",
                                                           "trainer.lr: harness 0.00025, deployed 0.001"]
     assert cli.setting_differences(None, resolved) == []
+
+
+def test_stream_reads_a_file_as_the_harness_does(cli, tmp_path):
+    # a MovieLens u.data file: every rating is a positive under the default profile's cleaning
+    (tmp_path / "u.data").write_text("1\t10\t5\t881250949\n2\t20\t1\t881250950\n1\t30\t3\t881250948\n")
+    stream = cli.Stream(str(tmp_path / "u.data"), limit=0)
+    assert stream.n == 3 and stream.users == ["1", "1", "2"]  # time order
