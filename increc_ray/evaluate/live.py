@@ -183,7 +183,8 @@ def catch_up_state(status: dict, posted: int, min_new_events: int) -> tuple[bool
     """Whether a ``/status`` answer says the deployment has applied all ``posted`` events:
     every accepted event cleaned (or quarantined), no landing file or clean part waiting, the
     trainer has observed them all and updated on them (or fewer than ``min_new_events`` targets
-    wait, below which it does not update), a model version published and served, and the bootstrap
+    wait, below which it does not update), a model version published and served (or, with the
+gate on, none live yet: serving answers from popularity until a candidate beats it), and the bootstrap
     ``phase``, where the status has one, at ``streaming``. The reason names what is missing.
 
     Over HTTP an event is accepted only after inline cleaning, so the Ray Data pass cleans
@@ -196,6 +197,7 @@ def catch_up_state(status: dict, posted: int, min_new_events: int) -> tuple[bool
     # so an idle trainer still shows the pending targets it has since learned: an update at the
     # offset it has read to has learned them.
     updated = ((status.get("trainer") or {}).get("last_update") or {}).get("offset")
+    gate = (status.get("trainer") or {}).get("gate") or {}
     learned = updated is not None and updated == progress.get("offset")
     checks = [
         (counts.get("accepted", 0) >= posted, f"accepted {counts.get('accepted')} of {posted} posted"),
@@ -206,7 +208,9 @@ def catch_up_state(status: dict, posted: int, min_new_events: int) -> tuple[bool
         (seen is not None and seen >= counts.get("cleaned", 0), f"trainer saw {seen} of {counts.get('cleaned')}"),
         (pending is not None and (pending < min_new_events or learned),
          f"{pending} targets pending an update"),
-        ((status.get("model_version") or 0) >= 1, "no model version yet"),
+        # a version is live, or the gate keeps serving on popularity until a candidate beats it
+        ((status.get("model_version") or 0) >= 1 or bool(gate.get("enabled") and not gate.get("live_version")),
+         "no model version yet"),
         (status.get("served_version") == status.get("model_version"),
          f"serving v{status.get('served_version')}, trainer at v{status.get('model_version')}"),
     ]
