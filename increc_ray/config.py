@@ -222,6 +222,12 @@ class BootstrapConfig(_Section):
     weight_decay: float = Field(0.01, ge=0)
     batch_size: int = Field(32, gt=0)
     kept_items_per_user: int = Field(1_000_000, gt=0)  # 1000000: every user's whole history
+    # When the deployed trainer runs a full pass (``increc_ray.learn.bootstrap``):
+    min_events: int = Field(2000, ge=0)  # a cold trainer with this many clean events waiting bootstraps first
+    backlog_events: int = Field(50_000, ge=0)  # this many unread events at once: a full pass again (0: never)
+    consolidate_every_events: int = Field(0, ge=0)  # a full pass after every N events learned (0: never)
+    holdout_fraction: float = Field(0.1, gt=0, lt=1)  # newest share of the events held out for early stopping
+    holdout_max_events: int = Field(5000, gt=0)  # at most this many of them scored per validation
 
 
 ARTICLE_VARIANTS: dict[str, dict[str, Any]] = {
