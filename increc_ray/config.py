@@ -223,8 +223,8 @@ class BootstrapConfig(_Section):
     batch_size: int = Field(32, gt=0)
     kept_items_per_user: int = Field(1_000_000, gt=0)  # 1000000: every user's whole history
     # When the deployed trainer runs a full pass (``increc_ray.learn.bootstrap``):
-    min_events: int = Field(2000, ge=0)  # a cold trainer with this many clean events waiting bootstraps first
-    backlog_events: int = Field(50_000, ge=0)  # this many unread events at once: a full pass again (0: never)
+    min_events: int = Field(2000, ge=0)  # no full pass on fewer unread events (0: never a full pass on a backlog)
+    backlog_ratio: float = Field(1.0, ge=0)  # unread events >= this x the events learned: a full pass (0: never)
     consolidate_every_events: int = Field(0, ge=0)  # a full pass after every N events learned (0: never)
     holdout_fraction: float = Field(0.1, gt=0, lt=1)  # newest share of the events held out for early stopping
     holdout_max_events: int = Field(5000, gt=0)  # at most this many of them scored per validation

@@ -44,6 +44,8 @@ _DEFS = {
     "increc_update_loss": ("gauge", "Loss of the latest incremental update.", ()),
     "increc_update_seconds": ("gauge", "Wall time of the latest incremental update.", ()),
     "increc_train_lag_seconds": ("gauge", "Seconds from clean store to applied, newest update.", ()),
+    "increc_full_passes_total": ("counter", "Full passes (bootstrap or consolidation) the trainer finished.", ("reason",)),
+    "increc_trainer_phase": ("gauge", "1 for the trainer's current phase (bootstrapping, catching_up, streaming).", ("phase",)),
     "increc_online_hr10": ("gauge", "Test-then-train HR@10 of the live model on events it is about to learn.", ()),
     "increc_request_latency_ms": ("histogram", "Latency of HTTP requests handled by a replica.", ("route",)),
     "increc_requests_total": ("counter", "HTTP requests by route and status code.", ("route", "status")),

@@ -50,6 +50,7 @@ TEST_CONFIG = {
               "initial_item_capacity": 64},
     "trainer": {"lr": 0.005, "batch_size": 64, "min_new_events": 20, "max_new_events": 250, "steps_per_update": 2,
                 "checkpoint_every": 5, "clean_store_poll_interval_s": 0.2},
+    "bootstrap": {"min_events": 1000, "epochs": 4, "eval_every": 1, "patience": 2, "lr": 0.005, "batch_size": 64},
     "gate": {"min_events": 100},
     "serving": {"weight_poll_timeout_s": 2.0},
 }

@@ -23,6 +23,7 @@ import time
 import uuid
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from increc_ray.config import Config
 
@@ -30,6 +31,7 @@ logger = logging.getLogger("increc_ray.learn.train")
 
 CHECKPOINT_FILE = "trainer_state.pt"
 RUN_NAME = "increc-trainer"
+PHASES = ("bootstrapping", "catching_up", "streaming")
 
 
 class StreamCursor:
@@ -38,6 +40,7 @@ class StreamCursor:
     def __init__(self, store, seq: int = -1, row: int = 0) -> None:
         self.store, self.seq, self.row = store, seq, row  # next row to read is `row` of part `seq`
         self._cache: tuple[int, pa.Table] | None = None
+        self._nrows: dict[int, int] = {}
 
     def next_slice(self, max_rows: int) -> tuple[pa.Table | None, float | None]:
         """Up to ``max_rows`` unread rows and the write time of the part they come from."""
@@ -57,6 +60,40 @@ class StreamCursor:
 
     def offset(self) -> dict:
         return {"seq": self.seq, "row": self.row}
+
+    def _rows(self, seq: int, path: str) -> int:
+        n = self._nrows.get(seq)
+        if n is None:  # parts are immutable: count each once, from its footer
+            with self.store.fs.open_input_file(path) as f:
+                n = self._nrows[seq] = pq.ParquetFile(f).metadata.num_rows
+        return n
+
+    def unread(self) -> int:
+        """Rows in the store after the offset."""
+        n = 0
+        for seq, path in self.store.parts(after=self.seq - 1):
+            n += self._rows(seq, path) - (self.row if seq == self.seq else 0)
+        return n
+
+    def read_all(self) -> tuple[pa.Table | None, list[tuple[int, int]]]:
+        """Every row of the store, from its first part, and (seq, first row in the table) of
+        each part, for ``offset_of``; the cursor does not move."""
+        tables, starts, n = [], [], 0
+        for seq, path in self.store.parts():
+            t = self.store.read(path)
+            tables.append(t)
+            starts.append((seq, n))
+            n += t.num_rows
+        return (pa.concat_tables(tables) if tables else None), starts
+
+    @staticmethod
+    def offset_of(starts: list[tuple[int, int]], index: int) -> dict:
+        """The offset of row ``index`` of ``read_all``'s table."""
+        seq, first = next((s, f) for s, f in reversed(starts) if f <= index)
+        return {"seq": seq, "row": index - first}
+
+    def seek(self, offset: dict) -> None:
+        self.seq, self.row = offset["seq"], offset["row"]
 
 
 def _save_checkpoint(learner, cursor: StreamCursor, version: int, n_updates: int, metrics: dict,
@@ -93,94 +130,200 @@ def _restore(cfg: Config, device: str):
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Ray Train worker: tail the clean store, update, gate, publish, checkpoint; forever."""
-    import ray
-    import ray.train.torch
-    from ray import serve
+    _TrainWorker(loop_config).run()
 
-    from increc_ray import telemetry
-    from increc_ray.ingest.landing import CleanStore
-    from increc_ray.learn.gate import Gate, GateKeeper, Snapshot
-    from increc_ray.learn.versions import VersionCounter
 
-    cfg = Config.from_dict(loop_config["config"])
-    tcfg, gcfg = cfg.trainer, cfg.gate
-    device = str(ray.train.torch.get_device())
-    learner, offset, version, n_updates, saved_live = _restore(cfg, device)
-    versions = VersionCounter(cfg.version_file, at_least=version)
-    cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
-    registry = serve.get_deployment_handle(loop_config["registry_deployment"], loop_config["app_name"])
-    stop_file = loop_config.get("stop_file")
-    last_ckpt_updates = n_updates
-    gate = Gate(gcfg)
+class _TrainWorker:
+    """The train loop's state: learner, cursor, gate, version counter, and the phase it is in
+    (``bootstrapping`` during a full pass, ``catching_up`` while unread events wait,
+    ``streaming`` otherwise), all of it reported to the registry for ``/status``."""
 
-    def publish(weights: dict) -> int:
-        registry.publish.remote(weights).result()
+    def __init__(self, loop_config: dict) -> None:
+        import ray.train.torch
+        from ray import serve
+
+        from increc_ray.ingest.landing import CleanStore
+        from increc_ray.learn.gate import Gate, GateKeeper, Snapshot
+        from increc_ray.learn.versions import VersionCounter
+
+        cfg = self.cfg = Config.from_dict(loop_config["config"])
+        self.device = str(ray.train.torch.get_device())
+        self.learner, offset, version, self.n_updates, saved_live = _restore(cfg, self.device)
+        self.versions = VersionCounter(cfg.version_file, at_least=version)
+        self.cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
+        self.registry = serve.get_deployment_handle(loop_config["registry_deployment"], loop_config["app_name"])
+        self.stop_file = loop_config.get("stop_file")
+        self.last_ckpt_updates = self.n_updates
+        self.gate = Gate(cfg.gate)
+        self.phase, self.full_pass_progress, self.last_full_pass = "", None, None
+        self.set_phase("streaming")
+        self.learned_since_full_pass = 0
+
+        # What serving has live: the registry's version if it outlived us, else the checkpoint's
+        # live weights, republished under a new number (versions never repeat).
+        got = self.registry.wait_newer.remote(0, 0.1).result()
+        live_weights = ray.get(got[1][0]) if got else saved_live
+        if live_weights is not None and not got:
+            live_weights = {**live_weights, "version": self.versions.next(), "created_at": time.time()}
+            self.publish(live_weights)
+        if live_weights is not None:
+            self.gate.live = Snapshot.from_weights(live_weights)
+        self.keeper = GateKeeper(self.learner, self.gate, self.versions.next, self.publish)
+
+    def set_phase(self, phase: str) -> None:
+        from increc_ray import telemetry
+
+        if phase != self.phase:
+            for p in PHASES:
+                telemetry.set_gauge("increc_trainer_phase", float(p == phase), phase=p)
+        self.phase = phase
+
+    def stopping(self) -> bool:
+        return bool(self.stop_file and os.path.exists(self.stop_file))
+
+    def publish(self, weights: dict) -> int:
+        from increc_ray import telemetry
+
+        self.registry.publish.remote(weights).result()
         telemetry.set_gauge("increc_model_version", weights["version"])
         return weights["version"]
 
-    # What serving has live: the registry's version if it outlived us, else the checkpoint's live
-    # weights, republished under a new number (versions never repeat).
-    got = registry.wait_newer.remote(0, 0.1).result()
-    live_weights = ray.get(got[1][0]) if got else saved_live
-    if live_weights is not None and not got:
-        live_weights = {**live_weights, "version": versions.next(), "created_at": time.time()}
-        publish(live_weights)
-    if live_weights is not None:
-        gate.live = Snapshot.from_weights(live_weights)
-
-    def report_progress() -> None:
+    def report_progress(self) -> None:
         # Consumed is not the same as published: tell the registry so /status shows true lag.
-        registry.progress.remote({"offset": cursor.offset(), "pending_targets": learner.pending_targets,
-                                  "events_seen": learner.n_events, "n_items": learner.n_items,
-                                  "version": versions.last, "gate": gate.status(), "worker_pid": os.getpid()})
+        learner = self.learner
+        self.registry.progress.remote({
+            "offset": self.cursor.offset(), "pending_targets": learner.pending_targets,
+            "events_seen": learner.n_events, "n_items": learner.n_items, "version": self.versions.last,
+            "gate": self.gate.status(), "worker_pid": os.getpid(), "phase": self.phase,
+            "unread_events": self._unread, "full_pass": self.full_pass_progress,
+            "last_full_pass": self.last_full_pass})
 
-    keeper = GateKeeper(learner, gate, versions.next, publish)
+    _unread = 0
 
-    report_progress()
-    # clean events read since the last update: an update runs once trainer.min_new_events wait,
-    # the step the stream replay (increc_ray.evaluate) takes too
-    waiting = learner.pending_targets
-    while not (stop_file and os.path.exists(stop_file)):
-        events, written_at = cursor.next_slice(tcfg.max_new_events)
+    def full_pass_reason(self, unread: int) -> str | None:
+        return full_pass_reason(self.cfg.bootstrap, unread, self.learner.n_events, self.learned_since_full_pass)
+
+    def full_pass(self, reason: str) -> None:
+        """Train a fresh model on the whole store (``increc_ray.learn.bootstrap``); serving keeps the
+        live version meanwhile. The cursor goes back to the first held-out event, so the held-out
+        events and whatever arrived meanwhile are learned incrementally next."""
+        from increc_ray import telemetry
+        from increc_ray.learn.bootstrap import Stopped, fit_events
+        from increc_ray.learn.gate import Snapshot
+
+        events, starts = self.cursor.read_all()
         if events is None:
-            time.sleep(tcfg.clean_store_poll_interval_s)
-            continue
-        if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
-            _log_decision(keeper.test(events))
-        online = learner.evaluate_next(events, k=10) if versions.last else None  # test-then-train quality
-        learner.observe(events)
-        telemetry.inc("increc_events_applied_total", events.num_rows)
-        report_progress()
-        waiting += events.num_rows
-        if waiting < tcfg.min_new_events:
-            continue
-        waiting = 0
-        stats = learner.update()
-        if stats is None:
-            continue
-        n_updates += 1
-        metrics = {"loss": stats.loss, "n_targets": stats.n_targets, "n_sequences": stats.n_sequences,
-                   "n_replay": stats.n_replay, "lr": stats.lr, "update_seconds": stats.seconds,
-                   "n_items": stats.n_items, "updates": n_updates, "offset": cursor.offset(),
-                   "device": device}
-        if online is not None:
-            metrics["online_hr10"] = online
-            telemetry.set_gauge("increc_online_hr10", online)
-        telemetry.set_gauge("increc_update_loss", stats.loss)
-        telemetry.set_gauge("increc_update_seconds", stats.seconds)
-        if written_at:
-            telemetry.set_gauge("increc_train_lag_seconds", max(0.0, time.time() - written_at))
-        if not gcfg.enabled:
-            if n_updates % tcfg.publish_every == 0:
-                publish(learner.export_weights(versions.next(), metrics))
-        else:
-            _log_decision(keeper.after_update())
-        if n_updates - last_ckpt_updates >= tcfg.checkpoint_every:
-            _save_checkpoint(learner, cursor, versions.last, n_updates,
-                             {k: v for k, v in metrics.items() if k != "offset"}, _live_artifact(learner, gate))
-            last_ckpt_updates = n_updates
-        report_progress()
-    _save_checkpoint(learner, cursor, versions.last, n_updates, {"stopped": True}, _live_artifact(learner, gate))
+            return
+        logger.info("full pass (%s) over %d events", reason, events.num_rows)
+        self.set_phase("bootstrapping")
+        started = time.time()
+
+        def progress(p: dict) -> None:
+            self.full_pass_progress = {"reason": reason, "started_at": started, **p}
+            self.report_progress()
+
+        before = self.cursor.unread()
+        try:
+            learner, report, cut = fit_events(events, self.cfg, self.device, progress, self.stopping)
+        except Stopped:  # shutting down: the checkpoint keeps the state from before the pass
+            logger.info("full pass stopped: the deployment is shutting down")
+            self.full_pass_progress = None
+            return
+        self.cursor.seek(self.cursor.offset_of(starts, cut))
+        telemetry.inc("increc_events_applied_total", max(0, before - self.cursor.unread()))
+        telemetry.inc("increc_full_passes_total", reason=reason.split(" ")[0])
+        self.learner = self.keeper.learner = learner
+        self.learned_since_full_pass = 0
+        self.last_full_pass = {"reason": reason, "started_at": started, "finished_at": time.time(), **report}
+        self.full_pass_progress = None
+        logger.info("full pass done: %s", {k: v for k, v in report.items() if k != "history"})
+        self.n_updates += 1
+        if not self.cfg.gate.enabled:
+            self.publish(learner.export_weights(self.versions.next(), {"full_pass": self.last_full_pass}))
+        else:  # the fresh model is the next candidate, scored on the held-out events as they stream by
+            self.gate.candidate = None
+            _log_decision(self.gate.propose(Snapshot.of(learner)))
+        self.checkpoint({"full_pass": True})
+
+    def checkpoint(self, metrics: dict) -> None:
+        _save_checkpoint(self.learner, self.cursor, self.versions.last, self.n_updates, metrics,
+                         _live_artifact(self.learner, self.gate))
+        self.last_ckpt_updates = self.n_updates
+
+    def run(self) -> None:
+        from increc_ray import telemetry
+
+        tcfg, gcfg = self.cfg.trainer, self.cfg.gate
+        self.report_progress()
+        # clean events read since the last update: an update runs once trainer.min_new_events
+        # wait, the step the stream replay (increc_ray.evaluate) takes too; when behind, the loop
+        # reads exactly that many, so an update covers the same events as in the replay
+        waiting = self.learner.pending_targets
+        while not self.stopping():
+            self._unread = unread = self.cursor.unread()
+            reason = self.full_pass_reason(unread)
+            if reason:
+                self.full_pass(reason)
+                waiting = 0
+                continue
+            self.set_phase("catching_up" if unread > tcfg.min_new_events else "streaming")
+            events, written_at = self.cursor.next_slice(max(1, tcfg.min_new_events - waiting))
+            if events is None:
+                self.report_progress()
+                time.sleep(tcfg.clean_store_poll_interval_s)
+                continue
+            learner = self.learner
+            if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
+                _log_decision(self.keeper.test(events))
+            online = learner.evaluate_next(events, k=10) if self.versions.last else None  # test-then-train
+            learner.observe(events)
+            self.learned_since_full_pass += events.num_rows
+            telemetry.inc("increc_events_applied_total", events.num_rows)
+            waiting += events.num_rows
+            if waiting < tcfg.min_new_events:
+                self.report_progress()
+                continue
+            waiting = 0
+            stats = learner.update()
+            if stats is None:
+                continue
+            self.n_updates += 1
+            metrics = {"loss": stats.loss, "n_targets": stats.n_targets, "n_sequences": stats.n_sequences,
+                       "n_replay": stats.n_replay, "lr": stats.lr, "update_seconds": stats.seconds,
+                       "n_items": stats.n_items, "updates": self.n_updates, "offset": self.cursor.offset(),
+                       "device": self.device}
+            if online is not None:
+                metrics["online_hr10"] = online
+                telemetry.set_gauge("increc_online_hr10", online)
+            telemetry.set_gauge("increc_update_loss", stats.loss)
+            telemetry.set_gauge("increc_update_seconds", stats.seconds)
+            if written_at:
+                telemetry.set_gauge("increc_train_lag_seconds", max(0.0, time.time() - written_at))
+            if not gcfg.enabled:
+                if self.n_updates % tcfg.publish_every == 0:
+                    self.publish(learner.export_weights(self.versions.next(), metrics))
+            else:
+                _log_decision(self.keeper.after_update())
+            if self.n_updates - self.last_ckpt_updates >= tcfg.checkpoint_every:
+                self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
+            self.report_progress()
+        self.checkpoint({"stopped": True})
+
+
+def full_pass_reason(b, unread: int, learned: int, learned_since_full_pass: int) -> str | None:
+    """Why the trainer should run a full pass now, or None (``b``: the bootstrap section):
+    a cold trainer with ``min_events`` unread events; a backlog of at least ``min_events`` and
+    ``backlog_ratio`` times the events learned (a burst, or a trainer that was down: a pass
+    per doubling of what it has seen, so the passes cost at most twice the last one); or
+    ``consolidate_every_events`` learned incrementally since the last pass."""
+    if b.min_events and unread >= b.min_events:
+        if not learned:
+            return "cold start"
+        if b.backlog_ratio and unread >= b.backlog_ratio * learned:
+            return f"backlog of {unread} events against {learned} learned"
+    if b.consolidate_every_events and learned_since_full_pass >= b.consolidate_every_events:
+        return f"consolidation after {learned_since_full_pass} events"
+    return None
 
 
 def _log_decision(decision) -> None:

@@ -120,6 +120,9 @@ class StatusResponse(BaseModel):
     model_version: int = Field(description="Newest version the trainer published.")
     served_version: int = Field(description="Version this replica answers with.")
     last_update_time: float | None
+    phase: Literal["starting", "bootstrapping", "catching_up", "streaming"] = Field(
+        description="The trainer's phase: a full pass (bootstrapping, with progress and an estimate of the "
+                    "time left in trainer.progress.full_pass), learning a backlog (catching_up), or streaming.")
     lag: Lag
     counts: Counts
     trainer: dict[str, Any]

@@ -102,6 +102,7 @@ class Recommender:
             self.trainer.status.remote(), self.ingest.status.remote(), self.history.stats.remote())
         return {"model_version": trainer["model_version"], "served_version": self._version(),
                 "last_update_time": trainer["last_update_time"],
+                "phase": (trainer.get("progress") or {}).get("phase", "starting"),
                 "lag": {"pending_files": ingest["pending_files"],
                         "clean_parts_behind": trainer["clean_parts_behind"],
                         "seconds_since_update": (time.time() - trainer["last_update_time"])

@@ -104,10 +104,18 @@ def test_cold_start_serves_popularity_fallback(client):
 
 
 def test_learns_planted_structure_better_than_popularity(client):
-    for _ in range(16):
+    # one large first request: the cold trainer finds bootstrap.min_events waiting and trains a
+    # model to convergence on them (a full pass) before it streams the rest incrementally
+    answer = post(client, STREAM.next_events(1500))
+    assert answer["accepted"] == 1500 and answer["rejected_count"] == 0
+    for _ in range(10):
         answer = post(client, STREAM.next_events(250))
         assert answer["accepted"] == 250 and answer["rejected_count"] == 0
-    wait_applied(client, min_version=3)
+    s = wait_applied(client, min_version=1)
+    assert s["phase"] == "streaming"
+    first = s["trainer"]["progress"]["last_full_pass"]
+    assert first is not None and first["n_train"] >= 900 and first["holdout_ndcg@10"] is not None
+    assert first["reason"] == "cold start" or first["reason"].startswith("backlog"), first["reason"]
     rate, pop_rate, sources = probe_successor_rate(client, "learn")
     print(f"planted successor in top-10: model {rate:.2f}, popularity {pop_rate:.2f}")
     assert sources == {"model"}
