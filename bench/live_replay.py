@@ -324,13 +324,66 @@ def run(opts, client: Client, stream: Stream, deployed_args: dict | None, log=pr
             log(f"time limit {opts.time_limit:.0f} s reached after {j + 1} scored events")
             break
     replay_s = time.perf_counter() - t_replay
-    lags.append(lag_sample(client.status(), rep.posted, len(live_ranks)))
+    final = client.status()
+    lags.append(lag_sample(final, rep.posted, len(live_ranks)))
     replayed = rep.posted - n_warm
     return {"n_events": stream.n, "n_warm": n_warm, "candidates": len(candidates), "planned": len(scored), "burst_s": burst_s,
             "burst_posts": posts_before, "wait_s": wait_s, "status_warm": status_warm, "replay_s": replay_s,
             "replayed": replayed, "replay_posts": rep.posts - posts_before, "live": live_ranks, "pop": pop_ranks,
             "versions": versions, "sources": sources, "lags": lags, "stopped_early": stopped_early,
-            "min_new_events": min_new, "resolved": cfg or None, "loadavg_start": loadavg_start}
+            "min_new_events": min_new, "resolved": cfg or None, "loadavg_start": loadavg_start,
+            "status_final": final}
+
+
+def run_burst(opts, client: Client, stream: Stream, deployed_args: dict | None, log=print) -> dict:
+    """The burst check: post the first ``--burst`` events as fast as the service takes them, wait
+    until the deployment has caught up (at most ``--burst-deadline`` s after the last POST), then
+    ask ``/recommend`` for every user whose next event is an item new to them: HR@10 of that item,
+    beside popularity counted over the same events (the user's items excluded)."""
+    n = min(opts.burst, stream.n)
+    targets = live.next_new_items(stream.users, stream.items, n)
+    cfg = (resolved_config(deployed_args) if deployed_args else None) or {}
+    min_new = (cfg.get("trainer") or {}).get("min_new_events") or opts.min_new_events
+    rep = Replayer(stream, client, opts.batch)
+    t0 = time.perf_counter()
+    rep.post_until(n)
+    t_last_post = time.perf_counter()
+    log(f"burst: {n} events in {rep.posts} POSTs, {t_last_post - t0:.1f} s; {len(targets)} users to probe")
+    caught_up, why, status, samples = False, "", {}, []
+    while time.perf_counter() - t_last_post < opts.burst_deadline:
+        status = client.status()
+        caught_up, why = live.catch_up_state(status, n, min_new)
+        samples.append({"s": round(time.perf_counter() - t_last_post, 1), "phase": status.get("phase"),
+                        "model_version": status.get("model_version"), "why": why})
+        if caught_up:
+            break
+        time.sleep(2.0)
+    wait_s = time.perf_counter() - t_last_post
+    log(f"{'caught up' if caught_up else 'NOT caught up'} {wait_s:.1f} s after the last POST ({why})")
+    live_hits, pop_hits, sources, versions = [], [], [], []
+    for user, item in targets.items():
+        answer = client.recommend(user, K)
+        live_hits.append(item in [x["item_id"] for x in answer["items"]])
+        pop_hits.append(item in rep.pop.top(K, rep.seen.get(user, ())))
+        sources.append(answer.get("source"))
+        versions.append(int(answer.get("model_version") or 0))
+    probed_s = time.perf_counter() - t_last_post
+    lh, ph = float(np.mean(live_hits)), float(np.mean(pop_hits))
+    se = lambda x: float(np.std(x, ddof=1) / np.sqrt(len(x))) if len(x) > 1 else None  # noqa: E731
+    return {"burst_events": n, "burst_posts": rep.posts, "burst_seconds": round(t_last_post - t0, 2),
+            "caught_up": caught_up, "seconds_from_last_post_to_caught_up": round(wait_s, 1),
+            "seconds_from_last_post_to_probes_done": round(probed_s, 1), "deadline_s": opts.burst_deadline,
+            "users_probed": len(targets),
+            "live": {f"hr@{K}": lh, f"hr@{K}_se": se(np.asarray(live_hits, float))},
+            "popularity": {f"hr@{K}": ph, f"hr@{K}_se": se(np.asarray(pop_hits, float))},
+            "live_over_popularity_hr": round(lh / ph, 4) if ph else None,
+            "goal": {"live_ge_2x_popularity": bool(ph and lh >= 2 * ph), "within_deadline": probed_s <= opts.burst_deadline},
+            "source_share": {x: sources.count(x) / len(sources) for x in sorted(set(map(str, sources)))} if sources else {},
+            "versions": sorted(set(versions)), "status_samples": samples[-30:],
+            "gate": ((status.get("trainer") or {}).get("gate")),
+            "last_full_pass": {k: v for k, v in (((status.get("trainer") or {}).get("progress") or {})
+                                               .get("last_full_pass") or {}).items()},
+            "resolved_app_config": cfg or None}
 
 
 # ---- report ----------------------------------------------------------------------------------
@@ -364,6 +417,11 @@ def setting_differences(harness: dict | None, resolved: dict | None) -> list[str
     return out
 
 
+def _harness_step(harness: dict | None) -> str:
+    step = ((harness or {}).get("incremental_trainer") or {}).get("min_new_events")
+    return str(step) if step else "trainer.min_new_events"
+
+
 def protocol_notes(r: dict, harness: dict | None, diffs: list[str], opts) -> list[str]:
     notes = [
         "Ratings were posted as value-less 'click' events, so every rating is a positive of weight 1 for the "
@@ -371,12 +429,15 @@ def protocol_notes(r: dict, harness: dict | None, diffs: list[str], opts) -> lis
         "(value >= 3.5) would make the rest seen-but-not-positive.",
         "Warm-up: the harness trains its starting model from scratch on the warm-up events"
         + (f" ({harness['warmup_epochs']} epochs)" if harness and harness.get("warmup_epochs") else "")
-        + "; the deployment's trainer learns the burst incrementally, one pass, in updates of up to "
-        "trainer.max_new_events events.",
+        + " with a fixed number of epochs; the deployment's trainer runs a full pass on the burst (a fresh "
+        "model, bootstrap.epochs at most, early stopping on the newest bootstrap.holdout_fraction of the "
+        "events held out: see bootstrap.after_burst), then learns the held-out events incrementally. With the "
+        "gate on, the fresh model goes live only after beating popularity on events it has not trained on.",
         "Harness: every replayed event with a history is scored, with full ranking over every item seen so far. "
         f"Live: {len(r['live'])} evenly spread events, and the target's position in the returned top {K} (the "
         "model's candidate set: the items it has learned; topped up from the service's popularity fallback).",
-        "Harness: incremental learns every 200 events and the scored event's weights have not seen the step's "
+        f"Harness: incremental learns every {_harness_step(harness)} events and the scored event's weights "
+        "have not seen the step's "
         "events before it. Live: the served weights are whatever the trainer has published when the request "
         "arrives, behind the posted events by the cleaning pass, the trainer's min_new_events and an update "
         "(see trainer_lag); the user's own earlier events are always in the history (read-your-writes).",
@@ -400,6 +461,31 @@ def protocol_notes(r: dict, harness: dict | None, diffs: list[str], opts) -> lis
     if r["stopped_early"]:
         notes.append(f"Stopped at the time limit after {len(r['live'])} of {r['planned']} planned scored events.")
     return notes
+
+
+def gate_summary(r: dict, versions: list[int]) -> dict | None:
+    """The gate's decisions at the end (``/status``): promoted, rejected and demoted counts, and
+    the versions that went live, were served to this replay, and were later found worse than
+    popularity (demoted) by the gate."""
+    gate = ((r.get("status_final") or {}).get("trainer") or {}).get("gate")
+    if not gate:
+        return None
+    demoted = [d["version"] for d in gate.get("demoted_versions") or []]
+    served = sorted(set(versions) - {0})
+    return {k: gate.get(k) for k in ("enabled", "live_version", "promoted", "rejected", "demoted", "last_decision")} | {
+        "demoted_versions": gate.get("demoted_versions") or [],
+        "served_then_found_worse": sorted(set(served) & set(demoted)),
+        "versions_served": len(served)}
+
+
+def bootstrap_summary(r: dict) -> dict:
+    """The full passes the trainer ran (``/status``): the last one with its report, and the
+    phase at the end."""
+    progress = ((r.get("status_final") or {}).get("trainer") or {}).get("progress") or {}
+    warm = ((r.get("status_warm") or {}).get("trainer") or {}).get("progress") or {}
+    keep = lambda p: {k: v for k, v in (p or {}).items() if k != "history"} or None  # noqa: E731
+    return {"after_burst": keep(warm.get("last_full_pass")), "at_end": keep(progress.get("last_full_pass")),
+            "phase_at_end": progress.get("phase")}
 
 
 def _ratio(a: float, b: float | None) -> float | None:
@@ -450,8 +536,11 @@ def report(opts, r: dict, client: Client, deployment, wall_s: float) -> dict:
         "scorable_events": r["candidates"], "scored_events": len(r["live"]),
         "live": lv, "popularity": pp, "live_minus_popularity": live.paired_difference(r["live"], r["pop"]),
         "source_share": src,
-        "versions_served": {"distinct": len(set(versions)), "first": versions[0] if versions else None,
+        "versions_served": {"distinct": len(set(versions) - {0}), "first": versions[0] if versions else None,
                             "last": versions[-1] if versions else None},
+        "gate": gate_summary(r, versions),
+        "live_vs_popularity_windows": live.windowed(r["live"], r["pop"], 500),
+        "bootstrap": bootstrap_summary(r),
         "trainer_lag": {"events_behind_p50": _pct(behind, 50), "events_behind_max": max(behind) if behind else None,
                         "samples": r["lags"]},
         "harness": harness,
@@ -486,6 +575,30 @@ def format_table(res: dict) -> str:
     return "\n".join(rows)
 
 
+def burst_report(opts, b: dict, deployment, wall0: float) -> dict:
+    from increc_ray.evaluate.offline import dataset_name, write_result
+    from increc_ray.evaluate.prequential import machine
+
+    dataset = opts.name or dataset_name(opts.data)
+    res = {"dataset": dataset, "data_file": os.path.abspath(opts.data), "check": "burst", **b,
+           "serve_config": os.path.abspath(opts.serve_config) if deployment else None,
+           "deployed_serve_config": deployment.doc if deployment else None,
+           "protocol": "the first N events in time order posted as value-less clicks (every rating a positive), "
+                       f"{opts.batch} per POST; then, once caught up (or at the deadline), GET /recommend?k={K} "
+                       "for each user whose next event after the burst is an item new to them: a hit when that "
+                       "item is in the list. Popularity: all-time counts of the burst's events, the user's items "
+                       "excluded, top 10.",
+           "wall_seconds": round(time.perf_counter() - wall0, 1), "command": " ".join(sys.argv),
+           "machine": {**machine(), "platform": platform.platform(), "loadavg_end": os.getloadavg()}}
+    path = write_result(res, opts.out, f"burst_{dataset}_{b['burst_events']}.json")
+    print(f"burst {b['burst_events']}: HR@{K} live {b['live'][f'hr@{K}']:.4f} vs popularity "
+          f"{b['popularity'][f'hr@{K}']:.4f} (x{b['live_over_popularity_hr']}) over {b['users_probed']} users; "
+          f"caught up {b['caught_up']} after {b['seconds_from_last_post_to_caught_up']} s, probes done "
+          f"{b['seconds_from_last_post_to_probes_done']} s after the last POST; sources {b['source_share']}")
+    print(f"wrote {path}")
+    return res
+
+
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -511,6 +624,11 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--harness", help="stream harness result (default <out>/stream_<dataset>.json)")
     p.add_argument("--name", help="dataset name in the output file (default: the data file's folder)")
     p.add_argument("--out", default="bench/results")
+    p.add_argument("--burst", type=int, default=0, metavar="N",
+                   help="the burst check instead of the replay: post the first N events, wait, probe each "
+                   "user's next new item (writes burst_<dataset>_<N>.json)")
+    p.add_argument("--burst-deadline", type=float, default=300.0,
+                   help="probe at the latest this many seconds after the burst's last POST")
     opts = p.parse_args(argv)
     assert opts.batch > 0 and opts.replay_batch > 0, "--batch and --replay-batch must be > 0"
 
@@ -525,9 +643,13 @@ def main(argv: list[str] | None = None) -> dict:
             print(f"deployed {opts.serve_config} at {deployment.url} in {deployment.startup_seconds} s "
                   f"(data_dir {deployment.data_dir})")
             client = Client(deployment.url)
+            if opts.burst:
+                return burst_report(opts, run_burst(opts, client, stream, deployment.args), deployment, wall0)
             r = run(opts, client, stream, deployment.args)
     else:
         client = Client(opts.url)
+        if opts.burst:
+            return burst_report(opts, run_burst(opts, client, stream, None), None, wall0)
         r = run(opts, client, stream, None)
     res = report(opts, r, client, deployment, time.perf_counter() - wall0)
     from increc_ray.evaluate.offline import write_result

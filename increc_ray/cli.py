@@ -167,7 +167,8 @@ def evaluate(args: argparse.Namespace) -> int:
         from increc_ray.evaluate.stream import run_stream
 
         run_stream(args.data, cfg, profile=label, out_dir=args.out or None, name=name, log=log,
-                   progress_bar=not args.no_progress)
+                   progress_bar=not args.no_progress, consolidate_every=_ints(args.consolidate_every),
+                   only=args.strategies.split(",") if args.strategies else None)
         return 0
     raise AssertionError(f"unknown evaluate mode {args.mode!r}")  # argparse only lets known modes through
 
@@ -178,6 +179,13 @@ _FLAG_KEYS = {"windows": ("evaluation", "windows"), "eval_per_window": ("evaluat
               "seed": ("evaluation", "seed"),
               "trainer_seed": ("trainer", "seed"), "max_epochs": ("bootstrap", "epochs"),
               "max_minutes": ("bootstrap", "max_minutes")}
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise SystemExit(f"expected comma-separated integers, got {text!r}") from None
 
 
 def resolve_profile(args: argparse.Namespace, dataset: str):
@@ -251,6 +259,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="evaluation.seed (the evaluated sample)")
     p.add_argument("--no-variants", action="store_true", help="evaluation.variants = {} (no incremental[...])")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--consolidate-every", default="", metavar="N[,N...]",
+                   help="also run incremental+full_pass[N]: a deployed full pass every N events")
+    p.add_argument("--strategies", default="", metavar="NAME[,NAME...]", help="run only these (default: all)")
 
 
 def main(argv: list[str] | None = None) -> int:

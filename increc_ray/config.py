@@ -279,7 +279,7 @@ class ServingConfig(_Section):
     default_k: int = Field(10, gt=0)
     max_k: int = Field(200, gt=0)
     recent_items_per_user: int = Field(200, gt=0)  # kept per user for read-your-writes and seen-item exclusion
-    popularity_half_life_s: float = Field(3600.0, gt=0)  # decay of the popularity fallback, in event time
+    popularity_half_life_s: float = Field(3600.0, ge=0)  # decay of the popularity fallback, in event time; 0: all-time counts
     weight_poll_timeout_s: float = Field(5.0, gt=0)  # long-poll for a newer weight version
 
     @model_validator(mode="after")

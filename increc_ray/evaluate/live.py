@@ -218,3 +218,38 @@ gate on, none live yet: serving answers from popularity until a candidate beats 
         checks.append((status["phase"] == "streaming", f"phase {status['phase']!r}"))
     missing = [why for ok, why in checks if not ok]
     return not missing, "; ".join(missing) or "caught up"
+
+
+def next_new_items(users: Sequence[str], items: Sequence[str], end: int) -> dict[str, str]:
+    """Each user's first item after position ``end`` that they had not had in [0, end), for
+    users with an event before ``end`` (the burst check's targets).
+
+    >>> next_new_items(["u", "v", "u", "u", "v", "w"], ["a", "b", "a", "c", "d", "e"], 2)
+    {'u': 'c', 'v': 'd'}
+    """
+    had: dict[str, set[str]] = {}
+    for u, i in zip(users[:end], items[:end]):
+        had.setdefault(u, set()).add(i)
+    out: dict[str, str] = {}
+    for u, i in zip(users[end:], items[end:]):
+        if u in had and u not in out and i not in had[u]:
+            out[u] = i
+    return out
+
+
+def windowed(live_ranks: Sequence[int], pop_ranks: Sequence[int], size: int, z: float = 2.0,
+             k: int = K) -> dict:
+    """Live against popularity over consecutive windows of ``size`` scored events: each window's
+    NDCG@k of both and the paired difference's standard error, and how many windows had live
+    below popularity by more than ``z`` standard errors (a served model found worse)."""
+    out = []
+    for a in range(0, len(live_ranks), size):
+        lv, pp = live_ranks[a:a + size], pop_ranks[a:a + size]
+        if len(lv) < 2:
+            break
+        d = paired_difference(lv, pp, k)
+        out.append({"from": a, "n": len(lv), f"live_ndcg@{k}": round(metric_summary(lv, k)[f"ndcg@{k}"], 5),
+                    f"popularity_ndcg@{k}": round(metric_summary(pp, k)[f"ndcg@{k}"], 5),
+                    "diff_se": round(d[f"ndcg@{k}_se"], 5),
+                    "live_worse": bool(d[f"ndcg@{k}"] < -z * d[f"ndcg@{k}_se"])})
+    return {"size": size, "z": z, "windows": out, "live_worse": sum(w["live_worse"] for w in out)}

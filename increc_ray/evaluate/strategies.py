@@ -11,6 +11,10 @@
 * ``FullRetrain``: every ``every``-th window a fresh learner is trained from scratch on all
   events so far (``train_from_scratch``: ``observe`` + ``train_epoch``, as offline training
   does); in between it serves the last retrained model.
+* ``Consolidated`` (``incremental+full_pass[N]``): ``incremental`` plus a full pass every ``N``
+  events learned, as the deployed trainer runs it with ``bootstrap.consolidate_every_events = N``
+  (``increc_ray.learn.bootstrap.fit_events``: a fresh model with early stopping on the newest
+  events held out, then those held-out events learned incrementally).
 * ``Popularity``: exponentially decayed item counts (half-life in windows), updated as the
   events stream in.
 
@@ -24,7 +28,8 @@ from typing import Sequence
 
 import numpy as np
 
-from increc_ray.config import ModelConfig, TrainerConfig
+from increc_ray.config import Config, ModelConfig, TrainerConfig
+from increc_ray.learn.bootstrap import fit_events, with_trainer
 from increc_ray.learn.learner import IncrementalLearner
 from increc_ray.evaluate.prequential import Stream
 
@@ -40,24 +45,10 @@ def train_from_scratch(stream: Stream, end: int, model_cfg: ModelConfig, trainer
 
 
 def fork(learner: IncrementalLearner, trainer_cfg: TrainerConfig | None = None) -> IncrementalLearner:
-    """An independent copy with nothing pending (what it observed counts as learned).
-
-    The copy keeps the optimizer state (e.g. AdamW's moments from warm-up training), as a live
-    trainer resumed from a checkpoint does; with another ``trainer_cfg`` it takes that config's
-    hyperparameters (lr, weight decay, ...), and a fresh optimizer if the kind differs.
-    """
-    state = learner.state_dict()  # tensors are cloned: the copy shares nothing
-    state["pending"], state["n_pending_targets"] = {}, 0
-    if trainer_cfg is not None and trainer_cfg != learner.trainer_cfg:
-        state["trainer_config"] = trainer_cfg.model_dump()
-        fresh = IncrementalLearner(learner.model_cfg, trainer_cfg).optimizer.state_dict()
-        if trainer_cfg.optimizer == learner.trainer_cfg.optimizer:
-            groups = [{**new, "params": old["params"]}
-                      for old, new in zip(state["optimizer"]["param_groups"], fresh["param_groups"])]
-            state["optimizer"] = {**state["optimizer"], "param_groups": groups}
-        else:
-            state["optimizer"] = fresh
-    return IncrementalLearner.from_state_dict(state)
+    """An independent copy with nothing pending (what it observed counts as learned), running
+    ``trainer_cfg`` (default: its own): the copy keeps the optimizer moments from warm-up
+    training, as a live trainer resumed from a checkpoint does (``bootstrap.with_trainer``)."""
+    return with_trainer(learner, trainer_cfg or learner.trainer_cfg)
 
 
 class _LearnerScores:
@@ -66,13 +57,15 @@ class _LearnerScores:
     stream: Stream
     learner: IncrementalLearner
     _cols: np.ndarray | None = None
-    _cols_n: int = -1
+    _cols_key: tuple = ()
 
     def _columns(self) -> np.ndarray:
-        """(n_stream + 1,) learner index of each stream index; 0 (pad, scored -inf) if unknown."""
-        if self._cols_n != self.learner.n_items:
+        """(n_stream + 1,) learner index of each stream index; 0 (pad, scored -inf) if unknown.
+        Cached per learner (a retrain replaces it) and vocabulary size."""
+        key = (id(self.learner), self.learner.n_items)
+        if self._cols_key != key:
             self._cols = np.concatenate([[0], self.learner.vocab.lookup(self.stream.item_ids)])
-            self._cols_n = self.learner.n_items
+            self._cols_key = key
         return self._cols
 
     def scores(self, histories: Sequence[np.ndarray]) -> np.ndarray:
@@ -111,6 +104,29 @@ class Incremental(_LearnerScores):
             self.learner.observe(self.stream.events.slice(a, min(end, a + cfg.max_new_events) - a))
             if self.learner.pending_targets and self.learner.update() is not None:
                 self.n_updates += 1
+
+
+class Consolidated(Incremental):
+    """``Incremental`` plus a full pass after every ``every`` events learned incrementally, as
+    the deployed trainer runs one (``learn.train``, ``bootstrap.consolidate_every_events``): a
+    fresh model on every event so far (``fit_events``: early stopping on the newest held out),
+    then the held-out events learned incrementally, so none is skipped or learned twice."""
+
+    def __init__(self, name: str, stream: Stream, learner: IncrementalLearner, cfg: Config, every: int) -> None:
+        assert every >= 1, f"every must be >= 1, got {every}"
+        super().__init__(name, stream, learner)
+        self.cfg, self.every = cfg, every
+        self.since_full_pass = 0
+        self.full_passes: list[dict] = []
+
+    def learn(self, start: int, end: int) -> None:
+        super().learn(start, end)
+        self.since_full_pass += end - start
+        if self.since_full_pass >= self.every:
+            self.learner, report, cut = fit_events(self.stream.events.slice(0, end), self.cfg)
+            self.full_passes.append({k: v for k, v in report.items() if k != "history"})
+            super().learn(cut, end)
+            self.since_full_pass = end - cut  # the deployed trainer counts them as learned since
 
 
 class FullRetrain(_LearnerScores):

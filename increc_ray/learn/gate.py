@@ -15,6 +15,12 @@ scorer knows, the user's earlier items excluded, ties against the target. Once
   candidate; serving keeps the live version, or popularity while no version has beaten it.
 * otherwise promoted: it goes live under a new version number.
 
+The live version is scored on the same events, so the gate keeps checking it too: when a
+candidate is rejected and the live version itself scored below popularity (by more than
+``gate.z`` standard errors), the live version is *demoted*: serving answers from popularity
+again (the trainer publishes a fallback marker under a new version number), and the next
+candidate must beat popularity to go live. ``/status`` lists the demoted versions.
+
 Keeping learning after a rejection (rather than rolling back) is deliberate: a candidate that
 lost on one window may have learned a real shift that the next window rewards, and a rollback
 would throw away events that were valid. Only non-finite weights, which no further learning
@@ -144,6 +150,7 @@ class Decision:
     se_vs_live: float | None  # standard error of the paired per-event difference
     se_vs_popularity: float
     version: int | None = None  # the version it went live as
+    live_worse_than_popularity: bool = False  # the live version lost to popularity on these events
     at: float = field(default_factory=time.time)
 
     def to_json(self) -> dict:
@@ -162,8 +169,10 @@ class Gate:
         self.candidate: Snapshot | None = None
         self.live: Snapshot | None = None
         self._scores: dict[str, list[np.ndarray]] = {"candidate": [], "live": [], "popularity": []}
+        self.retired: Snapshot | None = None  # the last demoted version (NaN rollbacks return to it)
         self.n_promoted = 0
         self.n_rejected = 0
+        self.demoted: list[dict] = []  # {version, live_ndcg, popularity_ndcg, n_events} of each demotion
         self.last: Decision | None = None
 
     @property
@@ -203,7 +212,8 @@ class Gate:
         figures = dict(candidate_ndcg=float(cand.mean()), popularity_ndcg=float(pop.mean()),
                        se_vs_popularity=_se(cand - pop),
                        live_ndcg=None if live is None else float(live.mean()),
-                       se_vs_live=None if live is None else _se(cand - live))
+                       se_vs_live=None if live is None else _se(cand - live),
+                       live_worse=live is not None and (live - pop).mean() < -self.cfg.z * _se(live - pop))
         if not np.isfinite(cand).all():
             return self._decide(False, "non-finite scores", **figures)
         z = self.cfg.z
@@ -222,8 +232,19 @@ class Gate:
         return self._decide(False, reason, candidate_ndcg=math.nan)
 
     def live_state(self) -> tuple[dict[str, torch.Tensor] | None, int]:
-        """(weights, n_items) of the live version to roll back to; (None, 0) while none is live."""
-        return (self.live.state(), self.live.n_items) if self.live else (None, 0)
+        """(weights, n_items) of the version to roll back to: the live one, else the last demoted
+        one; (None, 0) while there is neither."""
+        snap = self.live or self.retired
+        return (snap.state(), snap.n_items) if snap else (None, 0)
+
+    def demote(self) -> Snapshot:
+        """The live version goes (it lost to popularity, ``last`` says by how much); returns it."""
+        assert self.live is not None and self.last is not None, "demote() needs a live version and a decision"
+        self.demoted.append({"version": self.live.version, "live_ndcg": self.last.live_ndcg,
+                             "popularity_ndcg": self.last.popularity_ndcg, "n_events": self.last.n_events,
+                             "at": time.time()})
+        self.retired, self.live = self.live, None
+        return self.retired
 
     def promote(self, version: int) -> Snapshot:
         """The candidate goes live as ``version``; returns it."""
@@ -235,9 +256,9 @@ class Gate:
 
     def _decide(self, promoted: bool, reason: str, candidate_ndcg: float, popularity_ndcg: float = math.nan,
                 live_ndcg: float | None = None, se_vs_live: float | None = None,
-                se_vs_popularity: float = math.nan) -> Decision:
+                se_vs_popularity: float = math.nan, live_worse: bool = False) -> Decision:
         self.last = Decision(promoted, reason, self.n_scored, candidate_ndcg, live_ndcg, popularity_ndcg,
-                             se_vs_live, se_vs_popularity)
+                             se_vs_live, se_vs_popularity, live_worse_than_popularity=bool(live_worse))
         if not promoted:
             self.n_rejected += 1
             self.candidate = None
@@ -247,6 +268,7 @@ class Gate:
         return {"enabled": self.cfg.enabled, "live_version": self.live.version if self.live else 0,
                 "under_test": self.candidate is not None, "scored": self.n_scored, "min_events": self.cfg.min_events,
                 "promoted": self.n_promoted, "rejected": self.n_rejected,
+                "demoted": len(self.demoted), "demoted_versions": self.demoted[-20:],
                 "last_decision": self.last.to_json() if self.last else None}
 
 
@@ -293,4 +315,12 @@ class GateKeeper:
         if decision.promoted:
             live = self.gate.promote(self.next_version())
             self.publish(self.learner.export_weights(live.version, {"gate": decision.to_json()}, snapshot=live))
+        elif decision.live_worse_than_popularity and self.gate.live is not None:
+            gone = self.gate.demote()
+            self.publish(fallback_marker(self.next_version(), {"gate": decision.to_json(), "demoted": gone.version}))
         return decision
+
+
+def fallback_marker(version: int, metrics: dict) -> dict:
+    """A published artifact without weights: serving answers from popularity from ``version`` on."""
+    return {"version": version, "fallback": True, "metrics": metrics, "created_at": time.time()}

@@ -166,7 +166,7 @@ class _TrainWorker:
         if live_weights is not None and not got:
             live_weights = {**live_weights, "version": self.versions.next(), "created_at": time.time()}
             self.publish(live_weights)
-        if live_weights is not None:
+        if live_weights is not None and not live_weights.get("fallback"):  # a marker: popularity is live
             self.gate.live = Snapshot.from_weights(live_weights)
         self.keeper = GateKeeper(self.learner, self.gate, self.versions.next, self.publish)
 

@@ -118,7 +118,8 @@ class Counts(BaseModel):
 
 class StatusResponse(BaseModel):
     model_version: int = Field(description="Newest version the trainer published.")
-    served_version: int = Field(description="Version this replica answers with.")
+    served_version: int = Field(description="Newest version this replica has swapped in (a version the gate "
+                                            "demoted is followed by a fallback marker: popularity answers).")
     last_update_time: float | None
     phase: Literal["starting", "bootstrapping", "catching_up", "streaming"] = Field(
         description="The trainer's phase: a full pass (bootstrapping, with progress and an estimate of the "

@@ -5,7 +5,8 @@ before it answers, so a user's newest events shape their very next
 recommendation (read-your-writes) even before the model has been updated.
 
 Popularity decays in *event* time with a configurable half-life, so a burst
-of interest in a new item lifts it quickly and old hits fade.
+of interest in a new item lifts it quickly and old hits fade; a half-life of 0
+keeps all-time counts (what the gate's popularity baseline counts).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ class UserHistoryIndex:
 
     def __init__(self, history_len: int = 200, half_life_s: float = 3600.0) -> None:
         assert history_len > 0, f"history_len must be > 0, got {history_len}"
-        assert half_life_s > 0, f"half_life_s must be > 0, got {half_life_s}"
+        assert half_life_s >= 0, f"half_life_s must be >= 0 (0: no decay), got {half_life_s}"
         self.history_len = history_len
         self.half_life_s = half_life_s
         self._history: dict[str, deque[str]] = {}
@@ -66,7 +67,7 @@ class UserHistoryIndex:
     def _bump(self, item: str, weight: float, t: float) -> None:
         if self._t0 is None:
             self._t0 = t
-        exponent = (t - self._t0) / self.half_life_s
+        exponent = (t - self._t0) / self.half_life_s if self.half_life_s else 0.0
         if exponent > _MAX_EXPONENT:
             # Move the reference time forward; every score shrinks by the same factor,
             # so the ranking is unchanged.

@@ -36,6 +36,7 @@ class Recommender:
         self.cfg = Config.from_dict(config)
         self.ingest, self.history, self.trainer = ingest, history, trainer
         self._scorer = None  # replaced whole, never mutated: a request uses one consistent version
+        self._followed = 0  # the newest published version swapped in (a fallback marker leaves no scorer)
         self._published_at: float | None = None
         self.swaps = 0
         self._stop = threading.Event()
@@ -50,14 +51,13 @@ class Recommender:
 
         while not self._stop.is_set():
             try:
-                current = self._scorer.version if self._scorer else 0
-                got = self.trainer.wait_newer.remote(current, self.cfg.serving.weight_poll_timeout_s).result()
+                got = self.trainer.wait_newer.remote(self._followed, self.cfg.serving.weight_poll_timeout_s).result()
                 if got is None:
                     continue
                 version, (ref,) = got
                 weights = ray.get(ref)
-                scorer = Scorer.from_weights(weights)
-                self._scorer = scorer  # atomic swap: in-flight requests keep the old object
+                scorer = Scorer.from_published(weights)  # None: popularity answers (the gate demoted the live one)
+                self._scorer, self._followed = scorer, version  # atomic swap: in-flight requests keep the old one
                 self._published_at = float(weights.get("created_at") or time.time())
                 self.swaps += 1
                 telemetry.set_gauge("increc_served_model_version", version)
@@ -77,8 +77,8 @@ class Recommender:
         return {"status": "ok", "model_version": self._version()}
 
     def _version(self) -> int:
-        scorer = self._scorer
-        return scorer.version if scorer else 0
+        """The newest published version this replica has swapped in (a fallback marker's too)."""
+        return self._followed
 
     async def _ingest(self, records: list) -> dict:
         return await self.ingest.ingest.remote(records)

@@ -34,6 +34,12 @@ class Scorer:
         model.load_state_dict(state)
         return cls(model, ItemVocab.from_list(weights["vocab"]), int(weights["version"]), weights.get("metrics"))
 
+    @classmethod
+    def from_published(cls, weights: dict) -> "Scorer | None":
+        """The scorer a published artifact asks for: None for the gate's fallback marker (it demoted
+        the live version: popularity answers until a new version goes live)."""
+        return None if weights.get("fallback") else cls.from_weights(weights)
+
     def recommend(self, history: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """Up to ``k`` (item_id, score), best first, for a history ordered oldest -> newest."""
         return self.recommend_batch([history], k, [exclude])[0]

@@ -238,3 +238,19 @@ def test_stream_reads_a_file_as_the_harness_does(cli, tmp_path):
     (tmp_path / "u.data").write_text("1\t10\t5\t881250949\n2\t20\t1\t881250950\n1\t30\t3\t881250948\n")
     stream = cli.Stream(str(tmp_path / "u.data"), limit=0)
     assert stream.n == 3 and stream.users == ["1", "1", "2"]  # time order
+
+
+def test_windowed_flags_windows_where_live_loses_to_popularity():
+    live_r = [0] * 50 + [MISS] * 50  # first window: live always hits; second: always misses
+    pop_r = [MISS, 0] * 50
+    w = live.windowed(live_r, pop_r, 50)
+    assert [x["live_worse"] for x in w["windows"]] == [False, True] and w["live_worse"] == 1
+    assert w["windows"][0]["live_ndcg@10"] == 1.0 and w["windows"][1]["popularity_ndcg@10"] == 0.5
+
+
+def test_gate_summary_counts_served_versions_the_gate_later_demoted(cli):
+    status = {"trainer": {"gate": {"enabled": True, "live_version": 9, "promoted": 5, "rejected": 3, "demoted": 1,
+                                   "demoted_versions": [{"version": 4}], "last_decision": None}}}
+    g = cli.gate_summary({"status_final": status}, [0, 0, 2, 4, 4, 9])
+    assert g["served_then_found_worse"] == [4] and g["versions_served"] == 3 and g["demoted"] == 1
+    assert cli.gate_summary({"status_final": {}}, [1]) is None

@@ -320,3 +320,23 @@ def test_recent_popularity_halves_old_counts_over_one_window_of_events():
     i9 = stream.item_ids.index("i9") + 1
     assert pop.counts[1:4] == pytest.approx(before[1:4] / 2)
     assert 5 < pop.counts[i9] < 10  # the newest events have decayed less than the older ones
+
+
+def test_consolidated_runs_a_full_pass_every_n_events_and_learns_each_event_once():
+    from increc_ray.evaluate.stream import build_strategies
+
+    stream = build_stream(table(planted(n_users=60)), EvaluationConfig(windows=4))
+    cfg = tiny_config(trainer={"min_new_events": 20}, bootstrap={"epochs": 2, "eval_every": 1, "holdout_fraction": 0.2})
+    strategies, _ = build_strategies(stream, cfg, consolidate_every=[100], only=["incremental", "incremental+full_pass[100]"])
+    assert [s.name for s in strategies] == ["incremental", "incremental+full_pass[100]"]
+    cons = strategies[1]
+    first = cons.learner
+    results = replay(stream, strategies, cfg.evaluation, step=20)
+    assert len(cons.full_passes) >= 2 and cons.learner is not first
+    # after its last pass the learner holds every event up to the last one learned, each once
+    assert cons.learner.n_events == strategies[0].learner.n_events
+    for p in cons.full_passes:
+        assert p["n_train"] + p["n_holdout"] == p["n_events"] and p["epochs"] >= 1
+    assert len(results["incremental+full_pass[100]"].ranks) == 4
+    with pytest.raises(AssertionError, match="unknown strategies"):
+        build_strategies(stream, cfg, only=["nope"])

@@ -167,3 +167,41 @@ def test_items_newer_than_a_snapshot_are_skipped_in_histories_and_missed_as_targ
     gate.propose(snap)
     gate.test([L.user_items("u0")], np.array([new]), L.item_counts)  # the new item as target: a miss
     assert gate.n_scored == 1
+
+
+def test_a_live_version_that_loses_to_popularity_is_demoted_to_the_fallback():
+    """The world moved to one hot item: the live version (never trained) and the candidate both
+    lose to popularity on fresh events, so the live version goes and serving answers from
+    popularity (a fallback marker) until a candidate beats it."""
+    learner = IncrementalLearner(SMALL, TRAINER)
+    users = [(f"v{j}", f"i{3 + j % 47}", j) for j in range(300)]
+    learner.observe(events(users + [(f"c{j}", "i0", 1000 + j) for j in range(300)]))  # i0 is the hit
+    published, n = [], iter(range(2, 100))
+    gate = Gate(GateConfig(min_events=100))
+    gate.live = Snapshot.of(learner, version=1)
+    keeper = GateKeeper(learner, gate, lambda: next(n), published.append)
+    assert gate.propose(Snapshot.of(learner)) is None
+    decision = keeper.test(events([(f"v{j}", "i0", 2000 + j) for j in range(300)]))
+    assert decision is not None and not decision.promoted and decision.live_worse_than_popularity
+    assert decision.live_ndcg < decision.popularity_ndcg
+    assert gate.live is None and gate.retired.version == 1
+    assert published == [{**published[0], "version": 2, "fallback": True}] and published[0]["metrics"]["demoted"] == 1
+    st = gate.status()
+    assert st["live_version"] == 0 and st["demoted"] == 1 and st["demoted_versions"][0]["version"] == 1
+    # NaN weights now roll back to the demoted version's weights, not to a fresh model
+    state, n_items = gate.live_state()
+    assert n_items == gate.retired.n_items and torch.equal(state["item_emb.weight"], gate.retired.state()["item_emb.weight"])
+    # the next candidate must beat popularity outright, as before any version went live
+    learner.observe(events([(f"d{j}", "i1", 3000 + j) for j in range(600)]))  # now i1 is the hit
+    assert gate.propose(Snapshot.of(learner)) is None
+    assert keeper.test(events([(f"v{j}", "i1", 4000 + j) for j in range(300)])).reason == "has not beaten popularity yet"
+
+
+def test_serving_swaps_a_fallback_marker_for_no_scorer():
+    from increc_ray.learn.gate import fallback_marker
+    from increc_ray.serve.scorer import Scorer
+
+    learner = IncrementalLearner(SMALL, TRAINER)
+    learner.observe(events(planted_rows(n_users=20, length=4)))
+    assert Scorer.from_published(learner.export_weights(3)).version == 3
+    assert Scorer.from_published(fallback_marker(4, {"demoted": 3})) is None

@@ -1,3 +1,6 @@
+import math
+
+import pytest
 import pyarrow as pa
 
 from increc_ray.serve.history import UserHistoryIndex
@@ -28,6 +31,13 @@ def test_popularity_decays_in_event_time_and_excludes():
                        ("u1", "new", 100, 1), ("u2", "new", 100, 1)]))
     assert [i for i, _ in idx.popular(2)] == ["new", "old"]
     assert [i for i, _ in idx.popular(2, exclude=["new"])] == ["old"]
+
+
+def test_half_life_zero_keeps_all_time_counts():
+    idx = UserHistoryIndex(half_life_s=0)
+    idx.append(events([("u1", "old", 0, 1), ("u2", "old", 0, 1), ("u3", "old", 0, 1),
+                       ("u1", "new", 10**9, 1), ("u2", "new", 10**9, 1)]))
+    assert idx.popular(2) == [("old", pytest.approx(math.log(3))), ("new", pytest.approx(math.log(2)))]
 
 
 def test_popularity_survives_long_spans_without_overflow():
