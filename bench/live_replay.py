@@ -98,9 +98,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def deploy_config(serve_config: str, data_dir: str, port: int) -> tuple[dict, dict]:
+def deploy_config(serve_config: str, data_dir: str, port: int, profile: str | None = None) -> tuple[dict, dict]:
     """(the Serve config to deploy, its application's args): ``serve_config``'s first application
-    with ``data_dir`` in a temp dir and HTTP on a free loopback port, everything else as written."""
+    with ``data_dir`` in a temp dir and HTTP on a free loopback port, and ``profile`` (a named
+    profile of it) in place of the file's, everything else as written."""
     import yaml
 
     with open(serve_config, encoding="utf-8") as f:
@@ -116,6 +117,8 @@ def deploy_config(serve_config: str, data_dir: str, port: int) -> tuple[dict, di
         with open(path, encoding="utf-8") as f:
             args["config"] = yaml.safe_load(f) or {}
     args["config"] = {**(args.get("config") or {}), "data_dir": data_dir}  # merged over a profile, if any
+    if profile:
+        args["profile"] = profile
     app["args"] = args
     doc["applications"] = [app]
     doc["http_options"] = {**(doc.get("http_options") or {}), "host": "127.0.0.1", "port": port}
@@ -127,12 +130,12 @@ class Deployment:
     ``serve deploy`` would run it (the controller applies the config: args through the app
     builder, the ``deployments:`` overrides too)."""
 
-    def __init__(self, serve_config: str, startup_timeout_s: float = 300.0) -> None:
+    def __init__(self, serve_config: str, startup_timeout_s: float = 300.0, profile: str | None = None) -> None:
         self.serve_config = serve_config
         self.startup_timeout_s = startup_timeout_s
         self.data_dir = tempfile.mkdtemp(prefix="increc_live_")
         self.port = _free_port()
-        self.doc, self.args = deploy_config(serve_config, self.data_dir, self.port)
+        self.doc, self.args = deploy_config(serve_config, self.data_dir, self.port, profile)
         self.url = f"http://127.0.0.1:{self.port}"
         self.name = self.doc["applications"][0].get("name", "default")
 
@@ -610,6 +613,8 @@ def main(argv: list[str] | None = None) -> dict:
     target.add_argument("--url", help="a running app on loopback, e.g. http://127.0.0.1:8000 (it must be empty)")
     target.add_argument("--deploy", action="store_true", help="start a private local cluster and deploy --serve-config")
     p.add_argument("--serve-config", default="serve_config.yaml", help="with --deploy: the Serve config to run")
+    p.add_argument("--profile", help="with --deploy: deploy this profile (deploy/profiles/NAME.yaml) in place of "
+                   "the Serve config's")
     p.add_argument("--warmup-fraction", type=float, default=0.5)
     p.add_argument("--sample", type=int, default=5000, help="scored events, evenly spread (0 = all)")
     p.add_argument("--batch", type=int, default=1000, help="events per POST of the warm-up burst")
@@ -637,7 +642,7 @@ def main(argv: list[str] | None = None) -> dict:
         signal.signal(sig, _interrupt)
     wall0 = time.perf_counter()
     stream = Stream(opts.data, opts.limit)
-    deployment = Deployment(opts.serve_config) if opts.deploy else None
+    deployment = Deployment(opts.serve_config, profile=opts.profile) if opts.deploy else None
     if deployment:
         with deployment:
             print(f"deployed {opts.serve_config} at {deployment.url} in {deployment.startup_seconds} s "

@@ -8,7 +8,7 @@ ingest / cleaning  increc_events_accepted_total, increc_events_duplicate_total,
                    increc_events_quarantined_total, increc_events_cleaned_total,
                    increc_ingest_lag_seconds (landing -> clean store)
 trainer            increc_events_applied_total, increc_model_version (the live one),
-                   increc_gate_decisions_total{outcome=promoted|rejected},
+                   increc_gate_decisions_total{outcome=promoted|rejected|demoted},
                    increc_update_loss, increc_update_seconds, increc_train_lag_seconds
                    (event cleaned -> applied), increc_online_hr10 (test-then-train
                    HR@10 of the live model on the events it is about to learn)
@@ -40,7 +40,7 @@ _DEFS = {
     "increc_ingest_lag_seconds": ("gauge", "Seconds from landing to clean store, newest batch.", ()),
     "increc_events_applied_total": ("counter", "Clean events applied to the model by the trainer.", ()),
     "increc_model_version": ("gauge", "Latest weight version published by the trainer.", ()),
-    "increc_gate_decisions_total": ("counter", "Candidate weight versions judged by the champion/challenger gate.", ("outcome",)),
+    "increc_gate_decisions_total": ("counter", "Candidate weight versions judged by the champion/challenger gate (demoted: the live version lost to popularity and went).", ("outcome",)),
     "increc_update_loss": ("gauge", "Loss of the latest incremental update.", ()),
     "increc_update_seconds": ("gauge", "Wall time of the latest incremental update.", ()),
     "increc_train_lag_seconds": ("gauge", "Seconds from clean store to applied, newest update.", ()),

@@ -125,8 +125,8 @@ class Consolidated(Incremental):
         if self.since_full_pass >= self.every:
             self.learner, report, cut = fit_events(self.stream.events.slice(0, end), self.cfg)
             self.full_passes.append({k: v for k, v in report.items() if k != "history"})
-            super().learn(cut, end)
-            self.since_full_pass = end - cut  # the deployed trainer counts them as learned since
+            super().learn(cut, end)  # the pass's held-out tail: its data, not new events
+            self.since_full_pass = 0
 
 
 class FullRetrain(_LearnerScores):

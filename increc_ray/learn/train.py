@@ -157,7 +157,7 @@ class _TrainWorker:
         self.gate = Gate(cfg.gate)
         self.phase, self.full_pass_progress, self.last_full_pass = "", None, None
         self.set_phase("streaming")
-        self.learned_since_full_pass = 0
+        self.pass_covered = self.learner.n_events  # events up to the end of the last full pass (or the resume)
 
         # What serving has live: the registry's version if it outlived us, else the checkpoint's
         # live weights, republished under a new number (versions never repeat).
@@ -201,7 +201,9 @@ class _TrainWorker:
     _unread = 0
 
     def full_pass_reason(self, unread: int) -> str | None:
-        return full_pass_reason(self.cfg.bootstrap, unread, self.learner.n_events, self.learned_since_full_pass)
+        # new events learned beyond what the last pass covered (its held-out tail is the pass's data)
+        since = max(0, self.learner.n_events - self.pass_covered)
+        return full_pass_reason(self.cfg.bootstrap, unread, self.learner.n_events, since)
 
     def full_pass(self, reason: str) -> None:
         """Train a fresh model on the whole store (``increc_ray.learn.bootstrap``); serving keeps the
@@ -233,7 +235,7 @@ class _TrainWorker:
         telemetry.inc("increc_events_applied_total", max(0, before - self.cursor.unread()))
         telemetry.inc("increc_full_passes_total", reason=reason.split(" ")[0])
         self.learner = self.keeper.learner = learner
-        self.learned_since_full_pass = 0
+        self.pass_covered = events.num_rows
         self.last_full_pass = {"reason": reason, "started_at": started, "finished_at": time.time(), **report}
         self.full_pass_progress = None
         logger.info("full pass done: %s", {k: v for k, v in report.items() if k != "history"})
@@ -277,7 +279,6 @@ class _TrainWorker:
                 _log_decision(self.keeper.test(events))
             online = learner.evaluate_next(events, k=10) if self.versions.last else None  # test-then-train
             learner.observe(events)
-            self.learned_since_full_pass += events.num_rows
             telemetry.inc("increc_events_applied_total", events.num_rows)
             waiting += events.num_rows
             if waiting < tcfg.min_new_events:
@@ -332,6 +333,8 @@ def _log_decision(decision) -> None:
     if decision is None:
         return
     telemetry.inc("increc_gate_decisions_total", outcome="promoted" if decision.promoted else "rejected")
+    if not decision.promoted and decision.live_worse_than_popularity:  # the live version was demoted too
+        telemetry.inc("increc_gate_decisions_total", outcome="demoted")
     log = logger.info if decision.promoted else logger.warning
     log("gate: %s", decision.to_json())
 

@@ -203,6 +203,8 @@ def test_deploy_config_keeps_the_app_and_moves_data_and_port(cli):
     assert app["deployments"] == orig_app["deployments"] and app["import_path"] == orig_app["import_path"]
     assert args["config"] == {**orig_app["args"]["config"], "data_dir": "/tmp/elsewhere"}
     assert app["args"] is args
+    _, other = cli.deploy_config(os.path.join(ROOT, "serve_config.yaml"), "/tmp/elsewhere", 4321, "ml-latest-small")
+    assert other == {**args, "profile": "ml-latest-small"}
 
 
 def test_deploy_config_inlines_a_config_file(cli, tmp_path):

@@ -1,0 +1,104 @@
+"""README tables generated from the committed result files (``bench/results/``).
+
+A README region between ``<!-- table:NAME -->`` and ``<!-- /table -->`` is the output of
+``TABLES[NAME]`` on the result files; ``tests/test_readme.py`` checks that every region matches,
+and ``python -m increc_ray.evaluate.report README.md`` rewrites them after a benchmark run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Callable
+
+RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results")
+LIVE_FILES = ("live_ml-100k.json", "live_ml-latest-small.json")
+BURST_FILES = ("burst_ml-100k_60000.json",)
+K = 10
+
+
+def _load(name: str, results: str) -> dict | None:
+    path = os.path.join(results, name)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def _f(x: float | None, digits: int = 4) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def harness_vs_live(results: str = RESULTS) -> str:
+    """One row per dataset: the harness's ``incremental`` and the deployed system over HTTP, on
+    the same file, split and profile (from ``live_<dataset>.json``, which holds both)."""
+    nd, hr = f"ndcg@{K}", f"hr@{K}"
+    rows = ["| dataset (profile) | harness `incremental` NDCG@10 (HR@10) | live over HTTP NDCG@10 ± se (HR@10) "
+            "| popularity, same events | live / harness | live / popularity | versions served (found worse) "
+            "| burst → caught up |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in LIVE_FILES:
+        res = _load(name, results)
+        if res is None:
+            continue
+        h, lv, pp, ra = res.get("harness") or {}, res["live"], res["popularity"], res["ratios"]
+        gate = res.get("gate") or {}
+        worse = gate.get("served_then_found_worse")
+        served = res["versions_served"]["distinct"]
+        profile = ((res.get("target") or {}).get("app_args") or {}).get("profile") or "-"
+        rows.append(
+            f"| {res['dataset']} ({profile}) | {_f(h.get(nd))} ({_f(h.get(hr), 3)}) "
+            f"| {_f(lv[nd])} ± {_f(lv[nd + '_se'])} ({_f(lv[hr], 3)}) | {_f(pp[nd])} ({_f(pp[hr], 3)}) "
+            f"| {_f(ra['live_over_harness_ndcg'], 2)} | {_f(ra['live_over_popularity_ndcg'], 2)} "
+            f"| {served} ({'-' if worse is None else len(worse)}) "
+            f"| {res['burst_seconds']:.0f} s + {res['wait_until_caught_up_seconds']:.0f} s |")
+    return "\n".join(rows)
+
+
+def burst_check(results: str = RESULTS) -> str:
+    """The burst check (``bench/live_replay.py --burst N``): HR@10 on each user's next new item."""
+    rows = ["| burst | users probed | live HR@10 ± se | popularity HR@10 | live / popularity "
+            "| caught up after last POST | probes done after last POST | answers from the model |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in BURST_FILES:
+        b = _load(name, results)
+        if b is None:
+            continue
+        caught = f"{b['seconds_from_last_post_to_caught_up']:.0f} s" if b["caught_up"] else "not within the deadline"
+        rows.append(f"| {b['dataset']}, first {b['burst_events']:,} events | {b['users_probed']} "
+                    f"| {_f(b['live'][f'hr@{K}'])} ± {_f(b['live'][f'hr@{K}_se'])} | {_f(b['popularity'][f'hr@{K}'])} "
+                    f"| {_f(b['live_over_popularity_hr'], 2)} | {caught} "
+                    f"| {b['seconds_from_last_post_to_probes_done']:.0f} s | {b['source_share'].get('model', 0):.0%} |")
+    return "\n".join(rows)
+
+
+TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check}
+_REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
+
+
+def regions(text: str) -> dict[str, str]:
+    """{table name: the README's text of it}."""
+    return {m["name"]: m["body"] for m in _REGION.finditer(text)}
+
+
+def render(text: str, results: str = RESULTS) -> str:
+    """``text`` with every table region regenerated from ``results``."""
+    return _REGION.sub(lambda m: m.group(1) + TABLES[m["name"]](results) + "\n" + m.group(4), text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    path = argv[0] if argv else "README.md"
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    new = render(text)
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(new)
+    print(f"{path}: {len(regions(new))} tables regenerated from {os.path.normpath(RESULTS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
