@@ -26,10 +26,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from increc_ray.config import Config
+from increc_ray.errors import ConfigError
 
 logger = logging.getLogger("increc_ray.learn.train")
 
-CHECKPOINT_FILE = "trainer_state.pt"
+CHECKPOINT_NAME = "trainer_state"  # trainer_state.safetensors + trainer_state.json (learn.serialize)
+LEGACY_CHECKPOINT_FILE = "trainer_state.pt"  # a torch pickle, before safetensors: read with weights_only
 RUN_NAME = "increc-trainer"
 PHASES = ("bootstrapping", "catching_up", "streaming")
 
@@ -98,12 +100,13 @@ class StreamCursor:
 
 def _save_checkpoint(learner, cursor: StreamCursor, version: int, n_updates: int, metrics: dict,
                      live: dict | None) -> None:
-    import torch
     import ray.train
 
+    from increc_ray.learn import serialize
+
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save({"learner": learner.state_dict(), "offset": cursor.offset(), "version": version,
-                    "n_updates": n_updates, "live": live}, os.path.join(tmp, CHECKPOINT_FILE))
+        serialize.save_tree({"learner": learner.state_dict(), "offset": cursor.offset(), "version": version,
+                             "n_updates": n_updates, "live": live}, tmp, CHECKPOINT_NAME)
         ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
                          checkpoint_dir_name=f"checkpoint_v{version:08d}_u{n_updates:08d}")
 
@@ -111,7 +114,6 @@ def _save_checkpoint(learner, cursor: StreamCursor, version: int, n_updates: int
 def _restore(cfg: Config, device: str):
     """(learner, cursor offset, last version, n_updates, live weights or None) from the latest
     checkpoint, or a fresh start."""
-    import torch
     import ray.train
 
     from increc_ray.learn.learner import IncrementalLearner
@@ -119,13 +121,35 @@ def _restore(cfg: Config, device: str):
     ckpt = ray.train.get_checkpoint()
     if ckpt is not None:
         with ckpt.as_directory() as d:
-            state = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location=device, weights_only=False)
+            state = read_checkpoint(d, device)
         # the deployed settings, not the saved ones; a model shape it cannot apply fails the start
         learner = IncrementalLearner.from_state_dict(state["learner"], device=device, model_cfg=cfg.model,
                                                      trainer_cfg=cfg.trainer)
         logger.info("resumed from checkpoint: version %s offset %s", state["version"], state["offset"])
         return learner, state["offset"], state["version"], state["n_updates"], state.get("live")
     return IncrementalLearner(cfg.model, cfg.trainer, device=device), {"seq": -1, "row": 0}, 0, 0, None
+
+
+def read_checkpoint(directory: str, device: str = "cpu") -> dict:
+    """The trainer state in a checkpoint directory: safetensors + JSON (``learn.serialize``), or a
+    legacy torch pickle read with torch's ``weights_only`` unpickler (tensors and plain values
+    only: it runs no code); anything else raises ``ConfigError`` saying what to do."""
+    from increc_ray.learn import serialize
+
+    if serialize.exists(directory, CHECKPOINT_NAME):
+        return serialize.load_tree(directory, CHECKPOINT_NAME, device)
+    legacy = os.path.join(directory, LEGACY_CHECKPOINT_FILE)
+    if os.path.exists(legacy):
+        import torch
+
+        try:
+            return torch.load(legacy, map_location=device, weights_only=True)
+        except Exception as e:
+            raise ConfigError(f"{legacy}: a legacy pickle checkpoint that the safe reader refuses "
+                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is never unpickled "
+                              "in full. Start from an empty data_dir/checkpoints (the clean store is kept "
+                              "and is learned again)") from None
+    raise ConfigError(f"{directory}: no trainer checkpoint ({CHECKPOINT_NAME}.json) in it")
 
 
 def train_loop_per_worker(loop_config: dict) -> None:

@@ -53,3 +53,64 @@ def test_a_checkpoint_with_the_old_trainer_key_names_still_loads():
     R = IncrementalLearner.from_state_dict(old)
     assert R.trainer_cfg == L.trainer_cfg
     assert (R.trainer_cfg.kept_items_per_user, R.trainer_cfg.clean_store_poll_interval_s) == (50, 0.25)
+
+
+# ---- the file format: safetensors + JSON, nothing unpickled -----------------------------------
+
+def _same_state(a, b):
+    import numpy as np
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, np.ndarray):
+        return isinstance(b, np.ndarray) and a.dtype == b.dtype and np.array_equal(a, b)
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(_same_state(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return len(a) == len(b) and all(_same_state(x, y) for x, y in zip(a, b))
+    return a == b or (a != a and b != b)  # NaN == NaN here
+
+
+def test_a_checkpoint_round_trips_through_safetensors_and_json_and_resumes_exactly(tmp_path):
+    from increc_ray.learn.train import read_checkpoint
+    from increc_ray.learn import serialize
+
+    L = _trained(TrainerConfig(ema_decay=0.9))
+    state = {"learner": L.state_dict(), "offset": {"seq": 3, "row": 7}, "version": 4, "n_updates": 2,
+             "live": L.export_weights(4, {"gate": {"promoted": True}})}
+    serialize.save_tree(state, str(tmp_path), "trainer_state")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["trainer_state.json", "trainer_state.safetensors"]
+    back = read_checkpoint(str(tmp_path))
+    assert _same_state(state, back)
+    a, b = IncrementalLearner.from_state_dict(state["learner"]), IncrementalLearner.from_state_dict(back["learner"])
+    ev = events([("u1", "i3", 10**7), ("u1", "i4", 10**7 + 1), ("u2", "i5", 10**7 + 2)])
+    for x in (a, b):
+        x.observe(ev)
+    assert a.update().loss == b.update().loss  # the same rng, moments and weights: the same step
+
+
+def test_a_legacy_pickle_loads_only_through_the_safe_unpickler(tmp_path):
+    import torch
+
+    from increc_ray.learn.train import read_checkpoint
+
+    L = _trained(TrainerConfig())
+    torch.save({"learner": L.state_dict(), "offset": {"seq": 0, "row": 0}, "version": 1, "n_updates": 1,
+                "live": None}, tmp_path / "trainer_state.pt")
+    assert read_checkpoint(str(tmp_path))["version"] == 1  # plain tensors and values: readable
+
+    marker = tmp_path / "pwned"
+
+    class Exploit:
+        def __reduce__(self):
+            return (open, (str(marker), "w"))
+
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    torch.save({"version": 1, "x": Exploit()}, bad / "trainer_state.pt")
+    with pytest.raises(ConfigError, match="legacy pickle checkpoint that the safe reader refuses"):
+        read_checkpoint(str(bad))
+    assert not marker.exists(), "the pickle ran code"
+    with pytest.raises(ConfigError, match="no trainer checkpoint"):
+        read_checkpoint(str(tmp_path / "bad" / ".."  / "bad" / "nothing"))
