@@ -27,6 +27,7 @@ import copy
 import json
 import os
 import platform
+import secrets
 import shutil
 import signal
 import socket
@@ -53,7 +54,11 @@ class Client:
         host = urlparse(url).hostname
         if host not in LOOPBACK:
             raise SystemExit(f"--url {url}: only loopback hosts ({', '.join(sorted(LOOPBACK))}) are allowed")
-        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+        from increc_ray.cli import client_token
+
+        token = client_token()  # INCREC_TOKEN (a --deploy run sets one for its cluster), else ~/.increc/token
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s,
+                                 headers={"Authorization": f"Bearer {token}"} if token else {})
         self.latency_ms: dict[str, list[float]] = {"recommend": [], "events": [], "status": []}
         self.retries = 0
 
@@ -146,6 +151,7 @@ class Deployment:
         from ray.serve.schema import ServeDeploySchema
 
         os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+        os.environ.setdefault("INCREC_TOKEN", secrets.token_urlsafe(24))  # the private cluster's workers inherit it
         try:
             for attempt in range(2):  # on a loaded machine the first start can time out
                 try:

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import secrets
 import tempfile
 import threading
 import time
@@ -82,6 +83,7 @@ def main() -> None:
     from increc_ray.evaluate.synthetic import SyntheticStream
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("INCREC_TOKEN", secrets.token_urlsafe(24))  # auth: the cluster's workers inherit it
     ray.init(address="local", include_dashboard=False, log_to_driver=False)  # a cluster of our own
     serve.start(http_options={"host": "127.0.0.1", "port": args.port})
 
@@ -96,7 +98,7 @@ def main() -> None:
               name="increc", route_prefix="/")
     base = f"http://127.0.0.1:{args.port}"
     stream = SyntheticStream(n_users=1000, n_items=1000, seed=0)
-    with httpx.Client(base_url=base, timeout=60) as c:
+    with httpx.Client(base_url=base, timeout=60, headers={"Authorization": f"Bearer {os.environ['INCREC_TOKEN']}"}) as c:
         for _ in range(args.events // 200):
             c.post("/events", content=json.dumps(stream.next_events(200))).raise_for_status()
         deadline = time.time() + 300

@@ -4,6 +4,8 @@
                                             deployed app and print live recommendations
     increc send FILE [--url URL]            post an event file (JSONL/CSV/Parquet/MovieLens)
     increc status [--url URL]               print GET /status
+
+The client commands send the bearer token of ``INCREC_TOKEN``, else of ``~/.increc/token``.
     increc evaluate offline --data FILE [--profile NAME | --config FILE]
                                             leave-one-out full-ranking quality of the model
                                             (writes bench/results/offline_<dataset>.json)
@@ -30,6 +32,19 @@ import urllib.request
 import yaml
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+TOKEN_FILE = "~/.increc/token"  # where deploy/demo.sh keeps the bearer token (mode 0600)
+
+
+def client_token() -> str | None:
+    """The bearer token a client sends: ``INCREC_TOKEN``, else ``~/.increc/token``, else none."""
+    import os
+
+    token = os.environ.get("INCREC_TOKEN", "").strip()
+    path = os.path.expanduser(TOKEN_FILE)
+    if not token and os.path.exists(path):
+        with open(path, encoding="utf-8") as f:
+            token = f.read().strip()
+    return token or None
 
 
 def _json_or_text(body: bytes) -> dict:
@@ -42,12 +57,13 @@ def _json_or_text(body: bytes) -> dict:
 class Client:
     """A tiny HTTP client for the increc_ray Serve app (stdlib only)."""
 
-    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 30.0) -> None:
+    def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 30.0, token: str | None = None) -> None:
         self.url, self.timeout_s = url.rstrip("/"), timeout_s
+        self._auth = {"Authorization": f"Bearer {token or client_token()}"} if (token or client_token()) else {}
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
-        req = urllib.request.Request(self.url + path, data=body, method=method,
-                                     headers={"Content-Type": "application/json"} if body else {})
+        headers = {**self._auth, **({"Content-Type": "application/json"} if body else {})}
+        req = urllib.request.Request(self.url + path, data=body, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
                 return resp.status, _json_or_text(resp.read())

@@ -289,6 +289,22 @@ class ServingConfig(_Section):
         return self
 
 
+class AuthConfig(_Section):
+    """Who may write (``increc_ray.serve.api``): a bearer token guards ``POST /events``,
+    ``GET /status`` and every ``/admin`` route, and ``/recommend`` if ``protect_recommend``.
+
+    The token is read when a replica starts: from the environment variable ``token_env``, else
+    the file ``token_file`` (whitespace stripped). With ``required`` and no token the app refuses
+    to start; the token never appears in the config, ``/status`` or the logs.
+    """
+
+    section: ClassVar[str] = "auth"
+    required: bool = True  # false: no token configured means open routes (a loud warning at start)
+    token_env: str = Field("INCREC_TOKEN", min_length=1)  # environment variable holding the token
+    token_file: str = ""  # else a file holding it (e.g. a mounted secret); "" = none
+    protect_recommend: bool = False  # true: GET /recommend needs the token too
+
+
 class Config(_Section):
     """The whole increc_ray configuration."""
 
@@ -300,6 +316,7 @@ class Config(_Section):
     bootstrap: BootstrapConfig = Field(default_factory=BootstrapConfig)
     gate: GateConfig = Field(default_factory=GateConfig)
     serving: ServingConfig = Field(default_factory=ServingConfig)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@
     |   +-- SectionError     raised building one config section (increc_ray.config_errors)
     +-- BadRequest           a client request is malformed -> HTTP 4xx with a JSON reason
     |   +-- PayloadTooLarge  the body is over ingest.max_body_bytes -> 413
+    |   +-- Unauthorized     a missing or wrong bearer token -> 401
     +-- DataError            a file or batch cannot be read as events (whole-file quarantine)
 
 Row-level problems are not exceptions: a bad row becomes a quarantined row
@@ -38,6 +39,10 @@ class BadRequest(IncrecError):
 
 class PayloadTooLarge(BadRequest):
     status_code = 413
+
+
+class Unauthorized(BadRequest):
+    status_code = 401
 
 
 class DataError(IncrecError):

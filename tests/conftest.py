@@ -43,6 +43,11 @@ def positives_table(rows) -> "pa.Table":
     })
 
 
+# The bearer token of the integration tests' app (auth is required by default); the replicas
+# read it from the environment they inherit from this process (see ray_cluster).
+TEST_TOKEN = "test-token-" + os.urandom(8).hex()
+AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
+
 # Small and fast settings for tests: the same code paths as serve_config.yaml.
 TEST_CONFIG = {
     "ingest": {"landing_poll_interval_s": 0.2, "max_body_bytes": 1_000_000},
@@ -61,6 +66,7 @@ def ray_cluster():
     """A real local Ray cluster for the integration tests of this session."""
     ray = pytest.importorskip("ray")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["INCREC_TOKEN"] = TEST_TOKEN  # the cluster's workers inherit it
     # address="local": always a fresh cluster of our own, even while another one runs on this
     # machine (the demo's, which plain ray.init() would join and then refuse num_cpus for)
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)

@@ -74,7 +74,27 @@ def burst_check(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check}
+CONSOLIDATE_FILES = ("stream_ml-100k_consolidate.json", "stream_ml-latest-small_consolidate.json")
+
+
+def consolidation(results: str = RESULTS) -> str:
+    """Pure incremental against incremental plus a full pass every N events (the harness)."""
+    runs = [r for r in (_load(n, results) for n in CONSOLIDATE_FILES) if r]
+    names = sorted({s for r in runs for s in r["strategies"] if s.startswith("incremental")},
+                   key=lambda s: (s != "incremental", int(s.split("[")[1].rstrip("]")) if "[" in s else 0))
+    rows = ["| strategy | " + " | ".join(f"{r['dataset'].removesuffix('_consolidate')} NDCG@10 | update CPU s" for r in runs) + " |",
+            "|---|" + "---|---|" * len(runs)]
+    for name in names:
+        cells = []
+        for r in runs:
+            st = r["strategies"].get(name)
+            cells += [_f(st and st[f"ndcg@{K}"]), "-" if not st else f"{st['update_seconds']:.0f}"]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check,
+                                           "consolidation": consolidation}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 

@@ -7,8 +7,13 @@
     GET  /docs, /openapi.json         this API, described by the models below
 
 Every refusal is ``{"error": "<reason>", ...}`` (``BadRequest.to_json``): 400 for a malformed
-request (FastAPI's 422 included), 404 for an unknown route, 405 for a known route with the
-wrong method, 413 for a body over ``ingest.max_body_bytes``, 503 for an internal failure.
+request (FastAPI's 422 included), 401 for a missing or wrong bearer token, 404 for an unknown
+route, 405 for a known route with the wrong method, 413 for a body over
+``ingest.max_body_bytes``, 503 for an internal failure.
+
+Access (``auth``): ``POST /events`` and ``GET /status`` need ``Authorization: Bearer <token>``
+(and ``GET /recommend`` with ``auth.protect_recommend``); the check runs before the body is
+read, so a refused request writes nothing. ``/healthz`` and the docs stay open.
 
 The app is built per replica from the replica's config, so the documented bounds are the
 enforced ones. It knows nothing of Ray: ``build_api`` takes any object with the ``Service``
@@ -18,20 +23,23 @@ methods, so the HTTP layer can be tested with a stand-in and no cluster.
 # No `from __future__ import annotations`: FastAPI reads the route signatures at runtime, and
 # RecommendQuery is local to build_api (its bounds come from the config).
 
+import hmac
 import json
 import logging
+import os
 import time
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 
 from increc_ray import telemetry
-from increc_ray.config import Config
-from increc_ray.errors import BadRequest, PayloadTooLarge
+from increc_ray.config import AuthConfig, Config
+from increc_ray.errors import BadRequest, ConfigError, PayloadTooLarge, Unauthorized
 from increc_ray.ingest.body import parse_body
 
 logger = logging.getLogger("increc_ray.serve")
@@ -132,7 +140,7 @@ class StatusResponse(BaseModel):
     replica: dict[str, Any]
 
 
-_DESCRIBED = {400: "Malformed request.", 413: "Body over ingest.max_body_bytes, or too many events.",
+_DESCRIBED = {400: "Malformed request.", 401: "Missing or wrong bearer token (auth).", 413: "Body over ingest.max_body_bytes, or too many events.",
               503: "Temporarily unavailable (an internal failure)."}
 
 
@@ -144,8 +152,30 @@ def _errors(*codes: int) -> dict:
 
 # ---- the app -----------------------------------------------------------------------------------
 
-def build_api(service: Service, cfg: Config) -> FastAPI:
-    """The FastAPI app answering for ``service``, with bounds and limits taken from ``cfg``."""
+def resolve_token(auth: AuthConfig, environ: dict | None = None) -> str | None:
+    """The bearer token: the environment variable ``auth.token_env``, else the file
+    ``auth.token_file``; None when neither has one and ``auth.required`` is off. With it on,
+    no token is a ``ConfigError`` saying how to set one (the app does not start open)."""
+    environ = os.environ if environ is None else environ
+    token = (environ.get(auth.token_env) or "").strip()
+    if not token and auth.token_file:
+        try:
+            with open(os.path.expanduser(auth.token_file), encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as e:
+            raise ConfigError(f"auth.token_file {auth.token_file!r}: cannot be read ({e.strerror})") from None
+    if not token and auth.required:
+        raise ConfigError(f"auth.required: no bearer token; set the environment variable {auth.token_env} "
+                          "(before `ray start`, so the replicas inherit it) or auth.token_file, or set "
+                          "auth.required: false to run with open routes")
+    if not token:
+        logger.warning("auth.required is false and no token is set: POST /events and /status are open to anyone")
+    return token or None
+
+
+def build_api(service: Service, cfg: Config, token: str | None = None) -> FastAPI:
+    """The FastAPI app answering for ``service``, with bounds and limits taken from ``cfg``;
+    ``token`` (``resolve_token``) guards the writing and detail routes, None leaves them open."""
     max_k, default_k, max_id = cfg.serving.max_k, cfg.serving.default_k, cfg.cleaning.max_id_length
     max_bytes, max_events = cfg.ingest.max_body_bytes, cfg.ingest.max_events_per_request
 
@@ -155,8 +185,24 @@ def build_api(service: Service, cfg: Config) -> FastAPI:
 
     api = FastAPI(title="increc_ray", version="1", redirect_slashes=False,
                   description="Online-learning sequential recommender: post events, get fresh recommendations.")
+    # FastAPI's HTTPBearer parses the header and documents the scheme in OpenAPI; the check is ours
+    bearer = HTTPBearer(auto_error=False, description="auth: the token of INCREC_TOKEN or auth.token_file")
+    expected = token.encode() if token else None
 
-    @api.get("/recommend", response_model=RecommendResponse, responses=_errors(400, 503))
+    async def authorized(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if expected is None:
+            return
+        if credentials is None:
+            raise Unauthorized("missing bearer token: send Authorization: Bearer <token>")
+        if not hmac.compare_digest(credentials.credentials.encode(), expected):  # constant time
+            raise Unauthorized("invalid bearer token")
+
+    guarded = [Depends(authorized)]
+    recommend_guard = guarded if cfg.auth.protect_recommend else []
+    auth_errors = (401,) if token else ()
+
+    @api.get("/recommend", response_model=RecommendResponse, responses=_errors(400, *(auth_errors if recommend_guard else ()), 503),
+             dependencies=recommend_guard)
     async def recommend(request: Request, user_id: UserId, k: K = default_k) -> JSONResponse:
         """Top-k unseen items for a user, from the newest weights this replica has swapped in."""
         if unknown := _unknown_params(request):
@@ -164,8 +210,8 @@ def build_api(service: Service, cfg: Config) -> FastAPI:
         # A JSONResponse skips re-validating the answer against response_model (documentation only).
         return JSONResponse(await service._recommend(user_id, k))
 
-    @api.post("/events", response_model=EventsResponse, responses=_errors(400, 413, 503),
-              openapi_extra={"requestBody": _events_body(max_bytes, max_events)})
+    @api.post("/events", response_model=EventsResponse, responses=_errors(400, *auth_errors, 413, 503),
+              openapi_extra={"requestBody": _events_body(max_bytes, max_events)}, dependencies=guarded)
     async def events(request: Request) -> JSONResponse:
         """Ingest events durably; they reach the user's history before the answer (read-your-writes)."""
         body = await _read_body(request, max_bytes)
@@ -175,7 +221,7 @@ def build_api(service: Service, cfg: Config) -> FastAPI:
     async def healthz() -> JSONResponse:
         return JSONResponse(service._health())
 
-    @api.get("/status", response_model=StatusResponse, responses=_errors(503))
+    @api.get("/status", response_model=StatusResponse, responses=_errors(*auth_errors, 503), dependencies=guarded)
     async def status() -> JSONResponse:
         """Trainer, ingest and history state: versions, lag and event counts."""
         return JSONResponse(await service._status())
@@ -228,7 +274,8 @@ async def _read_body(request: Request, limit: int) -> bytes:
 # ---- errors ------------------------------------------------------------------------------------
 
 def _bad_request(request: Request, e: BadRequest) -> JSONResponse:
-    return JSONResponse(e.to_json(), status_code=e.status_code)
+    headers = {"WWW-Authenticate": "Bearer"} if isinstance(e, Unauthorized) else None
+    return JSONResponse(e.to_json(), status_code=e.status_code, headers=headers)
 
 
 _RECOMMEND_PARAMS = frozenset({"user_id", "k"})

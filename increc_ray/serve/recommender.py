@@ -18,7 +18,7 @@ from ray.serve.handle import DeploymentHandle
 
 from increc_ray import telemetry
 from increc_ray.config import Config
-from increc_ray.serve.api import build_api
+from increc_ray.serve.api import build_api, resolve_token
 
 logger = logging.getLogger("increc_ray.serve")
 
@@ -34,6 +34,7 @@ class Recommender:
 
         torch.set_num_threads(1)  # many small requests: threads per request, not per matmul
         self.cfg = Config.from_dict(config)
+        self._token = resolve_token(self.cfg.auth)  # no token while one is required: the replica fails to start
         self.ingest, self.history, self.trainer = ingest, history, trainer
         self._scorer = None  # replaced whole, never mutated: a request uses one consistent version
         self._followed = 0  # the newest published version swapped in (a fallback marker leaves no scorer)
@@ -71,7 +72,7 @@ class Recommender:
 
     def __serve_build_asgi_app__(self):
         """Serve calls this after ``__init__``: the API is built with this replica's config."""
-        return build_api(self, self.cfg)
+        return build_api(self, self.cfg, self._token)
 
     def _health(self) -> dict:
         return {"status": "ok", "model_version": self._version()}

@@ -160,3 +160,56 @@ def test_a_plain_text_503_from_serve_becomes_a_json_reason(service):
         r = c.get("/recommend", params={"user_id": "u1"})
     assert (r.status_code, r.json()) == (503, {"error": "temporarily unavailable: Request dropped: overloaded"})
     assert r.headers["retry-after"] == "2"
+
+
+# ---- access: the bearer token ------------------------------------------------------------------
+
+def _guarded(service, **auth):
+    cfg = Config.from_dict({**CFG.to_dict(), "auth": {**CFG.auth.model_dump(), **auth}})
+    return TestClient(build_api(service, cfg, token="s3cret"), raise_server_exceptions=False)
+
+
+@pytest.mark.parametrize("headers,reason", [({}, "missing bearer token: send Authorization: Bearer <token>"),
+                                            ({"Authorization": "Bearer nope"}, "invalid bearer token"),
+                                            ({"Authorization": "s3cret"}, "missing bearer token: send Authorization: Bearer <token>")])
+def test_a_missing_or_wrong_token_is_a_401_and_the_service_is_not_called(service, headers, reason):
+    with _guarded(service) as c:
+        for method, path in (("POST", "/events"), ("GET", "/status")):
+            r = c.request(method, path, content=b'[{"user_id": "u", "item_id": "i"}]', headers=headers)
+            assert r.status_code == 401 and r.json() == {"error": reason}, r.text
+            assert r.headers["www-authenticate"] == "Bearer"
+        assert c.get("/recommend", params={"user_id": "u"}, headers=headers).status_code == 200
+        assert c.get("/healthz", headers=headers).status_code == 200
+    assert [call[0] for call in service.calls] == ["recommend"]
+
+
+def test_the_right_token_passes_and_recommend_can_be_protected(service):
+    ok = {"Authorization": "Bearer s3cret"}
+    with _guarded(service, protect_recommend=True) as c:
+        assert c.post("/events", content=b'{"user_id": "u", "item_id": "i"}', headers=ok).status_code == 200
+        assert c.get("/status", headers=ok).status_code == 200
+        assert c.get("/recommend", params={"user_id": "u"}).status_code == 401
+        assert c.get("/recommend", params={"user_id": "u"}, headers=ok).status_code == 200
+        doc = c.get("/openapi.json").json()
+    assert "HTTPBearer" in doc["components"]["securitySchemes"]
+    assert "401" in doc["paths"]["/events"]["post"]["responses"] and "401" in doc["paths"]["/recommend"]["get"]["responses"]
+    assert "s3cret" not in str(doc)
+
+
+def test_without_a_token_the_routes_are_open(client, service):
+    assert client.post("/events", content=b'{"user_id": "u", "item_id": "i"}').status_code == 200
+
+
+def test_resolve_token_reads_the_environment_then_the_file_and_refuses_none(tmp_path):
+    from increc_ray.config import AuthConfig
+    from increc_ray.errors import ConfigError
+    from increc_ray.serve.api import resolve_token
+
+    (tmp_path / "token").write_text("  from-file\n")
+    assert resolve_token(AuthConfig(), {"INCREC_TOKEN": " from-env "}) == "from-env"
+    assert resolve_token(AuthConfig(token_env="MY_TOKEN", token_file=str(tmp_path / "token")), {}) == "from-file"
+    with pytest.raises(ConfigError, match="set the environment variable INCREC_TOKEN"):
+        resolve_token(AuthConfig(), {})
+    with pytest.raises(ConfigError, match="cannot be read"):
+        resolve_token(AuthConfig(token_file=str(tmp_path / "missing")), {})
+    assert resolve_token(AuthConfig(required=False), {}) is None

@@ -18,7 +18,7 @@ import pytest
 
 from increc_ray.evaluate.synthetic import SyntheticStream
 
-from conftest import wait_until
+from conftest import AUTH, TEST_TOKEN, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -32,7 +32,7 @@ DATA_DIR: list[str] = []  # the app's data_dir, set by the client fixture
 def client(app):
     url, data_dir = app
     DATA_DIR[:] = [data_dir]
-    with httpx.Client(base_url=url, timeout=60.0) as c:
+    with httpx.Client(base_url=url, timeout=60.0, headers=AUTH) as c:
         wait_until(lambda: _ok(c, "/healthz"), 120, what="/healthz")
         yield c
 
@@ -232,6 +232,26 @@ def test_malformed_requests_get_4xx_with_json_reason(client, method, path, body,
     r = client.request(method, path, content=body)
     assert r.status_code == code, r.text
     assert needle in r.json()["error"]
+
+
+@pytest.mark.parametrize("headers,reason", [
+    ({}, "missing bearer token"),
+    ({"Authorization": "Bearer wrong"}, "invalid bearer token"),
+    ({"Authorization": f"Basic {TEST_TOKEN}"}, "missing bearer token"),
+])
+def test_writes_and_status_need_the_bearer_token_and_nothing_is_written_without_it(client, headers, reason):
+    before = status(client)["counts"]["accepted"]
+    event = {"user_id": "u-auth", "item_id": STREAM.items[0], "event_type": "click",
+             "timestamp": STREAM.start_time + STREAM.n_events + 900}
+    with httpx.Client(base_url=str(client.base_url), timeout=30.0, headers=headers) as anon:
+        r = anon.post("/events", content=json.dumps([event]))
+        assert r.status_code == 401 and r.json()["error"].startswith(reason) and r.headers["www-authenticate"] == "Bearer"
+        s = anon.get("/status")
+        assert s.status_code == 401 and s.json()["error"].startswith(reason)
+        assert anon.get("/recommend", params={"user_id": "u1"}).status_code == 200  # public by default
+        assert anon.get("/healthz").status_code == 200
+    after = status(client)
+    assert after["counts"]["accepted"] == before and TEST_TOKEN not in json.dumps(after)
 
 
 def test_chunked_body_over_the_limit_is_cut_off(client):

@@ -12,7 +12,7 @@ import signal
 import httpx
 import pytest
 
-from conftest import wait_until
+from conftest import AUTH, wait_until
 from test_app import STREAM, _ok, post, status, wait_applied
 
 pytestmark = pytest.mark.integration
@@ -24,7 +24,7 @@ def client(app):
 
     url, data_dir = app
     test_app.DATA_DIR[:] = [data_dir]
-    with httpx.Client(base_url=url, timeout=60.0) as c:
+    with httpx.Client(base_url=url, timeout=60.0, headers=AUTH) as c:
         wait_until(lambda: _ok(c, "/healthz"), 120, what="/healthz")
         yield c
 
