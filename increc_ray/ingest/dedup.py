@@ -56,6 +56,7 @@ class KeyLedger:
         self.seen = SeenKeys(seen)
         self._reserved: dict[str, str] = {}  # dedup_key -> landing file holding its accepted copy
         self._reserved_in: dict[str, list[str]] = {}  # landing file -> its reserved keys (to release)
+        self._claimed: dict[str, list[str]] = {}  # landing file -> keys a cleaning pass reserved for it
         self._lock = threading.Lock()
 
     @property
@@ -78,22 +79,65 @@ class KeyLedger:
                 self._reserved[k] = path
             return keep, path
 
+    def adopt(self, path: str, keys: Iterable[str]) -> list[bool]:
+        """Reserve ``keys`` for the existing landing file ``path`` (a restart finding HTTP files
+        it accepted before but has not cleaned yet); mask of the keys it now holds."""
+        with self._lock:
+            held = self._reserved_in.setdefault(path, [])
+            mask = []
+            for k in keys:
+                ok = k not in self.seen and self._reserved.get(k, path) == path
+                if ok and k not in self._reserved:
+                    self._reserved[k] = path
+                    held.append(k)
+                mask.append(ok)
+            return mask
+
     def release(self, path: str) -> None:
         """Drop the reservations of landing file ``path`` (written, or failed to be written)."""
         with self._lock:
-            for k in self._reserved_in.pop(path, ()):
-                del self._reserved[k]
+            self._drop(path, self._reserved_in.pop(path, ()))
 
     def claim(self, keys: list[str], path: str) -> tuple[list[bool], list[bool]]:
         """(keep, fresh) for the rows of landing file ``path``: keep a row whose key is not seen
-        and is reserved by no other file (marking it seen); fresh: kept and not reserved at all
-        (a row that HTTP ingest has not already handed to user histories)."""
+        and is reserved by no other file; fresh: kept and not reserved at all (a row that HTTP
+        ingest has not already handed to user histories).
+
+        Kept keys are not seen yet: a fresh key is reserved for ``path`` (so another file in the
+        same pass, or an HTTP retry meanwhile, is a duplicate of it) until the pass either
+        ``commit``s (its clean part is durably written) or ``abort``s (the write failed: the
+        retry finds the same rows new again).
+        """
         keep, fresh = [], []
         with self._lock:
+            claimed = self._claimed.setdefault(path, [])
             for k in keys:
                 owner = self._reserved.get(k)
                 ok = k not in self.seen and (owner is None or owner == path)
                 keep.append(ok)
                 fresh.append(ok and owner is None)
-            self.seen.add([k for k, ok in zip(keys, keep) if ok])
+                if ok and owner is None:
+                    self._reserved[k] = path
+                    claimed.append(k)
         return keep, fresh
+
+    def commit(self, paths: Iterable[str], kept_keys: Iterable[str]) -> None:
+        """The pass over ``paths`` durably wrote the rows of ``kept_keys``: they are seen now,
+        and the files' reservations end."""
+        with self._lock:
+            self.seen.add(kept_keys)
+            for path in paths:
+                self._drop(path, self._reserved_in.pop(path, ()))
+                self._drop(path, self._claimed.pop(path, ()))
+
+    def abort(self, paths: Iterable[str]) -> None:
+        """The pass over ``paths`` failed before its part was written: forget what it claimed,
+        keep what HTTP ingest reserved (those files are still pending, and still hold the keys)."""
+        with self._lock:
+            for path in paths:
+                self._drop(path, self._claimed.pop(path, ()))
+
+    def _drop(self, path: str, keys: Iterable[str]) -> None:
+        for k in keys:
+            if self._reserved.get(k) == path:
+                del self._reserved[k]

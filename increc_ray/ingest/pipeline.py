@@ -30,7 +30,7 @@ from increc_ray.ingest.clean import clean_batch_tagged, split_tagged
 from increc_ray.ingest.dedup import KeyLedger, drop_batch_duplicates
 from increc_ray.ingest.events import RAW_COLUMNS, raw_table_from_records
 from increc_ray.ingest.landing import CleanStore, LandingZone, open_uri, write_parquet_atomic
-from increc_ray.ingest.ray_job import clean_files_with_ray_data
+from increc_ray.ingest.ray_job import clean_files_locally, clean_files_with_ray_data
 
 MAX_REASONS_IN_ANSWER = 100  # a huge bad batch should not produce a huge answer
 
@@ -63,6 +63,10 @@ class EventPipeline:
         existing = self.store.read_all(columns=["dedup_key"])
         self.keys = KeyLedger(existing.column("dedup_key").to_pylist() if existing is not None else ())
         self._next_seq = self.store.last_seq() + 1
+        # HTTP files accepted before a restart but not cleaned yet hold their keys again, so a
+        # client's retry of one of them is a duplicate, not a second copy.
+        for path, rows in pending_http_rows(self.landing, cfg):
+            self.keys.adopt(path, rows.column("dedup_key").to_pylist())
         self.counts = {"accepted": 0, "duplicates": 0, "quarantined": 0, "cleaned": 0, "files": 0}
         self.last_clean_time: float | None = None
 
@@ -121,28 +125,43 @@ class EventPipeline:
             return {"files": 0}, None
         started = time.time()
         tagged = self.clean_files(files, self.landing.fs, self.cfg)
-        clean_parts, fresh_parts, n_dup, n_bad = [], [], 0, 0
+        clean_parts, fresh_parts, bad_parts, n_dup, n_bad = [], [], [], 0, 0
         by_source = pc.fill_null(tagged.column("source"), "")
-        for path in files:
-            result = split_tagged(tagged.filter(pc.equal(by_source, path)))
-            self._quarantine(result.quarantined, "file")
-            n_bad += result.quarantined.num_rows
-            clean, dup_in_file = drop_batch_duplicates(result.clean)
-            kept, fresh, dup = self._dedup_file(clean, path)
-            n_dup += dup_in_file + dup
-            clean_parts.append(kept)
-            fresh_parts.append(fresh)
-        clean = pa.concat_tables(clean_parts)
-        if clean.num_rows:
-            # Keep the clean stream in event-time order inside a part.
-            clean = clean.take(pc.sort_indices(clean, sort_keys=[("timestamp", "ascending")]))
-            with self._lock:
-                seq = self._next_seq
-                self._next_seq += 1
-            self.store.append(clean, seq)
+        try:
+            for path in files:
+                result = split_tagged(tagged.filter(pc.equal(by_source, path)))
+                bad_parts.append((path, result.quarantined))
+                n_bad += result.quarantined.num_rows
+                clean, dup_in_file = drop_batch_duplicates(result.clean)
+                kept, fresh, dup = self._dedup_file(clean, path)
+                n_dup += dup_in_file + dup
+                clean_parts.append(kept)
+                fresh_parts.append(fresh)
+            clean = pa.concat_tables(clean_parts)
+            if clean.num_rows:
+                # Keep the clean stream in event-time order inside a part.
+                clean = clean.take(pc.sort_indices(clean, sort_keys=[("timestamp", "ascending")]))
+                with self._lock:
+                    seq = self._next_seq
+                    self._next_seq += 1
+                try:
+                    self.store.append(clean, seq)
+                except BaseException:
+                    with self._lock:  # no gap in the stream offsets when nobody took the next one
+                        if self._next_seq == seq + 1:
+                            self._next_seq = seq
+                    raise
+        except BaseException:
+            # Nothing was written: the files stay pending and the retry finds their rows new.
+            self.keys.abort(files)
+            telemetry.inc("increc_clean_write_failures_total", 1)
+            raise
+        # The part is durable: its keys are seen from now on, whatever happens next (a crash
+        # before the files are moved only causes a re-read whose rows are all duplicates).
+        self.keys.commit(files, clean.column("dedup_key").to_pylist())
+        for path, bad in bad_parts:  # one quarantine file per landing file: a re-read overwrites it
+            self._quarantine(bad, "file", name=path[len(self.landing.root):].lstrip("/").replace("/", "__"))
         self.landing.mark_processed(files)
-        for path in files:  # the file's keys are now seen
-            self.keys.release(path)
         self.last_clean_time = time.time()
         self.counts["files"] += len(files)
         self.counts["cleaned"] += clean.num_rows
@@ -165,15 +184,32 @@ class EventPipeline:
         kept = clean.filter(pa.array(keep, type=pa.bool_()))
         return kept, clean.filter(pa.array(fresh, type=pa.bool_())), clean.num_rows - kept.num_rows
 
-    def _quarantine(self, table: pa.Table, origin: str) -> None:
+    def _quarantine(self, table: pa.Table, origin: str, name: str | None = None) -> None:
         if table.num_rows:
-            name = f"{origin}-{time.time_ns():020d}.parquet"
+            name = f"{origin}-{name.rsplit('.', 1)[0] if name else f'{time.time_ns():020d}'}.parquet"
             write_parquet_atomic(self.q_fs, f"{self.q_root}/{name}", table)
 
     def status(self) -> dict:
         return {**self.counts, "clean_parts": self._next_seq, "pending_files": len(self.landing.pending()),
                 "seen_keys": len(self.keys.seen), "reserved_keys": self.keys.n_reserved,
                 "last_clean_time": self.last_clean_time}
+
+
+def pending_http_rows(landing: LandingZone, cfg: Config) -> list[tuple[str, pa.Table]]:
+    """(path, clean rows) of each HTTP landing file not cleaned yet: events already acknowledged
+    that the clean store does not hold yet (a restarted pipeline or user history reads them).
+    A file that vanishes meanwhile (cleaned by a pass) is skipped."""
+    out = []
+    for path in landing.pending():
+        if not _is_http_file(path):
+            continue
+        try:
+            tagged = clean_files_locally([path], landing.fs, cfg)
+        except FileNotFoundError:
+            continue
+        clean, _ = drop_batch_duplicates(split_tagged(tagged).clean)
+        out.append((path, clean))
+    return out
 
 
 def _is_http_file(path: str) -> bool:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from increc_ray.config import Config, TrainerConfig
-from increc_ray.learn.gate import UNKNOWN_ITEM, Snapshot, ndcg, popularity_ranks
+from increc_ray.learn.gate import Snapshot, fresh_targets, ndcg, popularity_ranks
 from increc_ray.learn.learner import IncrementalLearner, positives
 
 SCORE_BATCH = 512
@@ -38,27 +38,9 @@ class Stopped(Exception):
 
 
 def holdout_targets(learner: IncrementalLearner, events: pa.Table, limit: int) -> tuple[list[list[int]], np.ndarray]:
-    """(histories, targets) of the held-out ``events``, not yet observed by ``learner``: every
-    positive whose user has an earlier item, at most ``limit`` spread evenly. A history is the
-    user's kept items then their earlier held-out items; an item the learner does not know is
-    ``UNKNOWN_ITEM`` in a target and skipped in a history."""
-    users, item_ids, _ = positives(events)
-    idx = learner.vocab.lookup(item_ids)
-    seen: dict[str, list[int]] = {}
-    histories, targets = [], []
-    for user, item in zip(users, idx):
-        h = seen.get(user)
-        if h is None:
-            h = seen[user] = learner.user_items(user) if learner.knows_user(user) else []
-        if h:
-            histories.append(list(h))
-            targets.append(int(item) if item > 0 else UNKNOWN_ITEM)
-        if item > 0:
-            h.append(int(item))
-    if len(targets) > limit:
-        keep = np.linspace(0, len(targets) - 1, limit).round().astype(int)
-        histories, targets = [histories[i] for i in keep], [targets[i] for i in keep]
-    return histories, np.asarray(targets, dtype=np.int64)
+    """(histories, targets) of the held-out ``events``, not yet observed by ``learner``: scored as
+    the gate scores a fresh slice (``gate.fresh_targets``)."""
+    return fresh_targets(learner, events, limit)
 
 
 def score_holdout(learner: IncrementalLearner, histories: list[list[int]], targets: np.ndarray,

@@ -96,19 +96,31 @@ UNKNOWN_ITEM = np.iinfo(np.int64).max  # target index of an item new to the lear
 
 
 def fresh_targets(learner, events: pa.Table, limit: int) -> tuple[list[list[int]], np.ndarray]:
-    """(histories, targets) to score before ``learner.observe(events)``: the first positive of
-    each known user in ``events``, at most ``limit`` spread evenly; a target item the learner
-    does not know yet is ``UNKNOWN_ITEM``."""
+    """(histories, targets) to score before ``learner.observe(events)``: every positive whose
+    user has an earlier item, test-then-train inside the slice too, at most ``limit`` spread
+    evenly. A history is the user's kept items then their earlier items in ``events``; an item
+    the learner does not know is ``UNKNOWN_ITEM`` in a target and skipped in a history.
+
+    Every positive, not one per user: sessions put a handful of users in a slice, and a gate
+    that scored only their first events would wait tens of slices per decision, serving a
+    version that many events old meanwhile."""
     users, item_ids, _ = positives(events)
-    first: dict[str, str] = {}
-    for user, item in zip(users, item_ids):
-        if user not in first and learner.knows_user(user):
-            first[user] = item
-    picked = list(first)
-    if len(picked) > limit:
-        picked = [picked[i] for i in np.linspace(0, len(picked) - 1, limit).round().astype(int)]
-    targets = learner.vocab.lookup([first[u] for u in picked])
-    return [learner.user_items(u) for u in picked], np.where(targets > 0, targets, UNKNOWN_ITEM)
+    idx = learner.vocab.lookup(item_ids)
+    seen: dict[str, list[int]] = {}
+    histories, targets = [], []
+    for user, item in zip(users, idx):
+        h = seen.get(user)
+        if h is None:
+            h = seen[user] = learner.user_items(user) if learner.knows_user(user) else []
+        if h:
+            histories.append(list(h))
+            targets.append(int(item) if item > 0 else UNKNOWN_ITEM)
+        if item > 0:
+            h.append(int(item))
+    if len(targets) > limit:
+        keep = np.linspace(0, len(targets) - 1, limit).round().astype(int)
+        histories, targets = [histories[i] for i in keep], [targets[i] for i in keep]
+    return histories, np.asarray(targets, dtype=np.int64)
 
 
 def popularity_ranks(counts: np.ndarray, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
@@ -292,6 +304,19 @@ class GateKeeper:
         if gate.candidate is None:  # nothing under test: no histories to gather
             return None
         gate.test(*fresh_targets(self.learner, events, gate.cfg.max_eval_per_slice), self.learner.item_counts)
+        return self._judge(gate.decide()) if gate.ready() else None
+
+    def judge_on_holdout(self, held_out: pa.Table) -> Decision | None:
+        """With no live version (a cold start, or after a demotion), judge a fresh full-pass
+        candidate at once on the pass's held-out events: events it has not trained on, scored
+        against popularity's training counts, as a stream slice would be. Without this a burst
+        followed by silence would serve popularity until enough new traffic arrived. With a live
+        version the held-out events are not fresh to it, so the candidate waits for the stream."""
+        gate = self.gate
+        if gate.candidate is None or gate.live is not None:
+            return None
+        gate.test(*fresh_targets(self.learner, held_out, max(gate.cfg.min_events, gate.cfg.max_eval_per_slice)),
+                  self.learner.item_counts)
         return self._judge(gate.decide()) if gate.ready() else None
 
     def after_update(self) -> Decision | None:

@@ -266,9 +266,12 @@ class _TrainWorker:
         self.n_updates += 1
         if not self.cfg.gate.enabled:
             self.publish(learner.export_weights(self.versions.next(), {"full_pass": self.last_full_pass}))
-        else:  # the fresh model is the next candidate, scored on the held-out events as they stream by
+        else:  # the fresh model is the next candidate
             self.gate.candidate = None
-            _log_decision(self.gate.propose(Snapshot.of(learner)))
+            decision = self.gate.propose(Snapshot.of(learner))
+            if decision is None and self.gate.live is None:
+                decision = self.keeper.judge_on_holdout(events.slice(cut))
+            _log_decision(decision)
         self.checkpoint({"full_pass": True})
 
     def checkpoint(self, metrics: dict) -> None:

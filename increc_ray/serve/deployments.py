@@ -18,15 +18,13 @@ from ray import serve
 from ray.serve.handle import DeploymentHandle
 
 from increc_ray.config import Config
-from increc_ray.ingest.landing import CleanStore
-from increc_ray.ingest.pipeline import EventPipeline
+from increc_ray.ingest.landing import CleanStore, LandingZone
+from increc_ray.ingest.pipeline import EventPipeline, pending_http_rows
 from increc_ray.learn.train import TrainerRunner
-from increc_ray.serve.history import UserHistoryIndex
+from increc_ray.serve.history import HISTORY_COLUMNS, UserHistoryIndex
 from increc_ray.serve.registry import WeightRegistry
 
 logger = logging.getLogger("increc_ray.serve")
-
-HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "label", "weight"]
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
@@ -36,9 +34,9 @@ class UserHistory:
     def __init__(self, config: dict) -> None:
         cfg = Config.from_dict(config)
         self.index = UserHistoryIndex(cfg.serving.recent_items_per_user, cfg.serving.popularity_half_life_s)
-        existing = CleanStore(cfg.clean_dir).read_all(columns=HISTORY_COLUMNS)
-        if existing is not None:
-            self.index.append(existing)
+        self.index.rebuild(CleanStore(cfg.clean_dir).read_all(columns=HISTORY_COLUMNS),
+                           [rows.select(HISTORY_COLUMNS) for _, rows in
+                            pending_http_rows(LandingZone(cfg.landing_uri), cfg)])
 
     def append(self, events: pa.Table) -> int:
         return self.index.append(events)

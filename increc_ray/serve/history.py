@@ -19,6 +19,9 @@ from typing import Collection
 import numpy as np
 import pyarrow as pa
 
+# The clean-store columns a history needs (dedup_key makes appending idempotent).
+HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "label", "weight", "dedup_key"]
+
 # Rescale decayed counts before 2**x overflows float64 (max exponent ~1023).
 _MAX_EXPONENT = 60.0
 
@@ -35,13 +38,23 @@ class UserHistoryIndex:
         self._seen: dict[str, set[str]] = {}
         self._pop: dict[str, float] = {}
         self._t0: float | None = None  # reference event time of the popularity scores
+        self._keys: set[str] = set()  # dedup_keys applied: a replayed event is not counted twice
         self.n_events = 0
+        self.duplicate_appends = 0
 
     def __len__(self) -> int:
         return len(self._seen)
 
     def append(self, events: pa.Table) -> int:
-        """Add cleaned events (user_id, item_id, timestamp, label, weight); returns rows added."""
+        """Add cleaned events (user_id, item_id, timestamp, label, weight, optionally dedup_key);
+        returns rows added. Appending is idempotent by ``dedup_key``: an event handed over
+        twice (a restarted ingest re-sending what it had accepted) is counted once."""
+        if "dedup_key" in events.column_names and events.num_rows:
+            keys = events.column("dedup_key").to_pylist()
+            keep = [not (k in self._keys or self._keys.add(k)) for k in keys]  # add() is None
+            if not all(keep):
+                self.duplicate_appends += len(keys) - sum(keep)
+                events = events.filter(pa.array(keep, pa.bool_()))
         if events.num_rows == 0:
             return 0
         users = events.column("user_id").to_pylist()
@@ -63,6 +76,13 @@ class UserHistoryIndex:
                 self._bump(item, float(weights[i]), float(ts[i]))
         self.n_events += events.num_rows
         return events.num_rows
+
+    def rebuild(self, stored: pa.Table | None, pending: list[pa.Table] = ()) -> int:
+        """Start from the clean store, then the events acknowledged over HTTP that it does not
+        hold yet (their landing files are still pending): what a restarted replica must know
+        to answer as its predecessor did. Returns rows added."""
+        added = self.append(stored) if stored is not None else 0
+        return added + sum(self.append(t) for t in pending)
 
     def _bump(self, item: str, weight: float, t: float) -> None:
         if self._t0 is None:
@@ -89,4 +109,5 @@ class UserHistoryIndex:
         return [(item, math.log(score) if score > 0 else float("-inf")) for item, score in out]
 
     def stats(self) -> dict:
-        return {"users": len(self._seen), "items": len(self._pop), "events": self.n_events}
+        return {"users": len(self._seen), "items": len(self._pop), "events": self.n_events,
+                "duplicate_appends": self.duplicate_appends}

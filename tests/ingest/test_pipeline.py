@@ -87,3 +87,72 @@ def test_unreadable_file_is_quarantined_whole_with_a_reason(cfg):
     row = pq.read_table(os.path.join(cfg.quarantine_dir, name)).to_pylist()[0]
     assert row["source"].endswith("notes.txt") and row["reason"].startswith("file:")
     assert p.landing.pending() == []
+
+
+def drop(cfg, name, events):
+    with open(os.path.join(cfg.landing_uri, name), "w") as f:
+        f.write("\n".join(json.dumps(e) for e in events) + "\n")
+
+
+def test_a_failed_clean_write_is_an_error_and_the_retry_loses_nothing_and_doubles_nothing(cfg, monkeypatch):
+    p = make(cfg)
+    p.ingest([ev(1), ev(2)])
+    drop(cfg, "drop.jsonl", [ev(3), ev(1), {"user_id": "u1"}])
+    real_append = p.store.append
+
+    def disk_full(table, seq):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(p.store, "append", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        p.process_pending()
+    assert len(p.landing.pending()) == 2, "nothing is marked done"
+    assert p.store.read_all() is None and p.status()["seen_keys"] == 0
+    assert p.status()["reserved_keys"] == 2, "the HTTP files still hold their keys"
+    assert not os.path.exists(cfg.quarantine_dir) or os.listdir(cfg.quarantine_dir) == []
+    again, _ = p.ingest([ev(2)])  # a client's retry while the write is failing
+    assert (again.accepted, again.duplicates) == (0, 1)
+
+    monkeypatch.setattr(p.store, "append", real_append)
+    summary, fresh = p.process_pending()
+    assert sorted(p.store.read_all().column("event_id").to_pylist()) == ["e1", "e2", "e3"]
+    assert [seq for seq, _ in p.store.parts()] == [0], "no gap in the stream offsets"
+    assert fresh.column("event_id").to_pylist() == ["e3"]
+    assert summary["quarantined"] == 1 and p.landing.pending() == []
+    assert p.status()["reserved_keys"] == 0 and p.status()["seen_keys"] == 3
+
+
+def test_a_failure_after_the_part_is_written_rereads_as_duplicates_and_quarantines_once(cfg, monkeypatch):
+    p = make(cfg)
+    drop(cfg, "drop.jsonl", [ev(1), "nope"])
+    real_mark = p.landing.mark_processed
+    monkeypatch.setattr(p.landing, "mark_processed", lambda paths: (_ for _ in ()).throw(PermissionError("denied")))
+    with pytest.raises(PermissionError):
+        p.process_pending()
+    monkeypatch.setattr(p.landing, "mark_processed", real_mark)
+    summary, fresh = p.process_pending()
+    assert summary["cleaned"] == 0 and summary["duplicates"] == 1 and fresh.num_rows == 0
+    assert p.store.read_all().column("event_id").to_pylist() == ["e1"]
+    quarantined = [pq.read_table(os.path.join(cfg.quarantine_dir, f)) for f in os.listdir(cfg.quarantine_dir)]
+    assert sum(t.num_rows for t in quarantined) == 1, "the re-read overwrote the file's quarantine"
+
+
+def test_the_same_event_in_two_dropped_files_of_one_pass_is_kept_once(cfg):
+    p = make(cfg)
+    drop(cfg, "a.jsonl", [ev(5), ev(6)])
+    drop(cfg, "b.jsonl", [ev(5)])
+    summary, fresh = p.process_pending()
+    assert sorted(p.store.read_all().column("event_id").to_pylist()) == ["e5", "e6"]
+    assert summary["duplicates"] == 1 and sorted(fresh.column("event_id").to_pylist()) == ["e5", "e6"]
+
+
+def test_a_restart_keeps_pending_http_files_reserved_so_retries_are_duplicates(cfg):
+    p = make(cfg)
+    p.ingest([ev(1), ev(2)])  # acknowledged, not cleaned yet: then the replica dies
+    restarted = make(cfg)
+    assert restarted.status()["reserved_keys"] == 2
+    report, _ = restarted.ingest([ev(2), ev(3)])
+    assert (report.accepted, report.duplicates) == (1, 1)
+    summary, fresh = restarted.process_pending()
+    assert sorted(restarted.store.read_all().column("event_id").to_pylist()) == ["e1", "e2", "e3"]
+    assert fresh.num_rows == 0, "HTTP rows reach user histories at ingest (or when a history rebuilds)"

@@ -133,12 +133,18 @@ def test_nan_weights_are_rejected_rolled_back_and_learning_goes_on(trained):
     assert loop.learner.finite() and loop.gate.n_promoted > n_promoted
 
 
-def test_fresh_targets_are_known_users_first_events_and_unknown_items_miss():
+def test_fresh_targets_are_every_positive_with_a_history_test_then_train_and_unknown_items_miss():
     L = IncrementalLearner(SMALL, TRAINER)
     L.observe(events([("a", "i1", 1), ("a", "i2", 2), ("b", "i3", 3)]))
-    hist, targets = fresh_targets(L, events([("a", "i3", 4), ("a", "i1", 5), ("c", "i1", 6), ("b", "new", 7)]), 10)
-    assert hist == [L.user_items("a"), L.user_items("b")]
-    assert targets[0] == L.vocab.lookup(["i3"])[0] and targets[1] > 10**9
+    fresh = events([("a", "i3", 4), ("a", "i1", 5), ("c", "i1", 6), ("c", "i2", 7), ("b", "new", 8), ("b", "i1", 9)])
+    hist, targets = fresh_targets(L, fresh, 10)
+    a, b = L.user_items("a"), L.user_items("b")
+    i1, i2, i3 = L.vocab.lookup(["i1", "i2", "i3"])
+    # a's second event sees the first; c's first has no history; an unknown item is skipped in b's
+    assert hist == [a, a + [i3], [i1], b, b]
+    assert list(targets[[0, 1, 2, 4]]) == [i3, i1, i2, i1] and targets[3] > 10**9
+    capped, _ = fresh_targets(L, fresh, 2)
+    assert capped == [hist[0], hist[4]], "a cap keeps an even spread"
 
 
 def test_snapshot_of_published_weights_scores_like_the_learner():
