@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 RAW_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "timestamp", "value")
 
 NOT_AN_OBJECT = "event must be a JSON object"
+LONE_SURROGATE = "event holds a lone UTF-16 surrogate (an unpaired \\ud800-\\udfff escape): not valid Unicode text"
 
 UTC_MS = pa.timestamp("ms", tz="UTC")
 
@@ -72,25 +73,34 @@ def raw_table_from_records(records: list, *, rows: Sequence[int] | None = None) 
     raws: list[str] = []
     errors: list[str | None] = []
     for rec in records:
-        if isinstance(rec, dict):
+        raw = rec.raw if isinstance(rec, Unreadable) else to_json(rec)
+        if not _is_utf8(raw):  # JSON's "\ud800" escape decodes to text that UTF-8 cannot hold
+            raws.append(raw.encode("utf-8", "backslashreplace").decode("utf-8"))
+            errors.append(LONE_SURROGATE)
+        elif isinstance(rec, dict):
             for c in RAW_COLUMNS:
                 fields[c].append(field_text(rec.get(c)))
-            raws.append(to_json(rec))
+            raws.append(raw)
             errors.append(None)
             continue
+        else:
+            raws.append(raw)
+            errors.append(rec.error if isinstance(rec, Unreadable) else NOT_AN_OBJECT)
         for c in RAW_COLUMNS:
             fields[c].append(None)
-        if isinstance(rec, Unreadable):
-            raws.append(rec.raw)
-            errors.append(rec.error)
-        else:
-            raws.append(to_json(rec))
-            errors.append(NOT_AN_OBJECT)
     columns = {c: pa.array(fields[c], pa.string()) for c in RAW_COLUMNS}
     columns["raw"] = pa.array(raws, pa.string())
     columns["row"] = pa.array(range(len(records)) if rows is None else list(rows), pa.int64())
     columns["error"] = pa.array(errors, pa.string())
     return pa.table(columns)
+
+
+def _is_utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+        return True
+    except UnicodeEncodeError:
+        return False
 
 
 def field_text(value: Any) -> str | None:
@@ -122,7 +132,9 @@ def rows_as_json(table: pa.Table) -> pa.Array:
         parts.append(("{" if i == 0 else ",") + to_json(name) + ":")
         parts.append(_json_values(table.column(name)))
     parts.append("}")
-    return pc.binary_join_element_wise(*parts, "").combine_chunks()
+    joined = pc.binary_join_element_wise(*parts, "")
+    # an Array when no part is chunked (e.g. every column all-null), else a ChunkedArray
+    return joined.combine_chunks() if isinstance(joined, pa.ChunkedArray) else joined
 
 
 def _json_values(col: pa.ChunkedArray) -> pa.ChunkedArray:

@@ -211,3 +211,30 @@ def test_serving_swaps_a_fallback_marker_for_no_scorer():
     learner.observe(events(planted_rows(n_users=20, length=4)))
     assert Scorer.from_published(learner.export_weights(3)).version == 3
     assert Scorer.from_published(fallback_marker(4, {"demoted": 3})) is None
+
+
+def test_a_cold_full_pass_candidate_is_judged_at_once_on_its_held_out_events():
+    """A burst then silence: the full pass's held-out events are the candidate's fresh events."""
+    rows = planted_rows(n_users=200, length=12, seed=0)
+    cut = int(len(rows) * 0.9)
+    loop = Loop(GateConfig(min_events=150))
+    loop.learner.observe(events(rows[:cut]))
+    for _ in range(30):
+        loop.learner.update()
+    assert loop.gate.propose(Snapshot.of(loop.learner)) is None
+    decision = loop.keeper.judge_on_holdout(events(rows[cut:]))
+    assert decision is not None and decision.promoted, decision and decision.to_json()
+    assert decision.n_events >= 150 and decision.live_ndcg is None
+    assert [w["version"] for w in loop.published] == [1] and loop.gate.live.version == 1
+    # with a live version the held-out events are not fresh to it: the next candidate waits
+    loop.gate.propose(Snapshot.of(loop.learner))
+    assert loop.keeper.judge_on_holdout(events(rows[cut:])) is None and loop.gate.n_scored == 0
+
+
+def test_a_cold_candidate_that_loses_to_popularity_on_held_out_events_stays_out():
+    rows = planted_rows(n_users=200, length=12, seed=0)
+    loop = Loop(GateConfig(min_events=150))
+    loop.learner.observe(events(rows[: int(len(rows) * 0.9)]))  # untrained weights
+    loop.gate.propose(Snapshot.of(loop.learner))
+    decision = loop.keeper.judge_on_holdout(events(rows[int(len(rows) * 0.9):]))
+    assert decision is not None and not decision.promoted and loop.published == []
