@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import time
@@ -90,3 +91,13 @@ def app(ray_cluster, tmp_path_factory):
     serve.run(app_builder({"config": {**TEST_CONFIG, "data_dir": data_dir}}), name="increc", route_prefix="/")
     yield f"http://127.0.0.1:{port}", data_dir
     serve.delete("increc")
+
+
+def record(fault: str, **figures) -> None:
+    """Print a fault trial's figures; with INCREC_FAULT_LOG set, append them there as a JSON line
+    (bench/results/faults.json is made that way, README's reliability table from it)."""
+    line = {"fault": fault, **figures}
+    print(json.dumps(line))
+    if path := os.environ.get("INCREC_FAULT_LOG"):
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")

@@ -93,8 +93,35 @@ def consolidation(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+FAULT_LOG = "faults.jsonl"
+
+
+def reliability(results: str = RESULTS) -> str:
+    """The fault and fuzz trials (``INCREC_FAULT_LOG=bench/results/faults.jsonl pytest
+    tests/serve/test_faults.py tests/serve/test_fuzz.py``), summed per fault."""
+    path = os.path.join(results, FAULT_LOG)
+    rows = ["| fault or fuzzer | trials | events or inputs | events lost | applied twice | failed requests (retried) | 5xx |",
+            "|---|---|---|---|---|---|---|"]
+    if not os.path.exists(path):
+        return "\n".join(rows)
+    by: dict[str, dict] = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                t = json.loads(line)
+                agg = by.setdefault(t["fault"], {})
+                for key in ("trials", "events", "inputs", "lost", "applied_twice", "failed_requests", "server_errors"):
+                    if t.get(key) is not None:
+                        agg[key] = agg.get(key, 0) + t[key]
+    for fault, a in by.items():
+        cell = lambda key: "-" if key not in a else f"{a[key]:,}"
+        rows.append(f"| {fault} | {cell('trials')} | {cell('events') if 'events' in a else cell('inputs')} "
+                    f"| {cell('lost')} | {cell('applied_twice')} | {cell('failed_requests')} | {cell('server_errors')} |")
+    return "\n".join(rows)
+
+
 TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check,
-                                           "consolidation": consolidation}
+                                           "consolidation": consolidation, "reliability": reliability}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 
 import pyarrow as pa
@@ -34,9 +35,10 @@ class UserHistory:
     def __init__(self, config: dict) -> None:
         cfg = Config.from_dict(config)
         self.index = UserHistoryIndex(cfg.serving.recent_items_per_user, cfg.serving.popularity_half_life_s)
-        self.index.rebuild(CleanStore(cfg.clean_dir).read_all(columns=HISTORY_COLUMNS),
-                           [rows.select(HISTORY_COLUMNS) for _, rows in
-                            pending_http_rows(LandingZone(cfg.landing_uri), cfg)])
+        # Pending files first, then the store: a file cleaned in between is read twice (and
+        # counted once, by dedup_key), never missed.
+        pending = [rows.select(HISTORY_COLUMNS) for _, rows in pending_http_rows(LandingZone(cfg.landing_uri), cfg)]
+        self.index.rebuild(CleanStore(cfg.clean_dir).read_all(columns=HISTORY_COLUMNS), pending)
 
     def append(self, events: pa.Table) -> int:
         return self.index.append(events)
@@ -48,7 +50,7 @@ class UserHistory:
         return self.index.popular(k, exclude)
 
     def stats(self) -> dict:
-        return self.index.stats()
+        return {**self.index.stats(), "pid": os.getpid()}
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
@@ -88,7 +90,8 @@ class EventIngest:
             self._stop.wait(self.cfg.ingest.landing_poll_interval_s)
 
     def status(self) -> dict:
-        return {**self.pipeline.status(), "last_batch": self.last_batch, "last_error": self.last_error}
+        return {**self.pipeline.status(), "last_batch": self.last_batch, "last_error": self.last_error,
+                "pid": os.getpid()}
 
     def __del__(self) -> None:
         self._stop.set()

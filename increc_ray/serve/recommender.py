@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import threading
 import time
 
@@ -110,7 +111,7 @@ class Recommender:
                         if trainer["last_update_time"] else None},
                 "counts": {k: ingest[k] for k in ("accepted", "duplicates", "quarantined", "cleaned")},
                 "trainer": trainer, "ingest": ingest, "history": history,
-                "replica": {"swaps": self.swaps}}
+                "replica": {"swaps": self.swaps, "pid": os.getpid()}}
 
     def __del__(self) -> None:
         self._stop.set()

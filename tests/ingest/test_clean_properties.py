@@ -11,6 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -57,7 +58,20 @@ record = st.fixed_dictionaries({}, optional={k: v for k, v in field_value.items(
 records = st.lists(st.one_of(record, json_value), max_size=25)
 
 
+TRIED = [0]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _record_totals():
+    yield
+    from conftest import record
+
+    record("hypothesis: arbitrary records, columns and file bytes through cleaning and ingest", trials=1,
+           inputs=TRIED[0])
+
+
 def check_tagged(tagged: pa.Table, n: int) -> None:
+    TRIED[0] += 1
     assert tagged.num_rows == n
     rows = tagged.to_pylist()
     assert sorted(r["row"] for r in rows) == list(range(n)), "every input row once, clean or quarantined"
@@ -94,6 +108,7 @@ def test_arbitrary_text_columns_as_a_file_loader_gives_them(rows):
 @given(st.sampled_from(["x.jsonl", "x.json", "x.csv", "x.parquet", "x.txt", "noext"]), st.binary(max_size=300))
 def test_arbitrary_file_bytes_never_crash_a_pass(name, data):
     cfg = Config.from_dict({})
+    TRIED[0] += 1
     out = _clean_file_batch(pa.table({"path": [f"/landing/{name}"], "bytes": pa.array([data], pa.binary())}), cfg)
     assert all(r["reason"] is None or r["reason"].strip() for r in out.to_pylist())
 
@@ -101,6 +116,7 @@ def test_arbitrary_file_bytes_never_crash_a_pass(name, data):
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(records)
 def test_http_ingest_then_a_pass_accounts_for_every_record_and_applies_each_event_once(recs):
+    TRIED[0] += 1
     with tempfile.TemporaryDirectory() as d:
         p = EventPipeline(Config.from_dict({"data_dir": d}), clean_files=clean_files_locally)
         report, clean = p.ingest(recs)

@@ -6,13 +6,15 @@ so the model has live versions before the first kill.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 
 import httpx
 import pytest
 
-from conftest import AUTH, wait_until
+from conftest import AUTH, record, wait_until
+import test_app
 from test_app import STREAM, _ok, post, status, wait_applied
 
 pytestmark = pytest.mark.integration
@@ -52,4 +54,89 @@ def test_sigkill_of_the_train_worker_resumes_with_new_increasing_versions(client
     assert "must increase" not in str(after["trainer"]["trainer"].get("last_error") or "")
     gate = after["trainer"]["gate"]
     assert gate["live_version"] == after["model_version"] and gate["promoted"] >= 1
+    seen, stored = after["trainer"]["progress"].get("events_seen"), test_app.clean_rows(test_app.DATA_DIR[0])
+    record("SIGKILL train worker mid-stream", trials=1, events=stored, lost=max(0, stored - seen),
+           applied_twice=max(0, seen - stored), failed_requests=None)
     print(f"killed train worker {pid}; versions {before['model_version']} -> {after['model_version']}")
+
+
+# ---- the ingest and history replicas -------------------------------------------------------
+
+
+def _stored_keys() -> list[str]:
+    from increc_ray.ingest.landing import CleanStore
+
+    table = CleanStore(os.path.join(test_app.DATA_DIR[0], "clean")).read_all(columns=["dedup_key"])
+    return [] if table is None else table.column("dedup_key").to_pylist()
+
+
+def _post_retrying(c: httpx.Client, events: list[dict], failed: list[int], timeout_s: float = 180) -> dict:
+    """POST until answered 200, as a client retries; counts the failed attempts."""
+    def attempt():
+        try:
+            r = c.post("/events", content=json.dumps(events))
+        except httpx.TransportError:
+            r = None
+        if r is not None and r.status_code == 200:
+            return r.json()
+        failed[0] += 1
+        assert r is None or r.status_code >= 500, (r.status_code, r.text)  # never a 4xx for valid events
+        return None
+    return wait_until(attempt, timeout_s, interval_s=1.0, what="POST /events answered")
+
+
+def _status_or_none(c: httpx.Client) -> dict | None:
+    try:
+        r = c.get("/status")
+    except httpx.TransportError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+def _quiet(c: httpx.Client, part: str, old_pid: int, n_keys: int) -> dict:
+    """/status once the killed replica is back (a new pid), nothing is pending and the clean
+    store holds at least ``n_keys`` rows."""
+    def done():
+        s = _status_or_none(c)
+        if not s or s[part].get("pid") in (None, old_pid) or s["ingest"]["pending_files"]:
+            return None
+        return s if len(_stored_keys()) >= n_keys else None
+    return wait_until(done, 240, interval_s=1.0, what=f"{part} replica back and the landing zone drained")
+
+
+def _kill_and_stream(c: httpx.Client, part: str) -> None:
+    """SIGKILL the ``part`` replica ("ingest" or "history") right after a batch is acknowledged
+    (its landing file not cleaned yet), retry that batch as a client would, post another; then
+    every acknowledged event is in the clean store once and in user history once."""
+    quiet = wait_until(lambda: (s := _status_or_none(c)) and not s["ingest"]["pending_files"] and s, 120,
+                       what="an idle landing zone")
+    before_keys, before_hist = set(_stored_keys()), quiet["history"]["events"]
+    a, b = STREAM.next_events(200), STREAM.next_events(200)
+    failed = [0]
+    post(c, a)  # acknowledged: durable in the landing zone, in user history
+    pid = status(c)[part]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    _post_retrying(c, a, failed)  # the client's retry of the acknowledged batch (it timed out, say)
+    _post_retrying(c, b, failed)
+    sent = {f"id:{e['event_id']}" for e in a + b}
+    after = _quiet(c, part, pid, len(before_keys) + len(sent))
+    keys = _stored_keys()
+    lost = len(sent - set(keys))
+    doubled = len(keys) - len(set(keys))
+    hist_added = after["history"]["events"] - (0 if part == "history" else before_hist)
+    hist_expected = len(keys) if part == "history" else len(set(keys) - before_keys)
+    record(f"SIGKILL {part} replica", trials=1, events=len(sent), lost=lost, applied_twice=doubled,
+           history_events_off_by=hist_added - hist_expected, failed_requests=failed[0],
+           history_duplicate_appends=after["history"].get("duplicate_appends"))
+    assert lost == 0 and doubled == 0
+    assert hist_added == hist_expected, "every acknowledged event in user history exactly once"
+    r = c.get("/recommend", params={"user_id": str(b[-1]["user_id"]), "k": 5})
+    assert r.status_code == 200 and str(b[-1]["item_id"]) not in {i["item_id"] for i in r.json()["items"]}
+
+
+def test_sigkill_of_the_ingest_replica_loses_nothing_and_applies_nothing_twice(client):
+    _kill_and_stream(client, "ingest")
+
+
+def test_sigkill_of_the_history_replica_rebuilds_it_with_every_event_once(client):
+    _kill_and_stream(client, "history")
