@@ -9,6 +9,7 @@ so a route added later is fuzzed without a new test.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 
 import pytest
@@ -58,6 +59,7 @@ TRIED = {"inputs": 0, "server_errors": 0}
 @pytest.fixture(scope="module", autouse=True)
 def _record_totals():
     yield
+    shutil.rmtree(_DATA, ignore_errors=True)
     record("schemathesis fuzz of the OpenAPI routes (real ingest pipeline)", trials=1, **TRIED)
 
 
