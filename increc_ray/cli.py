@@ -59,7 +59,8 @@ class Client:
 
     def __init__(self, url: str = DEFAULT_URL, timeout_s: float = 30.0, token: str | None = None) -> None:
         self.url, self.timeout_s = url.rstrip("/"), timeout_s
-        self._auth = {"Authorization": f"Bearer {token or client_token()}"} if (token or client_token()) else {}
+        token = token or client_token()
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> tuple[int, dict]:
         headers = {**self._auth, **({"Content-Type": "application/json"} if body else {})}

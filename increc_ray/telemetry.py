@@ -6,7 +6,7 @@ its own subset:
 
 ingest / cleaning  increc_events_accepted_total, increc_events_duplicate_total,
                    increc_events_quarantined_total, increc_events_cleaned_total,
-                   increc_clean_write_failures_total,
+                   increc_clean_pass_failures_total,
                    increc_ingest_lag_seconds (landing -> clean store)
 trainer            increc_events_applied_total, increc_model_version (the live one),
                    increc_gate_decisions_total{outcome=promoted|rejected|demoted},
@@ -38,7 +38,7 @@ _DEFS = {
     "increc_events_duplicate_total": ("counter", "Events dropped as duplicates of earlier events.", ("source",)),
     "increc_events_quarantined_total": ("counter", "Events rejected into the quarantine table.", ("source",)),
     "increc_events_cleaned_total": ("counter", "Events written to the clean store.", ()),
-    "increc_clean_write_failures_total": ("counter", "Cleaning passes whose clean part could not be written (retried).", ()),
+    "increc_clean_pass_failures_total": ("counter", "Cleaning passes that failed before their clean part was written (retried).", ()),
     "increc_ingest_lag_seconds": ("gauge", "Seconds from landing to clean store, newest batch.", ()),
     "increc_events_applied_total": ("counter", "Clean events applied to the model by the trainer.", ()),
     "increc_model_version": ("gauge", "Latest weight version published by the trainer.", ()),

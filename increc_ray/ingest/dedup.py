@@ -79,19 +79,15 @@ class KeyLedger:
                 self._reserved[k] = path
             return keep, path
 
-    def adopt(self, path: str, keys: Iterable[str]) -> list[bool]:
+    def adopt(self, path: str, keys: Iterable[str]) -> None:
         """Reserve ``keys`` for the existing landing file ``path`` (a restart finding HTTP files
-        it accepted before but has not cleaned yet); mask of the keys it now holds."""
+        it accepted before but has not cleaned yet); a key seen or held by another file stays so."""
         with self._lock:
             held = self._reserved_in.setdefault(path, [])
-            mask = []
             for k in keys:
-                ok = k not in self.seen and self._reserved.get(k, path) == path
-                if ok and k not in self._reserved:
+                if k not in self.seen and k not in self._reserved:
                     self._reserved[k] = path
                     held.append(k)
-                mask.append(ok)
-            return mask
 
     def release(self, path: str) -> None:
         """Drop the reservations of landing file ``path`` (written, or failed to be written)."""

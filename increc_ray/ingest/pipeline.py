@@ -127,6 +127,7 @@ class EventPipeline:
         tagged = self.clean_files(files, self.landing.fs, self.cfg)
         clean_parts, fresh_parts, bad_parts, n_dup, n_bad = [], [], [], 0, 0
         by_source = pc.fill_null(tagged.column("source"), "")
+        seq = None
         try:
             for path in files:
                 result = split_tagged(tagged.filter(pc.equal(by_source, path)))
@@ -144,17 +145,15 @@ class EventPipeline:
                 with self._lock:
                     seq = self._next_seq
                     self._next_seq += 1
-                try:
-                    self.store.append(clean, seq)
-                except BaseException:
-                    with self._lock:  # no gap in the stream offsets when nobody took the next one
-                        if self._next_seq == seq + 1:
-                            self._next_seq = seq
-                    raise
+                self.store.append(clean, seq)
         except BaseException:
             # Nothing was written: the files stay pending and the retry finds their rows new.
             self.keys.abort(files)
-            telemetry.inc("increc_clean_write_failures_total", 1)
+            if seq is not None:
+                with self._lock:  # no gap in the stream offsets when nobody took the next one
+                    if self._next_seq == seq + 1:
+                        self._next_seq = seq
+            telemetry.inc("increc_clean_pass_failures_total", 1)
             raise
         # The part is durable: its keys are seen from now on, whatever happens next (a crash
         # before the files are moved only causes a re-read whose rows are all duplicates).

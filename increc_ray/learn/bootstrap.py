@@ -28,19 +28,13 @@ import pyarrow as pa
 
 from increc_ray.config import Config, TrainerConfig
 from increc_ray.learn.gate import Snapshot, fresh_targets, ndcg, popularity_ranks
-from increc_ray.learn.learner import IncrementalLearner, positives
+from increc_ray.learn.learner import IncrementalLearner
 
 SCORE_BATCH = 512
 
 
 class Stopped(Exception):
     """The full pass was asked to stop (the deployment is shutting down)."""
-
-
-def holdout_targets(learner: IncrementalLearner, events: pa.Table, limit: int) -> tuple[list[list[int]], np.ndarray]:
-    """(histories, targets) of the held-out ``events``, not yet observed by ``learner``: scored as
-    the gate scores a fresh slice (``gate.fresh_targets``)."""
-    return fresh_targets(learner, events, limit)
 
 
 def score_holdout(learner: IncrementalLearner, histories: list[list[int]], targets: np.ndarray,
@@ -90,7 +84,7 @@ def fit_events(events: pa.Table, cfg: Config, device: str = "cpu",
     cut = n - max(1, int(round(b.holdout_fraction * n)))
     learner = IncrementalLearner(cfg.model, cfg.bootstrap_trainer, device=device)
     learner.observe(events.slice(0, cut))
-    histories, targets = holdout_targets(learner, events.slice(cut), b.holdout_max_events)
+    histories, targets = fresh_targets(learner, events.slice(cut), b.holdout_max_events)  # as the gate scores a slice
     report = {"n_events": n, "n_train": cut, "n_holdout": n - cut, "n_scored": int(len(targets)),
               "epochs": 0, "best_epoch": 0, f"holdout_ndcg@{k}": None, f"popularity_ndcg@{k}": None,
               "history": [], "stopped_by": "epochs"}

@@ -269,7 +269,7 @@ class _TrainWorker:
         else:  # the fresh model is the next candidate
             self.gate.candidate = None
             decision = self.gate.propose(Snapshot.of(learner))
-            if decision is None and self.gate.live is None:
+            if decision is None:  # judged at once only when nothing is live (see judge_on_holdout)
                 decision = self.keeper.judge_on_holdout(events.slice(cut))
             _log_decision(decision)
         self.checkpoint({"full_pass": True})

@@ -5,7 +5,8 @@ import pytest
 
 from increc_ray.config import BootstrapConfig, Config
 from increc_ray.ingest.landing import CleanStore
-from increc_ray.learn.bootstrap import Stopped, fit_events, holdout_targets
+from increc_ray.learn.bootstrap import Stopped, fit_events
+from increc_ray.learn.gate import fresh_targets
 from increc_ray.learn.gate import UNKNOWN_ITEM
 from increc_ray.learn.learner import IncrementalLearner
 from increc_ray.learn.train import StreamCursor, full_pass_reason
@@ -41,7 +42,7 @@ def test_full_pass_learns_the_planted_structure_holds_out_the_newest_and_hands_o
     assert all(p["eta_s"] >= 0 for p in epochs_told)
     # the best epoch's weights are the ones kept: scoring again gives the reported figure
     from increc_ray.learn.bootstrap import score_holdout
-    h, t = holdout_targets(IncrementalLearner.from_state_dict(learner.state_dict()), table.slice(cut), 5000)
+    h, t = fresh_targets(IncrementalLearner.from_state_dict(learner.state_dict()), table.slice(cut), 5000)
     assert score_holdout(learner, h, t, 10)[0] == pytest.approx(report["holdout_ndcg@10"])
 
 
@@ -68,11 +69,11 @@ def test_a_pass_asked_to_stop_raises_between_epochs():
 def test_holdout_histories_include_earlier_held_out_items_and_unknown_items_are_misses():
     learner = IncrementalLearner(SMALL, CFG.trainer)
     learner.observe(events([("u", "a", 1), ("u", "b", 2), ("v", "a", 3)]))
-    h, t = holdout_targets(learner, events([("u", "c", 4), ("u", "a", 5), ("w", "a", 6), ("w", "b", 7)]), 100)
+    h, t = fresh_targets(learner, events([("u", "c", 4), ("u", "a", 5), ("w", "a", 6), ("w", "b", 7)]), 100)
     a, b = learner.vocab.lookup(["a", "b"]).tolist()
     # u: [a, b] -> c (unknown: a miss); then [a, b] -> a (c is skipped in histories); w: first is no target
     assert h == [[a, b], [a, b], [a]] and t.tolist() == [UNKNOWN_ITEM, a, b]
-    assert len(holdout_targets(learner, events([("u", "a", t) for t in range(10, 30)]), 5)[1]) == 5
+    assert len(fresh_targets(learner, events([("u", "a", t) for t in range(10, 30)]), 5)[1]) == 5
 
 
 @pytest.mark.parametrize("unread, learned, since, expect", [
