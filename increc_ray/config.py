@@ -281,6 +281,10 @@ class ServingConfig(_Section):
     recent_items_per_user: int = Field(200, gt=0)  # kept per user for read-your-writes and seen-item exclusion
     popularity_half_life_s: float = Field(3600.0, ge=0)  # decay of the popularity fallback, in event time; 0: all-time counts
     weight_poll_timeout_s: float = Field(5.0, gt=0)  # long-poll for a newer weight version
+    # A recommend call waits this long for the user-history replica; past it (the replica is
+    # down or restarting) the answer is the popular list cached every fallback_refresh_s, marked degraded.
+    history_timeout_s: float = Field(2.0, gt=0)
+    fallback_refresh_s: float = Field(10.0, gt=0)
 
     @model_validator(mode="after")
     def _max_ge_default(self) -> "ServingConfig":

@@ -6,6 +6,7 @@
     +-- BadRequest           a client request is malformed -> HTTP 4xx with a JSON reason
     |   +-- PayloadTooLarge  the body is over ingest.max_body_bytes -> 413
     |   +-- Unauthorized     a missing or wrong bearer token -> 401
+    |   +-- Unavailable      nothing can answer it now (a back end is down, no fallback) -> 503
     +-- DataError            a file or batch cannot be read as events (whole-file quarantine)
 
 Row-level problems are not exceptions: a bad row becomes a quarantined row
@@ -43,6 +44,12 @@ class PayloadTooLarge(BadRequest):
 
 class Unauthorized(BadRequest):
     status_code = 401
+
+
+class Unavailable(BadRequest):
+    """Not the client's fault, but answered the same way: a status and a JSON reason."""
+
+    status_code = 503
 
 
 class DataError(IncrecError):

@@ -14,7 +14,8 @@ trainer            increc_events_applied_total, increc_model_version (the live o
                    (event cleaned -> applied), increc_online_hr10 (test-then-train
                    HR@10 of the live model on the events it is about to learn)
 serving            increc_request_latency_ms, increc_requests_total,
-                   increc_served_model_version, increc_model_freshness_seconds
+                   increc_served_model_version, increc_model_freshness_seconds,
+                   increc_degraded_answers_total
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ _DEFS = {
     "increc_online_hr10": ("gauge", "Test-then-train HR@10 of the live model on events it is about to learn.", ()),
     "increc_request_latency_ms": ("histogram", "Latency of HTTP requests handled by a replica.", ("route",)),
     "increc_requests_total": ("counter", "HTTP requests by route and status code.", ("route", "status")),
+    "increc_degraded_answers_total": ("counter", "Recommend answers from the cached popular list while the user-history replica was unreachable.", ()),
     "increc_served_model_version": ("gauge", "Weight version a serving replica is answering with.", ()),
     "increc_model_freshness_seconds": ("gauge", "Seconds since the served weights were published.", ()),
 }

@@ -39,7 +39,7 @@ from starlette.responses import JSONResponse
 
 from increc_ray import telemetry
 from increc_ray.config import AuthConfig, Config
-from increc_ray.errors import BadRequest, ConfigError, PayloadTooLarge, Unauthorized
+from increc_ray.errors import BadRequest, ConfigError, PayloadTooLarge, Unauthorized, Unavailable
 from increc_ray.ingest.body import parse_body
 
 logger = logging.getLogger("increc_ray.serve")
@@ -52,7 +52,7 @@ class Service(Protocol):
 
     async def _recommend(self, user_id: str, k: int) -> dict: ...
     async def _ingest(self, records: list) -> dict: ...
-    def _health(self) -> dict: ...
+    def _health(self) -> dict | None: ...  # None: not ready (503)
     async def _status(self) -> dict: ...
 
 
@@ -78,6 +78,8 @@ class RecommendResponse(BaseModel):
     source: Literal["model", "fallback"] = Field(
         description="'model' when the sequence model ranked the user's history; 'fallback' for popularity only.")
     model_version: int = Field(description="Weight version that answered; 0 before the first one is served.")
+    degraded: bool = Field(description="True when the user-history replica did not answer in serving.history_timeout_s: "
+                                       "the items are the cached popular list, the user's seen items not excluded.")
     items: list[ScoredItem] = Field(description="Up to k unseen items, best first; popular items top up the model's.")
 
 
@@ -107,8 +109,10 @@ class EventsResponse(BaseModel):
 
 
 class HealthResponse(BaseModel):
-    status: Literal["ok"]
+    status: Literal["ok", "degraded"] = Field(
+        description="'degraded': the user-history replica is unreachable; answers are the cached popular list.")
     model_version: int
+    history_reachable: bool
 
 
 class Lag(BaseModel):
@@ -219,7 +223,11 @@ def build_api(service: Service, cfg: Config, token: str | None = None) -> FastAP
 
     @api.get("/healthz", response_model=HealthResponse, responses=_errors(503))
     async def healthz() -> JSONResponse:
-        return JSONResponse(service._health())
+        """Readiness: "ok", "degraded" (the user-history replica is down; popular items answer),
+        or 503 when this replica can answer from neither the model nor a fallback."""
+        if (health := service._health()) is None:
+            raise Unavailable("not ready: the user-history replica is unreachable and no fallback is cached")
+        return JSONResponse(health)
 
     @api.get("/status", response_model=StatusResponse, responses=_errors(*auth_errors, 503), dependencies=guarded)
     async def status() -> JSONResponse:

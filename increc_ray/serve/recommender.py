@@ -19,6 +19,7 @@ from ray.serve.handle import DeploymentHandle
 
 from increc_ray import telemetry
 from increc_ray.config import Config
+from increc_ray.errors import Unavailable
 from increc_ray.serve.api import build_api, resolve_token
 
 logger = logging.getLogger("increc_ray.serve")
@@ -41,8 +42,14 @@ class Recommender:
         self._followed = 0  # the newest published version swapped in (a fallback marker leaves no scorer)
         self._published_at: float | None = None
         self.swaps = 0
+        # The fallback while the user-history replica is down: its popular list, refreshed by a
+        # thread; and whether the last call to that replica was answered.
+        self._popular: list[tuple[str, float]] | None = None
+        self._history_up: bool | None = None  # None: not contacted yet
+        self.degraded_answers = 0
         self._stop = threading.Event()
         threading.Thread(target=self._follow_weights, name="increc-weights", daemon=True).start()
+        threading.Thread(target=self._refresh_fallback, name="increc-fallback", daemon=True).start()
 
     # ---- weights -----------------------------------------------------------------------------
 
@@ -69,6 +76,41 @@ class Recommender:
                 logger.exception("weight follow failed; retrying")
                 self._stop.wait(1.0)
 
+    # ---- the user-history replica, and the fallback when it is down ----------------------------
+
+    def _refresh_fallback(self) -> None:
+        serving = self.cfg.serving
+        while not self._stop.is_set():
+            try:
+                self._popular = self.history.popular.remote(serving.max_k, []).result(
+                    timeout_s=serving.history_timeout_s)
+                if self._history_up is False:
+                    logger.warning("user-history replica reachable again")
+                self._history_up = True
+            except Exception as e:
+                self._history_failed(e)
+            # while the replica is down this thread is what notices it is back: probe every second
+            self._stop.wait(serving.fallback_refresh_s if self._history_up else 1.0)
+
+    def _history_failed(self, e: BaseException) -> None:
+        if self._history_up is not False:
+            logger.warning("user-history replica unreachable (%s): answering from the cached popular list",
+                           type(e).__name__)
+        self._history_up = False
+
+    async def _ask_history(self, call):
+        """``await call()`` within ``serving.history_timeout_s``; None when the replica does not
+        answer, at once while it is known to be down (the fallback thread probes it meanwhile)."""
+        if self._history_up is False:
+            return None
+        try:
+            got = await asyncio.wait_for(call(), self.cfg.serving.history_timeout_s)
+        except Exception as e:  # down, restarting, or too slow: the caller answers degraded
+            self._history_failed(e)
+            return None
+        self._history_up = True
+        return got
+
     # ---- HTTP (routes, models and errors: increc_ray.serve.api) -------------------------------
 
     def __serve_build_asgi_app__(self):
@@ -76,7 +118,15 @@ class Recommender:
         return build_api(self, self.cfg, self._token)
 
     def _health(self) -> dict:
-        return {"status": "ok", "model_version": self._version()}
+        """Ready ("ok") when the user-history replica answers; "degraded" when it does not but the
+        cached popular list (or the model) can still answer; not ready (None: a 503) otherwise."""
+        if self._history_up:
+            state = "ok"
+        elif self._popular or self._scorer is not None:
+            state = "degraded"
+        else:
+            return None
+        return {"status": state, "model_version": self._version(), "history_reachable": bool(self._history_up)}
 
     def _version(self) -> int:
         """The newest published version this replica has swapped in (a fallback marker's too)."""
@@ -86,18 +136,29 @@ class Recommender:
         return await self.ingest.ingest.remote(records)
 
     async def _recommend(self, user_id: str, k: int) -> dict:
-        history, seen = await self.history.context.remote(user_id)
+        context = await self._ask_history(lambda: self.history.context.remote(user_id))
+        degraded = context is None  # the user's history is unknown: popular items only
+        history, seen = context or ([], [])
         scorer = self._scorer
         items: list[tuple[str, float]] = []
         if scorer is not None and history:
             items = await asyncio.to_thread(scorer.recommend, history, k, seen)
         source = "model" if items else "fallback"
         if len(items) < k:  # top up (cold user, or few known items) with popular unseen items
-            have = {i for i, _ in items}
-            extra = await self.history.popular.remote(k - len(items), [*seen, *have])
+            exclude = {*seen, *(i for i, _ in items)}
+            extra = None if degraded else await self._ask_history(
+                lambda: self.history.popular.remote(k - len(items), list(exclude)))
+            if extra is None:
+                if self._popular is None:
+                    raise Unavailable("the user-history replica is unreachable and no popular list is cached yet")
+                degraded = True
+                extra = [(i, s) for i, s in self._popular if i not in exclude][: k - len(items)]
             items += extra
+        if degraded:
+            self.degraded_answers += 1
+            telemetry.inc("increc_degraded_answers_total", 1)
         return {"user_id": user_id, "k": k, "source": source, "model_version": scorer.version if scorer else 0,
-                "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]}
+                "degraded": degraded, "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]}
 
     async def _status(self) -> dict:
         trainer, ingest, history = await asyncio.gather(
@@ -111,7 +172,8 @@ class Recommender:
                         if trainer["last_update_time"] else None},
                 "counts": {k: ingest[k] for k in ("accepted", "duplicates", "quarantined", "cleaned")},
                 "trainer": trainer, "ingest": ingest, "history": history,
-                "replica": {"swaps": self.swaps, "pid": os.getpid()}}
+                "replica": {"swaps": self.swaps, "pid": os.getpid(), "degraded_answers": self.degraded_answers,
+                            "history_reachable": bool(self._history_up)}}
 
     def __del__(self) -> None:
         self._stop.set()

@@ -21,14 +21,16 @@ class FakeService:
         self.calls.append(("recommend", user_id, k))
         if user_id == "boom":
             raise RuntimeError("the history replica is gone")
-        return {"user_id": user_id, "k": k, "source": "fallback", "model_version": 0, "items": []}
+        return {"user_id": user_id, "k": k, "source": "fallback", "model_version": 0, "degraded": False, "items": []}
 
     async def _ingest(self, records: list) -> dict:
         self.calls.append(("ingest", records))
         return {"accepted": len(records), "duplicates": 0, "rejected_count": 0, "rejected": []}
 
-    def _health(self) -> dict:
-        return {"status": "ok", "model_version": 3}
+    health: dict | None = {"status": "ok", "model_version": 3, "history_reachable": True}
+
+    def _health(self) -> dict | None:
+        return self.health
 
     async def _status(self) -> dict:
         return {"model_version": 3}
@@ -213,3 +215,12 @@ def test_resolve_token_reads_the_environment_then_the_file_and_refuses_none(tmp_
     with pytest.raises(ConfigError, match="cannot be read"):
         resolve_token(AuthConfig(token_file=str(tmp_path / "missing")), {})
     assert resolve_token(AuthConfig(required=False), {}) is None
+
+
+def test_healthz_is_a_503_with_a_reason_when_the_replica_cannot_answer(client, service):
+    assert client.get("/healthz").json()["status"] == "ok"
+    service.health = {"status": "degraded", "model_version": 3, "history_reachable": False}
+    assert client.get("/healthz").status_code == 200 and client.get("/healthz").json()["status"] == "degraded"
+    service.health = None
+    r = client.get("/healthz")
+    assert r.status_code == 503 and "not ready" in r.json()["error"]

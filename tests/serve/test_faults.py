@@ -140,3 +140,92 @@ def test_sigkill_of_the_ingest_replica_loses_nothing_and_applies_nothing_twice(c
 
 def test_sigkill_of_the_history_replica_rebuilds_it_with_every_event_once(client):
     _kill_and_stream(client, "history")
+
+
+# ---- serving while a back end, or a serving replica, is killed ----------------------------------
+
+
+class _Hammer:
+    """A client thread calling GET /recommend in a loop; tallies answers by status and degraded."""
+
+    def __init__(self, url: str, users: list[str]) -> None:
+        import threading
+
+        self.url, self.users = url, users
+        self.codes: dict[int | str, int] = {}
+        self.degraded = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "_Hammer":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=30.0) as c:
+            i = 0
+            while not self._stop.is_set():
+                i += 1
+                try:
+                    r = c.get("/recommend", params={"user_id": self.users[i % len(self.users)], "k": 5})
+                    code = r.status_code
+                    if code == 200 and r.json()["degraded"]:
+                        self.degraded += 1
+                    elif code != 200:
+                        assert r.headers["content-type"].startswith("application/json"), r.text  # a JSON reason
+                except httpx.TransportError as e:
+                    code = type(e).__name__
+                self.codes[code] = self.codes.get(code, 0) + 1
+                self._stop.wait(0.02)
+
+    @property
+    def failed(self) -> int:
+        return sum(n for code, n in self.codes.items() if code != 200)
+
+
+def _users() -> list[str]:
+    return [str(u) for u in list(test_app.LAST_ITEM)[:20]] or ["1", "2", "3"]
+
+
+def test_recommend_answers_degraded_while_the_history_replica_is_down(client):
+    """SIGKILL of the user-history replica under recommend load: every call is answered (200),
+    from the cached popular list and marked degraded while the replica is rebuilt; /healthz says
+    "degraded", not "ok", meanwhile."""
+    pid = status(client)["history"]["pid"]
+    health = []
+    with _Hammer(str(client.base_url), _users()) as hammer:
+        wait_until(lambda: sum(hammer.codes.values()) >= 20, 60, what="recommend load")
+        os.kill(pid, signal.SIGKILL)
+        wait_until(lambda: health.append(client.get("/healthz").json()["status"]) or health[-1] == "degraded",
+                   60, interval_s=0.2, what="/healthz degraded")
+        back = wait_until(lambda: (s := _status_or_none(client)) and s["history"]["pid"] != pid and s, 240,
+                          what="a new history replica")
+        wait_until(lambda: client.get("/healthz").json()["status"] == "ok", 60, what="/healthz ok again")
+        after = hammer.degraded
+        wait_until(lambda: sum(hammer.codes.values()) >= 20, 60)
+    record("SIGKILL history replica under recommend load", trials=1, requests=sum(hammer.codes.values()),
+           failed_requests=hammer.failed, degraded_answers=hammer.degraded, lost=None, applied_twice=None)
+    print(f"history {pid} -> {back['history']['pid']}: answers {hammer.codes}, degraded {hammer.degraded}")
+    assert hammer.failed == 0, hammer.codes
+    assert after > 0, "the answers while the replica was down are marked degraded"
+
+
+def test_sigkill_of_a_recommender_replica_is_replaced_and_answers_again(client):
+    """SIGKILL of the (only) Recommender replica under load: Serve replaces it; the requests that
+    fail meanwhile are counted (each with a JSON reason or a dropped connection, never a hang)."""
+    pid = status(client)["replica"]["pid"]
+    with _Hammer(str(client.base_url), _users()) as hammer:
+        wait_until(lambda: sum(hammer.codes.values()) >= 20, 60, what="recommend load")
+        os.kill(pid, signal.SIGKILL)
+        back = wait_until(lambda: (s := _status_or_none(client)) and s["replica"]["pid"] != pid
+                          and s["served_version"] >= s["model_version"] and s, 240,
+                          what="a new recommender replica serving the newest weights")
+        served = hammer.codes.get(200, 0)
+        wait_until(lambda: hammer.codes.get(200, 0) >= served + 20, 60, what="answers from the new replica")
+    record("SIGKILL recommender replica under load", trials=1, requests=sum(hammer.codes.values()),
+           failed_requests=hammer.failed, lost=None, applied_twice=None)
+    print(f"recommender {pid} -> {back['replica']['pid']}: answers {hammer.codes}")

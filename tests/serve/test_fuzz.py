@@ -38,7 +38,7 @@ class PipelineService:
 
     async def _recommend(self, user_id: str, k: int) -> dict:
         self.requests += 1
-        return {"user_id": user_id, "k": k, "source": "fallback", "model_version": 0, "items": []}
+        return {"user_id": user_id, "k": k, "source": "fallback", "model_version": 0, "degraded": False, "items": []}
 
     async def _ingest(self, records: list) -> dict:
         self.requests += 1
@@ -46,7 +46,7 @@ class PipelineService:
         return report.to_json()
 
     def _health(self) -> dict:
-        return {"status": "ok", "model_version": 0}
+        return {"status": "ok", "model_version": 0, "history_reachable": True}
 
     async def _status(self) -> dict:
         return {"model_version": 0, "ingest": self.pipeline.status()}
