@@ -107,6 +107,18 @@ class CleaningConfig(_Section):
     max_future_skew_s: float = Field(86_400.0, ge=0)  # events this far past "now" are rejected
     max_id_length: int = Field(256, gt=0)
     default_event_type: str = "click"  # used when an event carries no event_type (e.g. a bare user,item,timestamp file)
+    # Abuse that looks valid (increc_ray/ingest/rate.py), judged on clean, new events in event time.
+    # A user's event is refused (reason "rate") when that user already has this many accepted
+    # events within 60 s of it; None = off. Measured peak of one user within 60 s: 30 events in
+    # ml-100k, 392 in ml-latest-small (a bulk of ratings stamped with the same second).
+    rate_limit_per_minute: int | None = Field(1000, gt=0)
+    rate_users_tracked: int = Field(1_000_000, gt=0)  # users whose last minute is kept (least recently seen dropped)
+    # A new id past these counts is refused (reason "cardinality"); known ids always pass; None = no
+    # limit. Generous bounds on memory: the trainer scores every known item at every position (1M
+    # items x 16 sequences x 50 positions = 3.2 GB of float32 logits a step), and user histories
+    # keep serving.recent_items_per_user items for each user.
+    max_users: int | None = Field(10_000_000, gt=0)
+    max_items: int | None = Field(1_000_000, gt=0)
 
     @field_validator("min_timestamp")
     @classmethod
@@ -182,6 +194,7 @@ class TrainerConfig(_Section):
     grad_clip: float = Field(1.0, gt=0)
     publish_every: int = Field(1, gt=0)  # publish a weight version every N updates
     checkpoint_every: int = Field(10, gt=0)  # checkpoint every N updates
+    keep_versions: int = Field(5, ge=1)  # newest promoted weight sets kept on disk for POST /admin/rollback
     clean_store_poll_interval_s: float = Field(0.5, gt=0)  # wait between looks for new clean events
     use_gpu: Literal["auto", "true", "false"] = "auto"
     seed: int = 0
@@ -349,8 +362,18 @@ class Config(_Section):
         return os.path.join(self.data_dir, "quarantine")
 
     @property
+    def ledger_dir(self) -> str:
+        """Receipts of requests and passes that wrote no Parquet file (``increc_ray.ingest.ledger``)."""
+        return os.path.join(self.data_dir, "ledger")
+
+    @property
     def checkpoint_dir(self) -> str:
         return os.path.join(self.data_dir, "checkpoints")
+
+    @property
+    def published_dir(self) -> str:
+        """The newest promoted weight sets, one folder each (``increc_ray.learn.versions``)."""
+        return os.path.join(self.data_dir, "published")
 
     @property
     def version_file(self) -> str:

@@ -6,6 +6,7 @@
     +-- BadRequest           a client request is malformed -> HTTP 4xx with a JSON reason
     |   +-- PayloadTooLarge  the body is over ingest.max_body_bytes -> 413
     |   +-- Unauthorized     a missing or wrong bearer token -> 401
+    |   +-- NotFound         what the request names does not exist (e.g. a weight version) -> 404
     |   +-- Unavailable      nothing can answer it now (a back end is down, no fallback) -> 503
     +-- DataError            a file or batch cannot be read as events (whole-file quarantine)
 
@@ -44,6 +45,10 @@ class PayloadTooLarge(BadRequest):
 
 class Unauthorized(BadRequest):
     status_code = 401
+
+
+class NotFound(BadRequest):
+    status_code = 404
 
 
 class Unavailable(BadRequest):

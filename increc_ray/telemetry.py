@@ -6,8 +6,10 @@ its own subset:
 
 ingest / cleaning  increc_events_accepted_total, increc_events_duplicate_total,
                    increc_events_quarantined_total, increc_events_cleaned_total,
+                   increc_events_refused_total{rule=rate|cardinality} (also quarantined),
                    increc_clean_pass_failures_total,
-                   increc_ingest_lag_seconds (landing -> clean store)
+                   increc_ingest_lag_seconds (landing -> clean store),
+                   increc_ledger_events{kind=received|applied|quarantined|duplicates|pending|applied_twice}
 trainer            increc_events_applied_total, increc_model_version (the live one),
                    increc_gate_decisions_total{outcome=promoted|rejected|demoted},
                    increc_update_loss, increc_update_seconds, increc_train_lag_seconds
@@ -38,8 +40,10 @@ _DEFS = {
     "increc_events_accepted_total": ("counter", "Events accepted by ingest (after validation and de-duplication).", ("source",)),
     "increc_events_duplicate_total": ("counter", "Events dropped as duplicates of earlier events.", ("source",)),
     "increc_events_quarantined_total": ("counter", "Events rejected into the quarantine table.", ("source",)),
+    "increc_events_refused_total": ("counter", "Clean, new events quarantined by a stateful rule (ingest/rate.py).", ("rule",)),
     "increc_events_cleaned_total": ("counter", "Events written to the clean store.", ()),
     "increc_clean_pass_failures_total": ("counter", "Cleaning passes that failed before their clean part was written (retried).", ()),
+    "increc_ledger_events": ("gauge", "The event ledger: received = applied + quarantined + duplicates + pending; applied_twice apart (goal 0).", ("kind",)),
     "increc_ingest_lag_seconds": ("gauge", "Seconds from landing to clean store, newest batch.", ()),
     "increc_events_applied_total": ("counter", "Clean events applied to the model by the trainer.", ()),
     "increc_model_version": ("gauge", "Latest weight version published by the trainer.", ()),

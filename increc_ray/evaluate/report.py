@@ -98,10 +98,12 @@ FAULT_LOG = "faults.jsonl"
 
 def reliability(results: str = RESULTS) -> str:
     """The fault and fuzz trials (``INCREC_FAULT_LOG=bench/results/faults.jsonl pytest
-    tests/serve/test_faults.py tests/serve/test_fuzz.py``), summed per fault."""
+    tests/serve/test_faults.py tests/serve/test_fuzz.py``), summed per fault; "ledger" says
+    whether ``received = applied + quarantined + duplicates + pending`` held after every trial."""
     path = os.path.join(results, FAULT_LOG)
-    rows = ["| fault or fuzzer | trials | events or inputs | events lost | applied twice | failed requests (retried) | 5xx |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| fault or fuzzer | trials | events or inputs | events lost | applied twice | failed requests (retried) "
+            "| degraded answers | ledger balanced | 5xx |",
+            "|---|---|---|---|---|---|---|---|---|"]
     if not os.path.exists(path):
         return "\n".join(rows)
     by: dict[str, dict] = {}
@@ -110,13 +112,18 @@ def reliability(results: str = RESULTS) -> str:
             if line.strip():
                 t = json.loads(line)
                 agg = by.setdefault(t["fault"], {})
-                for key in ("trials", "events", "inputs", "lost", "applied_twice", "failed_requests", "server_errors"):
+                for key in ("trials", "events", "inputs", "lost", "applied_twice", "failed_requests",
+                            "degraded_answers", "server_errors"):
                     if t.get(key) is not None:
                         agg[key] = agg.get(key, 0) + t[key]
+                if t.get("ledger_balanced") is not None:
+                    agg["ledger"] = agg.get("ledger", True) and bool(t["ledger_balanced"])
     for fault, a in by.items():
         cell = lambda key: "-" if key not in a else f"{a[key]:,}"
+        ledger = "-" if "ledger" not in a else ("yes" if a["ledger"] else "**no**")
         rows.append(f"| {fault} | {cell('trials')} | {cell('events') if 'events' in a else cell('inputs')} "
-                    f"| {cell('lost')} | {cell('applied_twice')} | {cell('failed_requests')} | {cell('server_errors')} |")
+                    f"| {cell('lost')} | {cell('applied_twice')} | {cell('failed_requests')} "
+                    f"| {cell('degraded_answers')} | {ledger} | {cell('server_errors')} |")
     return "\n".join(rows)
 
 

@@ -67,10 +67,7 @@ class KeyLedger:
         """Which of ``keys`` are new (neither seen, reserved, nor earlier in ``keys``), reserved
         for the landing file ``new_path()`` names; (mask, that path, or None if none is new)."""
         with self._lock:
-            keep, batch = [], set()
-            for k in keys:
-                keep.append(k not in self.seen and k not in self._reserved and k not in batch)
-                batch.add(k)
+            keep = self._new(keys)
             if not any(keep):
                 return keep, None
             path = new_path()
@@ -78,6 +75,11 @@ class KeyLedger:
             for k in self._reserved_in[path]:
                 self._reserved[k] = path
             return keep, path
+
+    def unseen(self, keys: list[str]) -> list[bool]:
+        """Which of ``keys`` ``reserve`` would find new now; reserves nothing."""
+        with self._lock:
+            return self._new(keys)
 
     def adopt(self, path: str, keys: Iterable[str]) -> None:
         """Reserve ``keys`` for the existing landing file ``path`` (a restart finding HTTP files
@@ -137,3 +139,10 @@ class KeyLedger:
         for k in keys:
             if self._reserved.get(k) == path:
                 del self._reserved[k]
+
+    def _new(self, keys: list[str]) -> list[bool]:
+        new, batch = [], set()
+        for k in keys:
+            new.append(k not in self.seen and k not in self._reserved and k not in batch)
+            batch.add(k)
+        return new

@@ -33,7 +33,14 @@ def open_uri(uri: str) -> tuple[pafs.FileSystem, str]:
 
 
 def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> None:
-    """Write ``table`` to ``path`` so that readers see the whole file or nothing.
+    """Write ``table`` as Parquet to ``path`` so that readers see the whole file or nothing."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink)
+    write_bytes_atomic(fs, path, sink.getvalue())
+
+
+def write_bytes_atomic(fs: pafs.FileSystem, path: str, data: bytes | pa.Buffer) -> None:
+    """Write ``data`` to ``path`` so that readers see the whole file or nothing.
 
     On a local disk the file is fsynced before the rename and the folder after
     it, so an answer sent after this returns survives a crash of the machine.
@@ -43,7 +50,7 @@ def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> Non
     if isinstance(fs, pafs.LocalFileSystem):
         os.makedirs(folder, exist_ok=True)
         with open(tmp, "wb") as f:
-            pq.write_table(table, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -55,7 +62,7 @@ def write_parquet_atomic(fs: pafs.FileSystem, path: str, table: pa.Table) -> Non
         return
     fs.create_dir(folder, recursive=True)
     with fs.open_output_stream(tmp) as out:
-        pq.write_table(table, out)
+        out.write(data)
     fs.move(tmp, path)
 
 
@@ -99,8 +106,18 @@ class LandingZone:
         done = f"{self.root}/{_PROCESSED}"
         self.fs.create_dir(done, recursive=True)
         for path in paths:
-            rel = path[len(self.root):].lstrip("/").replace("/", "__")
-            self.fs.move(path, f"{done}/{rel}")
+            self.fs.move(path, f"{done}/{self.processed_name(path)}")
+
+    def processed(self) -> list[str]:
+        """The files ``mark_processed`` moved away, by name."""
+        infos = self.fs.get_file_info(pafs.FileSelector(f"{self.root}/{_PROCESSED}", allow_not_found=True))
+        return sorted(i.path for i in infos if i.type == pafs.FileType.File)
+
+    def processed_name(self, path: str) -> str:
+        """The name of landing file ``path`` under ``_processed/`` (its own name there)."""
+        rel = path[len(self.root):].lstrip("/")
+        prefix = f"{_PROCESSED}/"
+        return rel[len(prefix):] if rel.startswith(prefix) else rel.replace("/", "__")
 
 
 class CleanStore:

@@ -117,7 +117,10 @@ def _parse_csv(data: bytes) -> pa.Table:
     """CSV with a header naming RAW_COLUMNS (or MovieLens' userId,movieId,rating,timestamp)."""
     data = data.removeprefix(codecs.BOM_UTF8)
     first_line = data.split(b"\n", 1)[0].decode("utf-8")
-    header = [h.strip() for h in next(csv.reader([first_line.rstrip("\r")]), [])]
+    try:
+        header = [h.strip() for h in next(csv.reader([first_line.rstrip("\r")]), [])]
+    except csv.Error as e:  # e.g. a NUL byte or a stray carriage return in the header line
+        raise DataError(f"CSV header line cannot be read: {e}") from None
     if not any(header):
         raise DataError("CSV file has no header line")
     return _read_delimited(data, header, ",", skip_rows=1)

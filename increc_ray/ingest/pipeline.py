@@ -12,13 +12,20 @@ Two shells run the same cleaning rules (``increc_ray.ingest.clean``):
 De-duplication spans the whole history (``increc_ray.ingest.dedup``). Keys of
 the clean store are reloaded on start, so a crash between writing a clean part
 and moving its source files only causes a re-read whose rows are all
-recognised as duplicates: nothing is lost or applied twice.
+recognised as duplicates: nothing is lost or applied twice. The ledger
+(``increc_ray.ingest.ledger``) proves it: every event received is counted once as applied,
+quarantined, duplicate or pending, in counts written atomically with the rows they count.
+
+Clean events that are new then pass the stateful rules (``increc_ray.ingest.rate``: id
+cardinality, then the per-user rate), once: at HTTP ingest, or in the pass for rows of dropped
+files. A refused event is quarantined with its reason and never reaches the clean store.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -28,11 +35,14 @@ from increc_ray import telemetry
 from increc_ray.config import Config
 from increc_ray.ingest.clean import clean_batch_tagged, split_tagged
 from increc_ray.ingest.dedup import KeyLedger, drop_batch_duplicates
-from increc_ray.ingest.events import RAW_COLUMNS, raw_table_from_records
+from increc_ray.ingest.events import RAW_COLUMNS, raw_table_from_records, rows_as_json
 from increc_ray.ingest.landing import CleanStore, LandingZone, open_uri, write_parquet_atomic
+from increc_ray.ingest.ledger import PASS_KEY, RECEIPT_KEY, EventLedger, stamp
+from increc_ray.ingest.rate import CARDINALITY, RATE, Admission, rule_of
 from increc_ray.ingest.ray_job import clean_files_locally, clean_files_with_ray_data
 
 MAX_REASONS_IN_ANSWER = 100  # a huge bad batch should not produce a huge answer
+REFUSED_COUNTS = {RATE: "rate_limited", CARDINALITY: "cardinality_refused"}  # rule -> key in status()
 
 
 @dataclass
@@ -60,15 +70,26 @@ class EventPipeline:
         self.store = CleanStore(cfg.clean_dir)
         self.q_fs, self.q_root = open_uri(cfg.quarantine_dir)
         self._lock = threading.Lock()
-        existing = self.store.read_all(columns=["dedup_key"])
+        existing = self.store.read_all(columns=["dedup_key", "user_id", "item_id", "timestamp"])
         self.keys = KeyLedger(existing.column("dedup_key").to_pylist() if existing is not None else ())
+        self.ledger = EventLedger(self.landing, self.store, cfg.ledger_dir)
+        self.ledger.applied_twice = (existing.num_rows if existing is not None else 0) - len(self.keys.seen)
         self._next_seq = self.store.last_seq() + 1
+        accepted = [existing] if existing is not None else []
         # HTTP files accepted before a restart but not cleaned yet hold their keys again, so a
         # client's retry of one of them is a duplicate, not a second copy.
         for path, rows in pending_http_rows(self.landing, cfg):
-            self.keys.adopt(path, rows.column("dedup_key").to_pylist())
-        self.counts = {"accepted": 0, "duplicates": 0, "quarantined": 0, "cleaned": 0, "files": 0}
+            keys = rows.column("dedup_key").to_pylist()
+            self.keys.adopt(path, keys)
+            # rows already in the store (a crash before the file was moved) are counted once
+            accepted.append(rows.filter(pa.array([k not in self.keys.seen for k in keys], pa.bool_())))
+        self.admission = Admission(cfg.cleaning)  # knows every accepted event's ids and its user's last minute
+        if accepted:
+            self.admission.seed(pa.concat_tables([t.select(["user_id", "item_id", "timestamp"]) for t in accepted]))
+        self.counts = {"accepted": 0, "duplicates": 0, "quarantined": 0, "cleaned": 0, "files": 0,
+                       **{key: 0 for key in REFUSED_COUNTS.values()}}
         self.last_clean_time: float | None = None
+        self.pass_started_at: float | None = None  # while a cleaning pass runs
 
     # ---- HTTP ingest -------------------------------------------------------------------------
 
@@ -80,32 +101,47 @@ class EventPipeline:
         """
         raw = raw_table_from_records(records)
         tagged = clean_batch_tagged(raw, self.cfg.cleaning, source="http")
-        result = split_tagged(tagged)
-        report = IngestReport()
-        self._quarantine(result.quarantined, "http")
-        report.rejected_count = result.quarantined.num_rows
-        report.rejected = [{"row": r, "reason": why} for r, why in zip(
-            result.quarantined.column("row").to_pylist()[:MAX_REASONS_IN_ANSWER],
-            result.quarantined.column("reason").to_pylist()[:MAX_REASONS_IN_ANSWER])]
-
         ok_rows = tagged.filter(pc.is_null(tagged.column("reason")))
+        new = self.keys.unseen(ok_rows.column("dedup_key").to_pylist())
+        reasons = self.admission.check(ok_rows, new)
+        quarantined = pa.concat_tables([split_tagged(tagged).quarantined,
+                                        refused_rows(ok_rows, reasons, raw.column("raw"))]).sort_by("row")
+        report = IngestReport()
+        self._quarantine(quarantined, "http")
+        report.rejected_count = quarantined.num_rows
+        report.rejected = [{"row": r, "reason": why} for r, why in zip(
+            quarantined.column("row").to_pylist()[:MAX_REASONS_IN_ANSWER],
+            quarantined.column("reason").to_pylist()[:MAX_REASONS_IN_ANSWER])]
+
+        admitted = pa.array([r is None for r in reasons], pa.bool_())
+        new = [n for n, r in zip(new, reasons) if r is None]
+        ok_rows = ok_rows.filter(admitted)
         keys = ok_rows.column("dedup_key").to_pylist()
         keep, path = self.keys.reserve(keys, lambda: self.landing.new_path("http"))
         mask = pa.array(keep, type=pa.bool_())
+        # Rows a concurrent request reserved since ``unseen`` are its duplicates: out of the rate window.
+        self.admission.forget(ok_rows.filter(pa.array([n and not k for n, k in zip(new, keep)], pa.bool_())))
         accepted_rows = ok_rows.column("row").filter(mask)
         report.accepted = len(accepted_rows)
         report.duplicates = len(keys) - report.accepted
-        if path is not None:
-            try:
-                self.landing.write_to(path, raw.select([c for c in (*RAW_COLUMNS, "raw") if c in raw.column_names])
-                                      .take(accepted_rows))
-            except Exception:
+        receipt = self.ledger.receipt(raw.num_rows, report.accepted, report.duplicates, report.rejected_count)
+        try:
+            if path is None:
+                self.ledger.answered_without_file(receipt)
+            else:  # the receipt travels in the file's footer: counted if and only if the rows landed
+                self.landing.write_to(path, stamp(raw.select([c for c in (*RAW_COLUMNS, "raw") if c in raw.column_names])
+                                                  .take(accepted_rows), RECEIPT_KEY, receipt))
+                self.ledger.landed(path, receipt)
+                report.landing_file = path
+        except Exception:
+            if path is not None:
                 self.keys.release(path)  # nothing was written: the keys are free again
-                raise
-            report.landing_file = path
+                self.admission.forget(ok_rows.filter(mask))
+            raise
         self.counts["accepted"] += report.accepted
         self.counts["duplicates"] += report.duplicates
         self.counts["quarantined"] += report.rejected_count
+        self._count_refused(Counter(rule_of(r) for r in reasons if r))
         telemetry.inc("increc_events_accepted_total", report.accepted, source="http")
         telemetry.inc("increc_events_duplicate_total", report.duplicates, source="http")
         telemetry.inc("increc_events_quarantined_total", report.rejected_count, source="http")
@@ -123,32 +159,44 @@ class EventPipeline:
         files = self.landing.pending()[: self.cfg.ingest.max_files_per_batch]
         if not files:
             return {"files": 0}, None
-        started = time.time()
+        started = self.pass_started_at = time.time()
+        try:
+            return self._process(files, started)
+        finally:
+            self.pass_started_at = None
+
+    def _process(self, files: list[str], started: float) -> tuple[dict, pa.Table | None]:
         tagged = self.clean_files(files, self.landing.fs, self.cfg)
-        clean_parts, fresh_parts, bad_parts, n_dup, n_bad = [], [], [], 0, 0
+        clean_parts, fresh_parts, bad_parts, n_dup, n_bad, refused = [], [], [], 0, 0, Counter()
+        per_file: dict[str, dict] = {}  # the ledger's counts of each file
         by_source = pc.fill_null(tagged.column("source"), "")
         seq = None
         try:
             for path in files:
-                result = split_tagged(tagged.filter(pc.equal(by_source, path)))
-                bad_parts.append((path, result.quarantined))
-                n_bad += result.quarantined.num_rows
-                clean, dup_in_file = drop_batch_duplicates(result.clean)
-                kept, fresh, dup = self._dedup_file(clean, path)
-                n_dup += dup_in_file + dup
+                rows = tagged.filter(pc.equal(by_source, path))
+                kept, fresh, refusals, dup = self._admit_file(rows.filter(pc.is_null(rows.column("reason"))), path)
+                fresh_parts.append(fresh)  # admitted by the rules: forgotten again if the pass fails
+                bad = pa.concat_tables([split_tagged(rows).quarantined, refusals]).sort_by("row")
+                bad_parts.append((path, bad))
+                n_bad += bad.num_rows
+                n_dup += dup
+                refused.update(map(rule_of, refusals.column("reason").to_pylist()))
                 clean_parts.append(kept)
-                fresh_parts.append(fresh)
+                per_file[path] = {"applied": kept.num_rows, "duplicates": dup, "quarantined": bad.num_rows}
             clean = pa.concat_tables(clean_parts)
+            record = self.ledger.pass_record(per_file)
             if clean.num_rows:
                 # Keep the clean stream in event-time order inside a part.
                 clean = clean.take(pc.sort_indices(clean, sort_keys=[("timestamp", "ascending")]))
                 with self._lock:
                     seq = self._next_seq
                     self._next_seq += 1
-                self.store.append(clean, seq)
+                self.store.append(stamp(clean, PASS_KEY, record), seq)  # the counts in its footer
         except BaseException:
             # Nothing was written: the files stay pending and the retry finds their rows new.
             self.keys.abort(files)
+            if fresh_parts:
+                self.admission.forget(pa.concat_tables(fresh_parts))
             if seq is not None:
                 with self._lock:  # no gap in the stream offsets when nobody took the next one
                     if self._next_seq == seq + 1:
@@ -157,15 +205,19 @@ class EventPipeline:
             raise
         # The part is durable: its keys are seen from now on, whatever happens next (a crash
         # before the files are moved only causes a re-read whose rows are all duplicates).
-        self.keys.commit(files, clean.column("dedup_key").to_pylist())
+        kept_keys = clean.column("dedup_key").to_pylist()
+        self.ledger.applied_twice += sum(k in self.keys.seen for k in kept_keys)  # goal 0: the check of the above
+        self.keys.commit(files, kept_keys)
         for path, bad in bad_parts:  # one quarantine file per landing file: a re-read overwrites it
             self._quarantine(bad, "file", name=path[len(self.landing.root):].lstrip("/").replace("/", "__"))
+        self.ledger.cleaned(record, stamped=bool(clean.num_rows))  # before the files move: counted once
         self.landing.mark_processed(files)
         self.last_clean_time = time.time()
         self.counts["files"] += len(files)
         self.counts["cleaned"] += clean.num_rows
         self.counts["quarantined"] += n_bad
         self.counts["duplicates"] += n_dup
+        self._count_refused(refused)
         from_files = sum(1 for f in files if not _is_http_file(f))
         telemetry.inc("increc_events_cleaned_total", clean.num_rows)
         telemetry.inc("increc_events_quarantined_total", n_bad, source="file")
@@ -177,11 +229,24 @@ class EventPipeline:
                    "duplicates": n_dup, "quarantined": n_bad, "seconds": round(time.time() - started, 3)}
         return summary, fresh
 
-    def _dedup_file(self, clean: pa.Table, path: str) -> tuple[pa.Table, pa.Table, int]:
-        """(kept rows, kept rows not reserved at HTTP ingest, duplicates) for one landing file."""
-        keep, fresh = self.keys.claim(clean.column("dedup_key").to_pylist(), path)
-        kept = clean.filter(pa.array(keep, type=pa.bool_()))
-        return kept, clean.filter(pa.array(fresh, type=pa.bool_())), clean.num_rows - kept.num_rows
+    def _admit_file(self, ok: pa.Table, path: str) -> tuple[pa.Table, pa.Table, pa.Table, int]:
+        """For one landing file's tagged clean rows: (clean rows to keep, those of them not
+        reserved at HTTP ingest, the rows the rules refused as quarantine rows, duplicates).
+        Only rows not reserved at HTTP ingest face the rules: the others passed them then."""
+        unique, _ = drop_batch_duplicates(ok)
+        keep, fresh = self.keys.claim(unique.column("dedup_key").to_pylist(), path)
+        kept = unique.filter(pa.array(keep, type=pa.bool_()))
+        fresh = [f for f, k in zip(fresh, keep) if k]
+        reasons = self.admission.check(kept, fresh)
+        admitted = [r is None for r in reasons]
+        return (split_tagged(kept.filter(pa.array(admitted, pa.bool_()))).clean,
+                split_tagged(kept.filter(pa.array([f and a for f, a in zip(fresh, admitted)], pa.bool_()))).clean,
+                refused_rows(kept, reasons), ok.num_rows - kept.num_rows)
+
+    def _count_refused(self, by_rule: Counter) -> None:
+        for rule, n in by_rule.items():
+            self.counts[REFUSED_COUNTS[rule]] += n
+            telemetry.inc("increc_events_refused_total", n, rule=rule)
 
     def _quarantine(self, table: pa.Table, origin: str, name: str | None = None) -> None:
         if table.num_rows:
@@ -191,7 +256,18 @@ class EventPipeline:
     def status(self) -> dict:
         return {**self.counts, "clean_parts": self._next_seq, "pending_files": len(self.landing.pending()),
                 "seen_keys": len(self.keys.seen), "reserved_keys": self.keys.n_reserved,
-                "last_clean_time": self.last_clean_time}
+                "last_clean_time": self.last_clean_time, "pass_started_at": self.pass_started_at, **self.admission.status(), "ledger": self.ledger.snapshot()}
+
+
+def refused_rows(rows: pa.Table, reasons: list[str | None], raw: pa.ChunkedArray | None = None) -> pa.Table:
+    """The rows of the tagged clean ``rows`` that have a reason, as quarantine rows; their raw
+    text is ``raw`` at their ``row`` (a request's records), else the clean event as JSON (a
+    file's own text stayed in the Ray Data job)."""
+    out = rows.filter(pa.array([r is not None for r in reasons], pa.bool_()))
+    text = raw.take(out.column("row")) if raw is not None else rows_as_json(out.select(list(RAW_COLUMNS)))
+    why = pa.array([r for r in reasons if r is not None], pa.string())
+    out = out.set_column(out.schema.get_field_index("reason"), "reason", why)
+    return split_tagged(out.set_column(out.schema.get_field_index("raw"), "raw", text)).quarantined
 
 
 def pending_http_rows(landing: LandingZone, cfg: Config) -> list[tuple[str, pa.Table]]:

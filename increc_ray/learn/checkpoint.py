@@ -105,26 +105,39 @@ def restore_learner(cls, state: dict, device: str = "cpu", model_cfg: ModelConfi
     return self
 
 
-def rollback_weights(learner, state: dict[str, torch.Tensor] | None, n_items: int = 0) -> None:
-    """Roll ``learner``'s weights back to ``state``, a snapshot taken when its vocab had
-    ``n_items`` items (None: a fresh model). Items added since start near the mean item again;
-    the optimizer moments, the moving average and the adaptive lr start afresh (they may hold the
-    NaNs that caused the rollback). User sequences are data, and stay."""
+def rollback_weights(learner, state: dict[str, torch.Tensor] | None, vocab: list[str] | None = None) -> None:
+    """Roll ``learner``'s weights back to ``state``, a snapshot whose item rows are those of the
+    ids ``vocab`` (None: a fresh model). Rows are matched by item id, not position (a full pass
+    since may have numbered the items otherwise); an id the learner does not know is added, and
+    an item the snapshot never saw starts near its mean item. The optimizer moments, the moving
+    average and the adaptive lr start afresh (they may hold the NaNs that caused the rollback).
+    User sequences are data, and stay."""
     from increc_ray.learn.ema import WeightAverage
     from increc_ray.learn.model import SeqRecModel
 
     if state is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(learner.trainer_cfg.seed)
-            state, n_items = SeqRecModel(learner.model_cfg).state_dict(), 0
+            state, vocab = SeqRecModel(learner.model_cfg).state_dict(), []
+    n_old = learner.n_items
+    learner.vocab.add(vocab)
+    if learner.n_items > n_old:
+        learner._add_item_rows(n_old)
+        learner._item_counts = np.pad(learner._item_counts, (0, learner.n_items + 1 - len(learner._item_counts)))
+        learner._rare = None
     with torch.no_grad():
         live = learner.model.state_dict()
         for key, value in state.items():
-            if key == "item_emb.weight":
-                live[key][: n_items + 1] = value[: n_items + 1].to(live[key].device)
-            else:
+            if key != "item_emb.weight":
                 live[key].copy_(value)
-    learner._add_item_rows(n_items)
+                continue
+            rows, emb = value[1: len(vocab) + 1].to(live[key].device), live[key]
+            emb[0] = value[0].to(emb.device)  # padding
+            if len(vocab):
+                emb[1: learner.n_items + 1] = rows.mean(0)
+                emb[torch.as_tensor(learner.vocab.lookup(vocab), device=emb.device)] = rows
+            else:  # a fresh model: every item starts afresh
+                learner._add_item_rows(0)
     learner._rebuild_optimizer()
     learner._ema = WeightAverage(learner.trainer_cfg.ema_decay)
     learner._lr_scale, learner._loss_ema = 1.0, None

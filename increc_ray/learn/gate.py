@@ -243,11 +243,11 @@ class Gate:
         """Reject without scoring (e.g. the learner's weights are not finite)."""
         return self._decide(False, reason, candidate_ndcg=math.nan)
 
-    def live_state(self) -> tuple[dict[str, torch.Tensor] | None, int]:
-        """(weights, n_items) of the version to roll back to: the live one, else the last demoted
-        one; (None, 0) while there is neither."""
+    def live_state(self) -> tuple[dict[str, torch.Tensor] | None, list[str] | None]:
+        """(weights, vocab) of the version to roll back to: the live one, else the last demoted
+        one; (None, None) while there is neither."""
         snap = self.live or self.retired
-        return (snap.state(), snap.n_items) if snap else (None, 0)
+        return (snap.state(), snap.vocab) if snap else (None, None)
 
     def demote(self) -> Snapshot:
         """The live version goes (it lost to popularity, ``last`` says by how much); returns it."""

@@ -168,12 +168,15 @@ class _TrainWorker:
 
         from increc_ray.ingest.landing import CleanStore
         from increc_ray.learn.gate import Gate, GateKeeper, Snapshot
-        from increc_ray.learn.versions import VersionCounter
+        from increc_ray.learn.versions import VersionCounter, WeightArchive
 
         cfg = self.cfg = Config.from_dict(loop_config["config"])
         self.device = str(ray.train.torch.get_device())
         self.learner, offset, version, self.n_updates, saved_live = _restore(cfg, self.device)
         self.versions = VersionCounter(cfg.version_file, at_least=version)
+        self.archive = WeightArchive(cfg.published_dir, cfg.trainer.keep_versions)
+        self._rollback: dict | None = None  # a POST /admin/rollback the registry handed over
+        self._rolled_back: str | None = None  # the id of the last one done
         self.cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
         self.registry = serve.get_deployment_handle(loop_config["registry_deployment"], loop_config["app_name"])
         self.stop_file = loop_config.get("stop_file")
@@ -208,19 +211,49 @@ class _TrainWorker:
     def publish(self, weights: dict) -> int:
         from increc_ray import telemetry
 
+        try:  # kept before it is served: whatever serving has, a rollback can return to
+            self.archive.save(weights)
+        except OSError:
+            logger.exception("could not keep version %s for rollback", weights["version"])
         self.registry.publish.remote(weights).result()
         telemetry.set_gauge("increc_model_version", weights["version"])
         return weights["version"]
 
+    def rollback(self) -> None:
+        """Serve the kept version the pending ``POST /admin/rollback`` names again, under a new
+        number (``rolled_back_to`` in its metrics), and learn on from its weights: the gate's live
+        version is it, a candidate under test is dropped."""
+        from increc_ray.learn.checkpoint import rollback_weights
+        from increc_ray.learn.gate import Snapshot
+
+        request, self._rollback = self._rollback, None
+        self._rolled_back = request["id"]
+        target = int(request["version"])
+        try:
+            weights = self.archive.load(target)
+        except KeyError:  # the registry checked it was kept; it was dropped since
+            logger.warning("rollback to %d: not kept any more (kept: %s)", target, self.archive.versions())
+            return
+        weights = {**weights, "version": self.versions.next(), "created_at": time.time(),
+                   "metrics": {"rolled_back_to": target, "rollback_id": request["id"]}}
+        live = Snapshot.from_weights(weights)
+        rollback_weights(self.learner, live.state(), live.vocab)
+        self.gate.live, self.gate.candidate = live, None
+        self.publish(weights)
+        logger.warning("rolled back to version %d, serving it as version %d", target, weights["version"])
+        self.checkpoint({"rolled_back_to": target})
+
     def report_progress(self) -> None:
         # Consumed is not the same as published: tell the registry so /status shows true lag.
         learner = self.learner
-        self.registry.progress.remote({
+        request = self.registry.progress.remote({
             "offset": self.cursor.offset(), "pending_targets": learner.pending_targets,
             "events_seen": learner.n_events, "n_items": learner.n_items, "version": self.versions.last,
             "gate": self.gate.status(), "worker_pid": os.getpid(), "phase": self.phase,
             "unread_events": self._unread, "full_pass": self.full_pass_progress,
-            "last_full_pass": self.last_full_pass})
+            "last_full_pass": self.last_full_pass}).result()
+        if request and request["id"] != self._rolled_back:  # answered: a rollback is asked for
+            self._rollback = request
 
     _unread = 0
 
@@ -289,6 +322,8 @@ class _TrainWorker:
         # reads exactly that many, so an update covers the same events as in the replay
         waiting = self.learner.pending_targets
         while not self.stopping():
+            if self._rollback:
+                self.rollback()
             self._unread = unread = self.cursor.unread()
             reason = self.full_pass_reason(unread)
             if reason:

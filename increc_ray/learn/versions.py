@@ -47,3 +47,51 @@ class VersionCounter:
                 return int(f.read().strip() or 0)
         except FileNotFoundError:
             return 0
+
+
+class WeightArchive:
+    """The newest ``keep`` promoted weight sets (``IncrementalLearner.export_weights``), one folder
+    ``<root>/<version>/`` each as safetensors plus JSON (``increc_ray.learn.serialize``): what
+    ``POST /admin/rollback`` can return serving to. Fallback markers hold no weights and are not kept.
+
+    >>> import tempfile, numpy as np
+    >>> a = WeightArchive(tempfile.mkdtemp(), keep=2)
+    >>> for v in (3, 5, 8):
+    ...     a.save({"version": v, "state_dict": {"w": np.zeros(2)}, "vocab": ["x"], "metrics": {}})
+    >>> a.versions(), a.load(5)["vocab"]
+    ([5, 8], ['x'])
+    """
+
+    NAME = "weights"
+
+    def __init__(self, root: str, keep: int) -> None:
+        self.root, self.keep = root, keep
+        os.makedirs(root, exist_ok=True)
+
+    def versions(self) -> list[int]:
+        from increc_ray.learn import serialize
+
+        return sorted(int(n) for n in os.listdir(self.root)
+                      if n.isdigit() and serialize.exists(os.path.join(self.root, n), self.NAME))
+
+    def save(self, weights: dict) -> None:
+        """Keep ``weights`` (written whole before it is listed), then drop the oldest beyond ``keep``."""
+        import shutil
+
+        from increc_ray.learn import serialize
+
+        if weights.get("fallback"):
+            return
+        folder = os.path.join(self.root, str(int(weights["version"])))
+        os.makedirs(folder, exist_ok=True)
+        serialize.save_tree(weights, folder, self.NAME)  # its JSON is written last: listed once whole
+        for old in self.versions()[: -self.keep]:
+            shutil.rmtree(os.path.join(self.root, str(old)), ignore_errors=True)
+
+    def load(self, version: int) -> dict:
+        """The weights of ``version``; ``KeyError`` when it is not kept."""
+        from increc_ray.learn import serialize
+
+        if version not in self.versions():
+            raise KeyError(version)
+        return serialize.load_tree(os.path.join(self.root, str(version)), self.NAME)

@@ -2,16 +2,17 @@
 
     GET  /recommend?user_id=..&k=..   top-k items for a user (model, topped up by popularity)
     POST /events                      a JSON array of events, one JSON object, or NDJSON
+    POST /admin/rollback              serve a kept earlier version again: {"version": N}
     GET  /healthz                     liveness and the served model version
     GET  /status                      model, lag and pipeline counts
     GET  /docs, /openapi.json         this API, described by the models below
 
 Every refusal is ``{"error": "<reason>", ...}`` (``BadRequest.to_json``): 400 for a malformed
 request (FastAPI's 422 included), 401 for a missing or wrong bearer token, 404 for an unknown
-route, 405 for a known route with the wrong method, 413 for a body over
+route or weight version, 405 for a known route with the wrong method, 413 for a body over
 ``ingest.max_body_bytes``, 503 for an internal failure.
 
-Access (``auth``): ``POST /events`` and ``GET /status`` need ``Authorization: Bearer <token>``
+Access (``auth``): ``POST /events``, ``GET /status`` and ``/admin/*`` need ``Authorization: Bearer <token>``
 (and ``GET /recommend`` with ``auth.protect_recommend``); the check runs before the body is
 read, so a refused request writes nothing. ``/healthz`` and the docs stay open.
 
@@ -39,12 +40,12 @@ from starlette.responses import JSONResponse
 
 from increc_ray import telemetry
 from increc_ray.config import AuthConfig, Config
-from increc_ray.errors import BadRequest, ConfigError, PayloadTooLarge, Unauthorized, Unavailable
+from increc_ray.errors import BadRequest, ConfigError, NotFound, PayloadTooLarge, Unauthorized, Unavailable
 from increc_ray.ingest.body import parse_body
 
 logger = logging.getLogger("increc_ray.serve")
 
-ROUTES = ("GET /recommend", "POST /events", "GET /status", "GET /healthz", "GET /docs")
+ROUTES = ("GET /recommend", "POST /events", "GET /status", "GET /healthz", "POST /admin/rollback", "GET /docs")
 
 
 class Service(Protocol):
@@ -54,6 +55,7 @@ class Service(Protocol):
     async def _ingest(self, records: list) -> dict: ...
     def _health(self) -> dict | None: ...  # None: not ready (503)
     async def _status(self) -> dict: ...
+    async def _rollback(self, version: int) -> dict: ...
 
 
 # ---- models ------------------------------------------------------------------------------------
@@ -128,6 +130,31 @@ class Counts(BaseModel):
     cleaned: int
 
 
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    version: int = Field(ge=1, description="A promoted version still kept (trainer.keep_versions newest).")
+
+
+class RollbackResponse(BaseModel):
+    status: Literal["done", "pending"] = Field(
+        description="'pending' (HTTP 202): the trainer has not published it yet (e.g. it is in a full pass).")
+    rolled_back_to: int
+    version: int | None = Field(description="The new version number serving the old weights (versions never repeat).")
+
+
+class Ledger(BaseModel):
+    """``received = applied + quarantined + duplicates + pending``, from durable counts
+    (``increc_ray.ingest.ledger``); ``applied_twice`` apart (goal 0)."""
+
+    received: int
+    applied: int
+    quarantined: int
+    duplicates: int
+    pending: int
+    applied_twice: int
+    balanced: bool = Field(description="Whether the identity holds.")
+
+
 class StatusResponse(BaseModel):
     model_version: int = Field(description="Newest version the trainer published.")
     served_version: int = Field(description="Newest version this replica has swapped in (a version the gate "
@@ -138,13 +165,15 @@ class StatusResponse(BaseModel):
                     "time left in trainer.progress.full_pass), learning a backlog (catching_up), or streaming.")
     lag: Lag
     counts: Counts
+    ledger: Ledger
     trainer: dict[str, Any]
     ingest: dict[str, Any]
     history: dict[str, Any]
     replica: dict[str, Any]
 
 
-_DESCRIBED = {400: "Malformed request.", 401: "Missing or wrong bearer token (auth).", 413: "Body over ingest.max_body_bytes, or too many events.",
+_DESCRIBED = {400: "Malformed request.", 401: "Missing or wrong bearer token (auth).",
+              404: "No such weight version is kept (the answer lists those that are).", 413: "Body over ingest.max_body_bytes, or too many events.",
               503: "Temporarily unavailable (an internal failure)."}
 
 
@@ -233,6 +262,16 @@ def build_api(service: Service, cfg: Config, token: str | None = None) -> FastAP
     async def status() -> JSONResponse:
         """Trainer, ingest and history state: versions, lag and event counts."""
         return JSONResponse(await service._status())
+
+    @api.post("/admin/rollback", response_model=RollbackResponse, responses=_errors(400, *auth_errors, 404, 503),
+              dependencies=guarded)
+    async def rollback(body: RollbackRequest) -> JSONResponse:
+        """Serve an earlier promoted version again, under a new version number; the trainer
+        learns on from its weights."""
+        answer = await service._rollback(body.version)
+        if "error" in answer:
+            raise NotFound(answer["error"], available=answer["available"])
+        return JSONResponse(answer, status_code=200 if answer["status"] == "done" else 202)
 
     documented = api.openapi
 

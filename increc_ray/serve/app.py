@@ -11,6 +11,10 @@
 
 from __future__ import annotations
 
+import os
+import stat
+
+from increc_ray.errors import ConfigError
 from increc_ray.profiles import from_app_args
 from increc_ray.serve.deployments import EventIngest, ModelTrainer, UserHistory
 from increc_ray.serve.recommender import Recommender
@@ -20,8 +24,22 @@ def app_builder(args: dict):
     """Serve application builder. ``args``: ``{"profile": NAME}`` (``deploy/profiles/NAME.yaml``)
     or ``{"config_file": PATH}``, either optionally with ``{"config": {...}}`` merged deeply on
     top; or ``{"config": {...}}`` alone (on the built-in defaults). See ``increc_ray.profiles``."""
-    config = from_app_args(args).to_dict()
+    cfg = from_app_args(args)
+    private_data_dir(cfg.data_dir)
+    config = cfg.to_dict()
     history = UserHistory.bind(config)
     ingest = EventIngest.bind(config, history)
     trainer = ModelTrainer.bind(config)
     return Recommender.bind(config, ingest, history, trainer)
+
+
+def private_data_dir(path: str) -> None:
+    """Create ``data_dir`` readable and writable by this user only (0700); refuse one that another
+    user owns or that others may write to: whoever writes there feeds the trainer its events."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    st = os.stat(path)
+    if st.st_uid != os.getuid():
+        raise ConfigError(f"data_dir {path!r} belongs to another user (uid {st.st_uid}); use a folder of your own")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise ConfigError(f"data_dir {path!r} is writable by other users (mode {stat.S_IMODE(st.st_mode):o}); "
+                          f"chmod 700 it or choose another folder")

@@ -13,15 +13,19 @@ import asyncio
 import logging
 import os
 import threading
+import time
+import uuid
 
 import pyarrow as pa
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
+from increc_ray import telemetry
 from increc_ray.config import Config
 from increc_ray.ingest.landing import CleanStore, LandingZone
 from increc_ray.ingest.pipeline import EventPipeline, pending_http_rows
 from increc_ray.learn.train import TrainerRunner
+from increc_ray.learn.versions import WeightArchive
 from increc_ray.serve.history import HISTORY_COLUMNS, UserHistoryIndex
 from increc_ray.serve.registry import WeightRegistry
 
@@ -66,6 +70,8 @@ class EventIngest:
         self.last_error: str | None = None
         self.last_batch: dict = {}
         DataContext.get_current().enable_progress_bars = False
+        for kind in ("received", "applied", "quarantined", "duplicates", "pending", "applied_twice"):
+            telemetry.watch("increc_ledger_events", lambda kind=kind: self.pipeline.ledger.snapshot()[kind], kind=kind)
         self._stop = threading.Event()
         threading.Thread(target=self._clean_forever, name="increc-cleaner", daemon=True).start()
 
@@ -76,6 +82,7 @@ class EventIngest:
         return report.to_json()
 
     def _clean_forever(self) -> None:
+        self._hand_over_last_part()
         while not self._stop.is_set():
             try:
                 summary, fresh = self.pipeline.process_pending()
@@ -88,6 +95,20 @@ class EventIngest:
                 self.last_error = f"{type(e).__name__}: {e}"
                 logger.exception("cleaning pass failed")
             self._stop.wait(self.cfg.ingest.landing_poll_interval_s)
+
+    def _hand_over_last_part(self) -> None:
+        """A replica killed between writing a clean part and handing its rows to user history
+        would leave them out of history until that replica restarts: hand the newest part over
+        again (appending is idempotent by dedup_key, so rows it already has count once)."""
+        while not self._stop.is_set():
+            try:
+                last = self.pipeline.store.parts()[-1:]
+                if last:
+                    self.history.append.remote(self.pipeline.store.read(last[0][1], HISTORY_COLUMNS)).result()
+                return
+            except Exception:
+                logger.exception("handing the newest clean part to user history failed; retrying")
+                self._stop.wait(1.0)
 
     def status(self) -> dict:
         return {**self.pipeline.status(), "last_batch": self.last_batch, "last_error": self.last_error,
@@ -107,18 +128,39 @@ class ModelTrainer:
         self.cfg = Config.from_dict(config)
         self.registry = WeightRegistry()
         self._progress: dict = {}
+        self._rollback: dict | None = None  # {version, id} until the worker has published it
+        self._rolled_back: dict[str, int] = {}  # request id -> the version it was published as
         ctx = serve.get_replica_context()
         self.runner = TrainerRunner(self.cfg, ctx.app_name, ctx.deployment).start()
 
     async def publish(self, weights: dict) -> int:
-        return await self.registry.publish(weights)
+        version = await self.registry.publish(weights)
+        if self._rollback and weights.get("metrics", {}).get("rollback_id") == self._rollback["id"]:
+            self._rollback, self._rolled_back[self._rollback["id"]] = None, version  # done
+        return version
 
     async def wait_newer(self, after: int, timeout_s: float):
         return await self.registry.wait_newer(after, timeout_s)
 
-    def progress(self, progress: dict) -> None:
-        """The trainer's read position, sent after every slice it consumes."""
+    def progress(self, progress: dict) -> dict | None:
+        """The trainer's read position, sent after every slice it consumes; answered with the
+        pending rollback request, if any (the train worker carries it out)."""
         self._progress = progress
+        return self._rollback
+
+    async def rollback(self, version: int, wait_s: float = 30.0) -> dict:
+        """Ask the train worker to serve the kept version ``version`` again (``learn.train``);
+        waits up to ``wait_s`` for it to be published under its new number."""
+        kept = WeightArchive(self.cfg.published_dir, self.cfg.trainer.keep_versions).versions()
+        if version not in kept:
+            return {"error": f"version {version} is not kept; these are: {kept}", "available": kept}
+        request = self._rollback = {"version": version, "id": uuid.uuid4().hex}
+        deadline = time.monotonic() + wait_s
+        while time.monotonic() < deadline:
+            if (done := self._rolled_back.get(request["id"])) is not None:
+                return {"status": "done", "rolled_back_to": version, "version": done}
+            await asyncio.sleep(0.2)
+        return {"status": "pending", "rolled_back_to": version, "version": None}
 
     def __del__(self) -> None:
         # Serve calls this on shutdown (redeploy, scale-down): stop cleanly so the next
@@ -136,4 +178,5 @@ class ModelTrainer:
                 "clean_parts_behind": max(0, store.last_seq() - consumed),
                 "progress": {k: v for k, v in self._progress.items() if k != "gate"},
                 "gate": self._progress.get("gate"),  # the champion/challenger decisions (learn.gate)
+                "rollback_pending": self._rollback,
                 "trainer": self.runner.status()}

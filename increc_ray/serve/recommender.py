@@ -160,6 +160,9 @@ class Recommender:
         return {"user_id": user_id, "k": k, "source": source, "model_version": scorer.version if scorer else 0,
                 "degraded": degraded, "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]}
 
+    async def _rollback(self, version: int) -> dict:
+        return await self.trainer.rollback.remote(version)
+
     async def _status(self) -> dict:
         trainer, ingest, history = await asyncio.gather(
             self.trainer.status.remote(), self.ingest.status.remote(), self.history.stats.remote())
@@ -171,6 +174,7 @@ class Recommender:
                         "seconds_since_update": (time.time() - trainer["last_update_time"])
                         if trainer["last_update_time"] else None},
                 "counts": {k: ingest[k] for k in ("accepted", "duplicates", "quarantined", "cleaned")},
+                "ledger": ingest["ledger"],
                 "trainer": trainer, "ingest": ingest, "history": history,
                 "replica": {"swaps": self.swaps, "pid": os.getpid(), "degraded_answers": self.degraded_answers,
                             "history_reachable": bool(self._history_up)}}

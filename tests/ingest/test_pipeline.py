@@ -89,6 +89,17 @@ def test_unreadable_file_is_quarantined_whole_with_a_reason(cfg):
     assert p.landing.pending() == []
 
 
+def balanced(p: EventPipeline) -> dict:
+    """The ledger's identity holds, its applied count is the store's rows, and a restarted
+    pipeline (rebuilding it from the files alone) reads the same figures."""
+    snap = p.ledger.snapshot()
+    stored = p.store.read_all()
+    assert snap["balanced"], snap
+    assert snap["applied"] == (stored.num_rows if stored is not None else 0) and snap["applied_twice"] == 0
+    assert make(p.cfg).ledger.snapshot() == snap
+    return snap
+
+
 def drop(cfg, name, events):
     with open(os.path.join(cfg.landing_uri, name), "w") as f:
         f.write("\n".join(json.dumps(e) for e in events) + "\n")
@@ -112,6 +123,8 @@ def test_a_failed_clean_write_is_an_error_and_the_retry_loses_nothing_and_double
     assert not os.path.exists(cfg.quarantine_dir) or os.listdir(cfg.quarantine_dir) == []
     again, _ = p.ingest([ev(2)])  # a client's retry while the write is failing
     assert (again.accepted, again.duplicates) == (0, 1)
+    assert balanced(p) == {"received": 3, "applied": 0, "quarantined": 0, "duplicates": 1, "pending": 2,
+                           "applied_twice": 0, "balanced": True}
 
     monkeypatch.setattr(p.store, "append", real_append)
     summary, fresh = p.process_pending()
@@ -120,6 +133,8 @@ def test_a_failed_clean_write_is_an_error_and_the_retry_loses_nothing_and_double
     assert fresh.column("event_id").to_pylist() == ["e3"]
     assert summary["quarantined"] == 1 and p.landing.pending() == []
     assert p.status()["reserved_keys"] == 0 and p.status()["seen_keys"] == 3
+    snap = balanced(p)  # the dropped file's 3 rows: e3 applied, e1 a duplicate, one quarantined
+    assert (snap["received"], snap["applied"], snap["duplicates"], snap["quarantined"]) == (6, 3, 2, 1)
 
 
 def test_a_failure_after_the_part_is_written_rereads_as_duplicates_and_quarantines_once(cfg, monkeypatch):
@@ -135,6 +150,8 @@ def test_a_failure_after_the_part_is_written_rereads_as_duplicates_and_quarantin
     assert p.store.read_all().column("event_id").to_pylist() == ["e1"]
     quarantined = [pq.read_table(os.path.join(cfg.quarantine_dir, f)) for f in os.listdir(cfg.quarantine_dir)]
     assert sum(t.num_rows for t in quarantined) == 1, "the re-read overwrote the file's quarantine"
+    snap = balanced(p)  # counted by its first pass: 1 applied, 1 quarantined, no duplicate
+    assert (snap["received"], snap["applied"], snap["duplicates"], snap["quarantined"]) == (2, 1, 0, 1)
 
 
 def test_the_same_event_in_two_dropped_files_of_one_pass_is_kept_once(cfg):
@@ -156,3 +173,23 @@ def test_a_restart_keeps_pending_http_files_reserved_so_retries_are_duplicates(c
     summary, fresh = restarted.process_pending()
     assert sorted(restarted.store.read_all().column("event_id").to_pylist()) == ["e1", "e2", "e3"]
     assert fresh.num_rows == 0, "HTTP rows reach user histories at ingest (or when a history rebuilds)"
+
+
+def test_the_ledger_accounts_for_every_event_through_refusals_failures_and_restarts(cfg, monkeypatch):
+    """received = applied + quarantined + duplicates + pending after every step, durably."""
+    p = make(cfg)
+    p.ingest([ev(1), ev(2), {"user_id": "u1", "item_id": "x"}])  # one without a timestamp
+    p.ingest([ev(1), ev(2)])  # a retry: all duplicates, no landing file
+    assert balanced(p)["pending"] == 2
+    monkeypatch.setattr(p.landing, "write_to", lambda path, table: (_ for _ in ()).throw(OSError(13, "denied")))
+    with pytest.raises(OSError):
+        p.ingest([ev(3)])  # not acknowledged: nothing counted, nothing reserved
+    monkeypatch.undo()
+    p.ingest([ev(3)])
+    drop(cfg, "drop.jsonl", [ev(4), ev(1)])
+    p.process_pending()
+    snap = balanced(p)
+    # 6 posted (2 + 1 duplicates, 1 refused), 2 dropped (e4 new, e1 a duplicate); the failed post: none
+    assert snap == {"received": 8, "applied": 4, "quarantined": 1, "duplicates": 3, "pending": 0,
+                    "applied_twice": 0, "balanced": True}
+    assert p.status()["ledger"] == snap

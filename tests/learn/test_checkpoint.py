@@ -114,3 +114,27 @@ def test_a_legacy_pickle_loads_only_through_the_safe_unpickler(tmp_path):
     assert not marker.exists(), "the pickle ran code"
     with pytest.raises(ConfigError, match="no trainer checkpoint"):
         read_checkpoint(str(tmp_path / "bad" / ".."  / "bad" / "nothing"))
+
+
+def test_rollback_places_each_item_row_by_id_even_when_the_learner_numbers_items_otherwise():
+    """A snapshot of one learner rolled into another that saw the items in another order (a full
+    pass renumbers them): every item gets the snapshot's row for that item id; an id the learner
+    never saw is added with its row; items the snapshot never saw start near its mean item."""
+    import torch
+
+    from increc_ray.learn.checkpoint import rollback_weights
+    from increc_ray.learn.gate import Snapshot
+
+    source = _trained(TrainerConfig())
+    snap = Snapshot.of(source)
+    other = IncrementalLearner(SMALL, TrainerConfig())
+    rows = [(f"w{j}", item, 1000 + j) for j, item in enumerate(reversed(snap.vocab[1:]))]
+    other.observe(events(rows + [("w-new", "never-in-snapshot", 5000)]))
+    assert other.vocab.to_list() != snap.vocab[: other.n_items]
+    rollback_weights(other, snap.state(), snap.vocab)
+    want, got = snap.state()["item_emb.weight"], other.model.item_emb.weight.detach()
+    for idx, item in enumerate(snap.vocab, start=1):
+        assert torch.equal(got[other.vocab.lookup([item])[0]], want[idx]), item
+    unseen = other.vocab.lookup(["never-in-snapshot"])[0]
+    assert torch.allclose(got[unseen], want[1: snap.n_items + 1].mean(0))
+    assert other.n_items == snap.n_items + 1 and len(other.item_counts) == other.n_items + 1

@@ -195,8 +195,8 @@ def test_a_live_version_that_loses_to_popularity_is_demoted_to_the_fallback():
     st = gate.status()
     assert st["live_version"] == 0 and st["demoted"] == 1 and st["demoted_versions"][0]["version"] == 1
     # NaN weights now roll back to the demoted version's weights, not to a fresh model
-    state, n_items = gate.live_state()
-    assert n_items == gate.retired.n_items and torch.equal(state["item_emb.weight"], gate.retired.state()["item_emb.weight"])
+    state, vocab = gate.live_state()
+    assert vocab == gate.retired.vocab and torch.equal(state["item_emb.weight"], gate.retired.state()["item_emb.weight"])
     # the next candidate must beat popularity outright, as before any version went live
     learner.observe(events([(f"d{j}", "i1", 3000 + j) for j in range(600)]))  # now i1 is the hit
     assert gate.propose(Snapshot.of(learner)) is None

@@ -35,6 +35,15 @@ class FakeService:
     async def _status(self) -> dict:
         return {"model_version": 3}
 
+    kept = [2, 5]
+
+    async def _rollback(self, version: int) -> dict:
+        self.calls.append(("rollback", version))
+        if version not in self.kept:
+            return {"error": f"version {version} is not kept; these are: {self.kept}", "available": self.kept}
+        return {"status": "done" if version == 5 else "pending", "rolled_back_to": version,
+                "version": 9 if version == 5 else None}
+
 
 @pytest.fixture
 def service():
@@ -73,7 +82,7 @@ def test_bad_query_is_400_with_the_reason(client, service, query, reason):
 @pytest.mark.parametrize("method,path,code,reason", [
     ("GET", "/events", 405, "GET is not allowed on /events"),
     ("POST", "/recommend", 405, "POST is not allowed on /recommend"),
-    ("GET", "/nope", 404, "no route /nope; try GET /recommend, POST /events, GET /status, GET /healthz, GET /docs"),
+    ("GET", "/nope", 404, "no route /nope; try GET /recommend, POST /events, GET /status, GET /healthz, POST /admin/rollback, GET /docs"),
 ])
 def test_unknown_route_and_wrong_method(client, method, path, code, reason):
     r = client.request(method, path)
@@ -127,7 +136,7 @@ def test_internal_failure_is_503_with_a_reason(client):
 def test_openapi_describes_every_route(client):
     doc = client.get("/openapi.json").json()
     paths = doc["paths"]
-    assert set(paths) == {"/recommend", "/events", "/healthz", "/status"}
+    assert set(paths) == {"/recommend", "/events", "/healthz", "/status", "/admin/rollback"}
     params = {p["name"]: p for p in paths["/recommend"]["get"]["parameters"]}
     assert params["user_id"]["required"] and params["user_id"]["schema"]["maxLength"] == 256
     assert params["k"]["schema"] == {"type": "integer", "minimum": 1, "maximum": 50, "default": 10,
@@ -176,8 +185,9 @@ def _guarded(service, **auth):
                                             ({"Authorization": "s3cret"}, "missing bearer token: send Authorization: Bearer <token>")])
 def test_a_missing_or_wrong_token_is_a_401_and_the_service_is_not_called(service, headers, reason):
     with _guarded(service) as c:
-        for method, path in (("POST", "/events"), ("GET", "/status")):
-            r = c.request(method, path, content=b'[{"user_id": "u", "item_id": "i"}]', headers=headers)
+        for method, path, body in (("POST", "/events", b'[{"user_id": "u", "item_id": "i"}]'), ("GET", "/status", b""),
+                                   ("POST", "/admin/rollback", b'{"version": 5}')):
+            r = c.request(method, path, content=body, headers=headers)
             assert r.status_code == 401 and r.json() == {"error": reason}, r.text
             assert r.headers["www-authenticate"] == "Bearer"
         assert c.get("/recommend", params={"user_id": "u"}, headers=headers).status_code == 200
@@ -224,3 +234,14 @@ def test_healthz_is_a_503_with_a_reason_when_the_replica_cannot_answer(client, s
     service.health = None
     r = client.get("/healthz")
     assert r.status_code == 503 and "not ready" in r.json()["error"]
+
+
+def test_rollback_names_a_kept_version_or_gets_a_404_listing_them(client, service):
+    assert client.post("/admin/rollback", json={"version": 5}).json() == {"status": "done", "rolled_back_to": 5, "version": 9}
+    r = client.post("/admin/rollback", json={"version": 2})
+    assert r.status_code == 202 and r.json()["status"] == "pending"
+    r = client.post("/admin/rollback", json={"version": 4})
+    assert r.status_code == 404 and r.json() == {"error": "version 4 is not kept; these are: [2, 5]", "available": [2, 5]}
+    for body in ({}, {"version": 0}, {"version": "x"}, {"version": 5, "also": 1}):
+        assert client.post("/admin/rollback", json=body).status_code == 400, body
+    assert service.calls == [("rollback", 5), ("rollback", 2), ("rollback", 4)]

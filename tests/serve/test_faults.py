@@ -56,7 +56,8 @@ def test_sigkill_of_the_train_worker_resumes_with_new_increasing_versions(client
     assert gate["live_version"] == after["model_version"] and gate["promoted"] >= 1
     seen, stored = after["trainer"]["progress"].get("events_seen"), test_app.clean_rows(test_app.DATA_DIR[0])
     record("SIGKILL train worker mid-stream", trials=1, events=stored, lost=max(0, stored - seen),
-           applied_twice=max(0, seen - stored), failed_requests=None)
+           applied_twice=max(0, seen - stored), failed_requests=None, ledger_balanced=after["ledger"]["balanced"])
+    _ledger_holds(after, stored)
     print(f"killed train worker {pid}; versions {before['model_version']} -> {after['model_version']}")
 
 
@@ -104,6 +105,14 @@ def _quiet(c: httpx.Client, part: str, old_pid: int, n_keys: int) -> dict:
     return wait_until(done, 240, interval_s=1.0, what=f"{part} replica back and the landing zone drained")
 
 
+def _ledger_holds(s: dict, n_stored: int) -> dict:
+    """The ledger in /status after a fault: balanced, its applied count the store's rows, nothing twice."""
+    ledger = s["ledger"]
+    assert ledger["balanced"], ledger
+    assert ledger["applied"] == n_stored and ledger["applied_twice"] == 0, (ledger, n_stored)
+    return ledger
+
+
 def _kill_and_stream(c: httpx.Client, part: str) -> None:
     """SIGKILL the ``part`` replica ("ingest" or "history") right after a batch is acknowledged
     (its landing file not cleaned yet), retry that batch as a client would, post another; then
@@ -111,6 +120,7 @@ def _kill_and_stream(c: httpx.Client, part: str) -> None:
     quiet = wait_until(lambda: (s := _status_or_none(c)) and not s["ingest"]["pending_files"] and s, 120,
                        what="an idle landing zone")
     before_keys, before_hist = set(_stored_keys()), quiet["history"]["events"]
+    received = quiet["ledger"]["received"]
     a, b = STREAM.next_events(200), STREAM.next_events(200)
     failed = [0]
     post(c, a)  # acknowledged: durable in the landing zone, in user history
@@ -125,10 +135,14 @@ def _kill_and_stream(c: httpx.Client, part: str) -> None:
     doubled = len(keys) - len(set(keys))
     hist_added = after["history"]["events"] - (0 if part == "history" else before_hist)
     hist_expected = len(keys) if part == "history" else len(set(keys) - before_keys)
+    ledger = after["ledger"]
     record(f"SIGKILL {part} replica", trials=1, events=len(sent), lost=lost, applied_twice=doubled,
            history_events_off_by=hist_added - hist_expected, failed_requests=failed[0],
-           history_duplicate_appends=after["history"].get("duplicate_appends"))
+           history_duplicate_appends=after["history"].get("duplicate_appends"),
+           ledger_balanced=ledger["balanced"], ledger_received=ledger["received"] - received)
     assert lost == 0 and doubled == 0
+    _ledger_holds(after, len(keys))
+    assert ledger["received"] - received >= 2 * len(a) + len(b), "the post, its retry and the next batch"
     assert hist_added == hist_expected, "every acknowledged event in user history exactly once"
     r = c.get("/recommend", params={"user_id": str(b[-1]["user_id"]), "k": 5})
     assert r.status_code == 200 and str(b[-1]["item_id"]) not in {i["item_id"] for i in r.json()["items"]}
@@ -140,6 +154,39 @@ def test_sigkill_of_the_ingest_replica_loses_nothing_and_applies_nothing_twice(c
 
 def test_sigkill_of_the_history_replica_rebuilds_it_with_every_event_once(client):
     _kill_and_stream(client, "history")
+
+
+def test_sigkill_of_the_ingest_replica_during_a_cleaning_pass_loses_nothing(client):
+    """A file dropped into the landing folder; the replica that runs the Ray Data pass over it is
+    SIGKILLed while the pass runs. Its replacement cleans the file again: every row in the store
+    once, in user history once, and the ledger balanced."""
+    import time
+
+    quiet = wait_until(lambda: (s := _status_or_none(client)) and not s["ingest"]["pending_files"] and s, 120,
+                       what="an idle landing zone")
+    before_keys, before_hist = set(_stored_keys()), quiet["history"]["events"]
+    items = sorted(set(test_app.LAST_ITEM.values())) or ["1"]
+    now = time.time() - 3600
+    rows = [{"event_id": f"drop-{i}", "user_id": f"dropper-{i % 200}", "item_id": items[i % len(items)],
+             "event_type": "click", "timestamp": now + i} for i in range(2000)]
+    landing = os.path.join(test_app.DATA_DIR[0], "landing")
+    with open(os.path.join(landing, "_tmp-drop.jsonl"), "w") as f:
+        f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    pid = quiet["ingest"]["pid"]
+    os.rename(os.path.join(landing, "_tmp-drop.jsonl"), os.path.join(landing, "drop-mid-pass.jsonl"))
+    wait_until(lambda: ((s := _status_or_none(client)) and s["ingest"]["pass_started_at"]) or None, 30,
+               interval_s=0.05, what="the cleaning pass under way")
+    os.kill(pid, signal.SIGKILL)
+    sent = {f"id:{r['event_id']}" for r in rows}
+    after = _quiet(client, "ingest", pid, len(before_keys) + len(sent))
+    keys = _stored_keys()
+    lost, doubled = len(sent - set(keys)), len(keys) - len(set(keys))
+    hist_off = after["history"]["events"] - before_hist - len(set(keys) - before_keys)
+    record("SIGKILL cleaning (ingest) replica during a pass", trials=1, events=len(sent), lost=lost,
+           applied_twice=doubled, history_events_off_by=hist_off, failed_requests=0,
+           ledger_balanced=after["ledger"]["balanced"])
+    assert lost == 0 and doubled == 0 and hist_off == 0
+    _ledger_holds(after, len(keys))
 
 
 # ---- serving while a back end, or a serving replica, is killed ----------------------------------

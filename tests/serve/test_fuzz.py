@@ -51,6 +51,10 @@ class PipelineService:
     async def _status(self) -> dict:
         return {"model_version": 0, "ingest": self.pipeline.status()}
 
+    async def _rollback(self, version: int) -> dict:
+        self.requests += 1
+        return {"error": f"version {version} is not kept; these are: []", "available": []}
+
 
 SERVICE = PipelineService()
 TRIED = {"inputs": 0, "server_errors": 0}
