@@ -119,15 +119,46 @@ def _restore(cfg: Config, device: str):
     from increc_ray.learn.learner import IncrementalLearner
 
     ckpt = ray.train.get_checkpoint()
+    state = None
     if ckpt is not None:
         with ckpt.as_directory() as d:
             state = read_checkpoint(d, device)
+    else:
+        state = _unregistered_checkpoint(cfg, device)
+    if state is not None:
         # the deployed settings, not the saved ones; a model shape it cannot apply fails the start
         learner = IncrementalLearner.from_state_dict(state["learner"], device=device, model_cfg=cfg.model,
                                                      trainer_cfg=cfg.trainer)
         logger.info("resumed from checkpoint: version %s offset %s", state["version"], state["offset"])
         return learner, state["offset"], state["version"], state["n_updates"], state.get("live")
     return IncrementalLearner(cfg.model, cfg.trainer, device=device), {"seq": -1, "row": 0}, 0, 0, None
+
+
+def checkpoints_on_disk(cfg: Config) -> list[str]:
+    """The checkpoint folders of the run on a local ``checkpoint_dir``, newest first (their names
+    order by version, then updates)."""
+    import re
+
+    root = os.path.join(cfg.checkpoint_dir, RUN_NAME)
+    if "://" in cfg.checkpoint_dir or not os.path.isdir(root):
+        return []
+    names = sorted((n for n in os.listdir(root) if re.fullmatch(r"checkpoint_v\d{8}_u\d{8}", n)), reverse=True)
+    return [os.path.join(root, n) for n in names]
+
+
+def _unregistered_checkpoint(cfg: Config, device: str) -> dict | None:
+    """With no checkpoint registered by Ray Train: the newest one on disk that reads whole. A
+    whole-cluster crash between the worker writing a checkpoint and the controller recording it
+    in its run snapshot would otherwise start the trainer cold."""
+    for path in checkpoints_on_disk(cfg):
+        try:
+            state = read_checkpoint(path, device)
+        except Exception as e:  # cut short by the crash: try the one before
+            logger.warning("skipping checkpoint %s (%s)", path, type(e).__name__)
+            continue
+        logger.warning("Ray Train has no checkpoint registered; resuming from %s", path)
+        return state
+    return None
 
 
 def read_checkpoint(directory: str, device: str = "cpu") -> dict:

@@ -138,3 +138,25 @@ def test_rollback_places_each_item_row_by_id_even_when_the_learner_numbers_items
     unseen = other.vocab.lookup(["never-in-snapshot"])[0]
     assert torch.allclose(got[unseen], want[1: snap.n_items + 1].mean(0))
     assert other.n_items == snap.n_items + 1 and len(other.item_counts) == other.n_items + 1
+
+
+def test_with_no_checkpoint_registered_the_newest_whole_one_on_disk_is_used(tmp_path):
+    """A whole-cluster crash can come after the worker wrote a checkpoint and before Ray Train
+    recorded it: the trainer then resumes from the newest folder on disk that reads whole."""
+    import os
+
+    from increc_ray.config import Config
+    from increc_ray.learn import serialize, train
+
+    cfg = Config.from_dict({"data_dir": str(tmp_path)})
+    assert train._unregistered_checkpoint(cfg, "cpu") is None
+    root = os.path.join(cfg.checkpoint_dir, train.RUN_NAME)
+    for name, version in (("checkpoint_v00000001_u00000001", 1), ("checkpoint_v00000001_u00000006", 2)):
+        os.makedirs(os.path.join(root, name))
+        serialize.save_tree({"version": version}, os.path.join(root, name), train.CHECKPOINT_NAME)
+    os.makedirs(os.path.join(root, "checkpoint_v00000002_u00000001"))  # cut short: no tensors
+    with open(os.path.join(root, "checkpoint_v00000002_u00000001", "trainer_state.json"), "w") as f:
+        f.write('{"format": "increc-safetensors-1", "tree": {')
+    assert [os.path.basename(p) for p in train.checkpoints_on_disk(cfg)][:2] == [
+        "checkpoint_v00000002_u00000001", "checkpoint_v00000001_u00000006"]
+    assert train._unregistered_checkpoint(cfg, "cpu") == {"version": 2}
