@@ -277,12 +277,16 @@ class _TrainWorker:
     def report_progress(self) -> None:
         # Consumed is not the same as published: tell the registry so /status shows true lag.
         learner = self.learner
-        request = self.registry.progress.remote({
+        call = self.registry.progress.remote({
             "offset": self.cursor.offset(), "pending_targets": learner.pending_targets,
             "events_seen": learner.n_events, "n_items": learner.n_items, "version": self.versions.last,
             "gate": self.gate.status(), "worker_pid": os.getpid(), "phase": self.phase,
             "unread_events": self._unread, "full_pass": self.full_pass_progress,
-            "last_full_pass": self.last_full_pass}).result()
+            "last_full_pass": self.last_full_pass})
+        try:  # bounded: a registry that is shutting down (a redeploy) must not hold the loop
+            request = call.result(timeout_s=5.0)
+        except Exception:
+            return
         if request and request["id"] != self._rolled_back:  # answered: a rollback is asked for
             self._rollback = request
 
