@@ -298,6 +298,16 @@ class ServingConfig(_Section):
     # down or restarting) the answer is the popular list cached every fallback_refresh_s, marked degraded.
     history_timeout_s: float = Field(2.0, gt=0)
     fallback_refresh_s: float = Field(10.0, gt=0)
+    # Each replica answers from its own copy of the user history, kept by a long-poll; a write
+    # answers once every live replica has it (increc_ray.serve.sync). A replica that cannot
+    # reach the history replica stops holding writes up after history_lease_s, and stops trusting
+    # its copy after 2/3 of it. false: every recommend call asks the history replica.
+    local_history: bool = True
+    history_lease_s: float = Field(3.0, gt=0)
+    # Concurrent recommend calls scored in one forward pass: at most this many, waiting at most
+    # batch_wait_s for company (0 or 1: each call alone).
+    max_batch_size: int = Field(16, ge=1)
+    batch_wait_s: float = Field(0.002, ge=0)
 
     @model_validator(mode="after")
     def _max_ge_default(self) -> "ServingConfig":

@@ -62,6 +62,14 @@ TEST_CONFIG = {
 }
 
 
+# Two recommend replicas from the start (read-your-writes and swaps are tested across replicas),
+# a third when the load asks for it: a handful of concurrent clients scales the app up.
+RECOMMENDER_OPTIONS = {
+    "autoscaling_config": {"min_replicas": 2, "max_replicas": 3, "target_ongoing_requests": 2,
+                           "upscale_delay_s": 1.0, "downscale_delay_s": 600.0},
+}
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A real local Ray cluster for the integration tests of this session."""
@@ -83,12 +91,14 @@ def app(ray_cluster, tmp_path_factory):
     """The whole increc_ray app deployed with Serve; yields (base_url, data_dir)."""
     from ray import serve
 
-    from increc_ray.serve.app import app_builder
+    from increc_ray.config import Config
+    from increc_ray.serve.app import build
 
     data_dir = str(tmp_path_factory.mktemp("increc_data"))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    serve.run(app_builder({"config": {**TEST_CONFIG, "data_dir": data_dir}}), name="increc", route_prefix="/")
+    config = Config.from_dict({**TEST_CONFIG, "data_dir": data_dir}).to_dict()
+    serve.run(build(config, recommender_options=RECOMMENDER_OPTIONS), name="increc", route_prefix="/")
     yield f"http://127.0.0.1:{port}", data_dir
     serve.delete("increc")
 

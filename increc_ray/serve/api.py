@@ -241,7 +241,8 @@ def build_api(service: Service, cfg: Config, token: str | None = None) -> FastAP
         if unknown := _unknown_params(request):
             raise BadRequest(unknown)
         # A JSONResponse skips re-validating the answer against response_model (documentation only).
-        return JSONResponse(await service._recommend(user_id, k))
+        return JSONResponse(await service._recommend(user_id, k),
+                            headers={"x-increc-replica": getattr(service, "replica_tag", "")})
 
     @api.post("/events", response_model=EventsResponse, responses=_errors(400, *auth_errors, 413, 503),
               openapi_extra={"requestBody": _events_body(max_bytes, max_events)}, dependencies=guarded)

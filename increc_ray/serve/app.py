@@ -24,13 +24,19 @@ def app_builder(args: dict):
     """Serve application builder. ``args``: ``{"profile": NAME}`` (``deploy/profiles/NAME.yaml``)
     or ``{"config_file": PATH}``, either optionally with ``{"config": {...}}`` merged deeply on
     top; or ``{"config": {...}}`` alone (on the built-in defaults). See ``increc_ray.profiles``."""
-    cfg = from_app_args(args)
-    private_data_dir(cfg.data_dir)
-    config = cfg.to_dict()
+    return build(from_app_args(args).to_dict())
+
+
+def build(config: dict, recommender_options: dict | None = None):
+    """The application graph for a checked config (``Config.to_dict()``); ``recommender_options``
+    go to ``Recommender.options`` (tests and benchmarks set replica counts and autoscaling there,
+    as serve_config.yaml's ``deployments`` section does for ``serve deploy``)."""
+    private_data_dir(config["data_dir"])
     history = UserHistory.bind(config)
     ingest = EventIngest.bind(config, history)
     trainer = ModelTrainer.bind(config)
-    return Recommender.bind(config, ingest, history, trainer)
+    recommender = Recommender.options(**recommender_options) if recommender_options else Recommender
+    return recommender.bind(config, ingest, history, trainer)
 
 
 def private_data_dir(path: str) -> None:

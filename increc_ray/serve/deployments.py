@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import threading
 import time
 import uuid
@@ -28,13 +29,17 @@ from increc_ray.learn.train import TrainerRunner
 from increc_ray.learn.versions import WeightArchive
 from increc_ray.serve.history import HISTORY_COLUMNS, UserHistoryIndex
 from increc_ray.serve.registry import WeightRegistry
+from increc_ray.serve.sync import ChangeLog, Leases
 
 logger = logging.getLogger("increc_ray.serve")
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=1000)
 class UserHistory:
-    """Users' recent items and the popularity fallback, shared by all serving replicas."""
+    """Users' recent items and the popularity fallback, shared by all serving replicas.
+
+    Recommender replicas keep copies of the index, fed by ``follow`` (a long-poll on the change
+    log); ``append`` answers once every live copy has the rows (``increc_ray.serve.sync``)."""
 
     def __init__(self, config: dict) -> None:
         cfg = Config.from_dict(config)
@@ -43,9 +48,51 @@ class UserHistory:
         # counted once, by dedup_key), never missed.
         pending = [rows.select(HISTORY_COLUMNS) for _, rows in pending_http_rows(LandingZone(cfg.landing_uri), cfg)]
         self.index.rebuild(CleanStore(cfg.clean_dir).read_all(columns=HISTORY_COLUMNS), pending)
+        self.log = ChangeLog()
+        self.leases = Leases(cfg.serving.history_lease_s)
+        self._logged = asyncio.Condition()  # new log entries
+        self._acked = asyncio.Condition()  # a subscriber acknowledged (or its lease may have run out)
+        self.snapshots = 0
 
-    def append(self, events: pa.Table) -> int:
-        return self.index.append(events)
+    async def append(self, events: pa.Table) -> int:
+        added = self.index.append_new(events)
+        if not added.num_rows:
+            return 0
+        seq = self.log.add(added.select([c for c in HISTORY_COLUMNS if c in added.column_names]))
+        async with self._logged:
+            self._logged.notify_all()
+        await self._until_acknowledged(seq)
+        return added.num_rows
+
+    async def _until_acknowledged(self, seq: int) -> None:
+        """Until every subscriber with a live lease has applied ``seq`` (or its lease ran out)."""
+        async with self._acked:
+            while behind := self.leases.behind(seq):
+                try:
+                    await asyncio.wait_for(self._acked.wait(), timeout=min(behind.values()) + 0.01)
+                except asyncio.TimeoutError:
+                    pass
+
+    async def follow(self, sub: str, epoch: str | None, after: int, timeout_s: float) -> dict:
+        """A copy's long-poll: it has applied the log up to ``after`` (of ``epoch``). Answers the
+        rows logged since, at once or within ``timeout_s``; or a snapshot of the whole index when
+        the copy is new, of an earlier epoch (this replica restarted), or too far behind."""
+        self.leases.ack(sub, after if epoch == self.log.epoch else -1)
+        async with self._acked:
+            self._acked.notify_all()
+        if (rows := self.log.since(epoch, after)) is None:
+            self.snapshots += 1
+            # pickled here, between two appends: the bytes and seq describe the same state
+            return {"epoch": self.log.epoch, "seq": self.log.seq, "snapshot": pickle.dumps(self.index)}
+        if not rows:
+            async with self._logged:
+                try:
+                    await asyncio.wait_for(self._logged.wait_for(lambda: self.log.seq > after), timeout_s)
+                except asyncio.TimeoutError:
+                    return {"epoch": self.log.epoch, "seq": after, "rows": None}
+            if (rows := self.log.since(epoch, after)) is None:
+                return await self.follow(sub, epoch, after, timeout_s)
+        return {"epoch": self.log.epoch, "seq": self.log.seq, "rows": rows}
 
     def context(self, user_id: str) -> tuple[list[str], list[str]]:
         return self.index.get(user_id)
@@ -54,7 +101,8 @@ class UserHistory:
         return self.index.popular(k, exclude)
 
     def stats(self) -> dict:
-        return {**self.index.stats(), "pid": os.getpid()}
+        return {**self.index.stats(), "pid": os.getpid(), "log_seq": self.log.seq, "copies": self.leases.live(),
+                "snapshots": self.snapshots, "lease_expiries": self.leases.expired}
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)

@@ -24,6 +24,10 @@ HISTORY_COLUMNS = ["user_id", "item_id", "timestamp", "label", "weight", "dedup_
 
 # Rescale decayed counts before 2**x overflows float64 (max exponent ~1023).
 _MAX_EXPONENT = 60.0
+# The most popular items kept ranked, so a popular call costs a walk of this list, not a
+# scan of the catalogue (a heapq over 1M items is ~94 ms); a call excluding more of them
+# than the list holds falls back to the scan.
+TOP_CACHE = 1024
 
 
 class UserHistoryIndex:
@@ -39,6 +43,11 @@ class UserHistoryIndex:
         self._pop: dict[str, float] = {}
         self._t0: float | None = None  # reference event time of the popularity scores
         self._keys: set[str] = set()  # dedup_keys applied: a replayed event is not counted twice
+        # Exact top-TOP_CACHE of _pop: scores only grow (a rescale shrinks all alike), so only a
+        # bumped item can enter it; ranked lazily when a popular call finds it changed.
+        self._top: dict[str, float] = {}
+        self._top_min = -math.inf
+        self._ranked: list[tuple[str, float]] | None = []
         self.n_events = 0
         self.duplicate_appends = 0
 
@@ -49,6 +58,10 @@ class UserHistoryIndex:
         """Add cleaned events (user_id, item_id, timestamp, label, weight, optionally dedup_key);
         returns rows added. Appending is idempotent by ``dedup_key``: an event handed over
         twice (a restarted ingest re-sending what it had accepted) is counted once."""
+        return self.append_new(events).num_rows
+
+    def append_new(self, events: pa.Table) -> pa.Table:
+        """``append``, returning the rows it added (what a copy of this index must apply too)."""
         if "dedup_key" in events.column_names and events.num_rows:
             keys = events.column("dedup_key").to_pylist()
             keep = [not (k in self._keys or self._keys.add(k)) for k in keys]  # add() is None
@@ -56,7 +69,7 @@ class UserHistoryIndex:
                 self.duplicate_appends += len(keys) - sum(keep)
                 events = events.filter(pa.array(keep, pa.bool_()))
         if events.num_rows == 0:
-            return 0
+            return events
         users = events.column("user_id").to_pylist()
         items = events.column("item_id").to_pylist()
         labels = events.column("label").to_numpy(zero_copy_only=False)
@@ -75,7 +88,7 @@ class UserHistoryIndex:
                 hist.append(item)
                 self._bump(item, float(weights[i]), float(ts[i]))
         self.n_events += events.num_rows
-        return events.num_rows
+        return events
 
     def rebuild(self, stored: pa.Table | None, pending: list[pa.Table] = ()) -> int:
         """Start from the clean store, then the events acknowledged over HTTP that it does not
@@ -93,8 +106,32 @@ class UserHistoryIndex:
             # so the ranking is unchanged.
             scale = 2.0 ** (-exponent)
             self._pop = {k: v * scale for k, v in self._pop.items()}
+            self._top = {k: v * scale for k, v in self._top.items()}
+            self._top_min *= scale
+            self._ranked = None
             self._t0, exponent = t, 0.0
-        self._pop[item] = self._pop.get(item, 0.0) + weight * 2.0 ** exponent
+        score = self._pop[item] = self._pop.get(item, 0.0) + weight * 2.0 ** exponent
+        self._rank(item, score)
+
+    def _rank(self, item: str, score: float) -> None:
+        """Keep ``_top`` the exact TOP_CACHE best of ``_pop`` after ``item`` rose to ``score``."""
+        top = self._top
+        if item in top:
+            top[item] = score
+        elif len(top) < TOP_CACHE:
+            top[item] = score
+            self._top_min = min(self._top_min, score) if len(top) > 1 else score
+        elif (score, item) > (self._top_min, ""):
+            worst = min(top.items(), key=lambda kv: (kv[1], kv[0]))
+            if (score, item) <= (worst[1], worst[0]):
+                self._top_min = worst[1]
+                return
+            del top[worst[0]]
+            top[item] = score
+            self._top_min = min(top.values())
+        else:
+            return
+        self._ranked = None
 
     def get(self, user_id: str) -> tuple[list[str], list[str]]:
         """(recent positive items oldest->newest, all items the user has seen)."""
@@ -102,9 +139,18 @@ class UserHistoryIndex:
 
     def popular(self, k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """The k most popular items not in ``exclude``, with their decayed scores (log-scaled)."""
-        excluded = set(exclude)
-        best = heapq.nlargest(k + len(excluded), self._pop.items(), key=lambda kv: (kv[1], kv[0]))
-        out = [(item, score) for item, score in best if item not in excluded][:k]
+        excluded = exclude if isinstance(exclude, (set, frozenset, dict)) else set(exclude)
+        if self._ranked is None:
+            self._ranked = sorted(self._top.items(), key=lambda kv: (kv[1], kv[0]), reverse=True)
+        out = []
+        for item, score in self._ranked:
+            if item not in excluded:
+                out.append((item, score))
+                if len(out) == k:
+                    break
+        if len(out) < k and len(self._pop) > len(self._ranked):  # excluded past the ranked list: scan
+            best = heapq.nlargest(k + len(excluded), self._pop.items(), key=lambda kv: (kv[1], kv[0]))
+            out = [(item, score) for item, score in best if item not in excluded][:k]
         # Report log-scores: the raw values depend on the arbitrary reference time.
         return [(item, math.log(score) if score > 0 else float("-inf")) for item, score in out]
 

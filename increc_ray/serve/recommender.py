@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import pickle
 import threading
 import time
+import uuid
 
 from ray import serve
 from ray.serve.handle import DeploymentHandle
@@ -47,9 +49,25 @@ class Recommender:
         self._popular: list[tuple[str, float]] | None = None
         self._history_up: bool | None = None  # None: not contacted yet
         self.degraded_answers = 0
+        # This replica's copy of the user history (increc_ray.serve.sync): trusted while the poll
+        # whose answer it applied last was sent less than stale_s ago; the remote hop otherwise.
+        self._copy = None
+        self._copy_lock = threading.Lock()  # the follow thread writes it, requests read it
+        self._copy_polled_at = -float("inf")
+        self._stale_s = self.cfg.serving.history_lease_s * 2 / 3
+        self.local_answers = self.remote_answers = 0
+        serving = self.cfg.serving
+        self._score_batch.set_max_batch_size(serving.max_batch_size)
+        self._score_batch.set_batch_wait_timeout_s(serving.batch_wait_s)
+        try:
+            self.replica_tag = serve.get_replica_context().replica_id.unique_id
+        except Exception:  # constructed outside Serve (unit tests)
+            self.replica_tag = f"pid-{os.getpid()}"
         self._stop = threading.Event()
         threading.Thread(target=self._follow_weights, name="increc-weights", daemon=True).start()
         threading.Thread(target=self._refresh_fallback, name="increc-fallback", daemon=True).start()
+        if serving.local_history:
+            threading.Thread(target=self._follow_history, name="increc-history", daemon=True).start()
 
     # ---- weights -----------------------------------------------------------------------------
 
@@ -76,7 +94,37 @@ class Recommender:
                 logger.exception("weight follow failed; retrying")
                 self._stop.wait(1.0)
 
-    # ---- the user-history replica, and the fallback when it is down ----------------------------
+    # ---- the user-history replica, this replica's copy of it, and the fallback ------------------
+
+    def _follow_history(self) -> None:
+        """Keep ``_copy`` in step with the history replica's change log (``UserHistory.follow``)."""
+        sub, epoch, seq = uuid.uuid4().hex, None, 0
+        poll_s = self.cfg.serving.history_lease_s / 3
+        while not self._stop.is_set():
+            sent = time.monotonic()
+            try:
+                got = self.history.follow.remote(sub, epoch, seq, poll_s).result(
+                    timeout_s=poll_s + self.cfg.serving.history_timeout_s)
+            except Exception as e:  # down or restarting: the copy goes stale, requests ask remotely
+                logger.debug("history follow failed: %s", e)
+                self._stop.wait(0.2)
+                continue
+            if "snapshot" in got:
+                copy = pickle.loads(got["snapshot"])
+                with self._copy_lock:
+                    self._copy = copy
+            elif got["rows"]:
+                with self._copy_lock:
+                    for rows in got["rows"]:
+                        self._copy.append(rows)
+            epoch, seq = got["epoch"], got["seq"]
+            self._copy_polled_at = sent
+
+    def _local_copy(self):
+        """The copy of the user history, while it may be trusted (see ``increc_ray.serve.sync``)."""
+        if self._copy is not None and time.monotonic() - self._copy_polled_at < self._stale_s:
+            return self._copy
+        return None
 
     def _refresh_fallback(self) -> None:
         serving = self.cfg.serving
@@ -136,18 +184,29 @@ class Recommender:
         return await self.ingest.ingest.remote(records)
 
     async def _recommend(self, user_id: str, k: int) -> dict:
-        context = await self._ask_history(lambda: self.history.context.remote(user_id))
+        local = self._local_copy()
+        if local is not None:
+            with self._copy_lock:
+                context = local.get(user_id)
+            self.local_answers += 1
+        else:
+            context = await self._ask_history(lambda: self.history.context.remote(user_id))
+            self.remote_answers += 1
         degraded = context is None  # the user's history is unknown: popular items only
         history, seen = context or ([], [])
         scorer = self._scorer
         items: list[tuple[str, float]] = []
         if scorer is not None and history:
-            items = await asyncio.to_thread(scorer.recommend, history, k, seen)
+            items = await self._score_batch((scorer, history, k, seen))
         source = "model" if items else "fallback"
         if len(items) < k:  # top up (cold user, or few known items) with popular unseen items
             exclude = {*seen, *(i for i, _ in items)}
-            extra = None if degraded else await self._ask_history(
-                lambda: self.history.popular.remote(k - len(items), list(exclude)))
+            if local is not None:
+                with self._copy_lock:
+                    extra = local.popular(k - len(items), exclude)
+            else:
+                extra = None if degraded else await self._ask_history(
+                    lambda: self.history.popular.remote(k - len(items), list(exclude)))
             if extra is None:
                 if self._popular is None:
                     raise Unavailable("the user-history replica is unreachable and no popular list is cached yet")
@@ -159,6 +218,25 @@ class Recommender:
             telemetry.inc("increc_degraded_answers_total", 1)
         return {"user_id": user_id, "k": k, "source": source, "model_version": scorer.version if scorer else 0,
                 "degraded": degraded, "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]}
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # both set from the config in __init__
+    async def _score_batch(self, requests: list[tuple]) -> list[list[tuple[str, float]]]:
+        """Concurrent calls' (scorer, history, k, seen), scored one forward pass per scorer (a swap
+        mid-batch leaves two) in a thread, so the event loop keeps taking requests meanwhile."""
+        def run() -> list[list[tuple[str, float]]]:
+            out: list = [None] * len(requests)
+            by_scorer: dict[int, list[int]] = {}
+            for i, (scorer, *_rest) in enumerate(requests):
+                by_scorer.setdefault(id(scorer), []).append(i)
+            for rows in by_scorer.values():
+                scorer = requests[rows[0]][0]
+                kk = max(requests[i][2] for i in rows)
+                got = scorer.recommend_batch([requests[i][1] for i in rows], kk, [requests[i][3] for i in rows])
+                for i, items in zip(rows, got):
+                    out[i] = items[: requests[i][2]]
+            return out
+
+        return await asyncio.to_thread(run)
 
     async def _rollback(self, version: int) -> dict:
         return await self.trainer.rollback.remote(version)
@@ -176,8 +254,10 @@ class Recommender:
                 "counts": {k: ingest[k] for k in ("accepted", "duplicates", "quarantined", "cleaned")},
                 "ledger": ingest["ledger"],
                 "trainer": trainer, "ingest": ingest, "history": history,
-                "replica": {"swaps": self.swaps, "pid": os.getpid(), "degraded_answers": self.degraded_answers,
-                            "history_reachable": bool(self._history_up)}}
+                "replica": {"swaps": self.swaps, "pid": os.getpid(), "tag": self.replica_tag,
+                            "degraded_answers": self.degraded_answers, "history_reachable": bool(self._history_up),
+                            "local_answers": self.local_answers, "remote_answers": self.remote_answers,
+                            "history_copy": self._local_copy() is not None}}
 
     def __del__(self) -> None:
         self._stop.set()

@@ -135,6 +135,41 @@ def test_read_your_writes_before_the_model_updates(client):
     assert STREAM.successor(item) in {i["item_id"] for i in after["items"]}
 
 
+def test_posted_event_shows_in_the_next_recommendation_on_every_replica(client):
+    """Read-your-writes across replicas: each recommend replica answers from its own copy of the
+    user history (increc_ray.serve.sync); a 200 from /events means every copy has the event."""
+    t = STREAM.n_events + STREAM.start_time + 2
+    first_reads: dict[str, int] = {}
+    for n in range(40):
+        user, item = f"rw-{n}", STREAM.items[n % len(STREAM.items)]
+        post(client, [{"user_id": user, "item_id": item, "event_type": "click", "timestamp": t + n}])
+        # a fresh connection per read: the proxy picks a replica per request, not per client
+        for _ in range(3):
+            with httpx.Client(base_url=str(client.base_url), timeout=30.0) as c:
+                r = c.get("/recommend", params={"user_id": user, "k": 10})
+            assert r.status_code == 200, r.text
+            body, replica = r.json(), r.headers["x-increc-replica"]
+            first_reads[replica] = first_reads.get(replica, 0) + 1
+            assert body["source"] == "model", f"{user}'s event missing on replica {replica}: {body}"
+            assert item not in {i["item_id"] for i in body["items"]}, f"seen item recommended by {replica}"
+    print(f"reads per replica: {first_reads}")
+    assert len(first_reads) >= 2, f"every read went to one replica: {first_reads}"
+    local = [s["replica"]["local_answers"] for s in _status_per_replica(client, len(first_reads))]
+    assert all(n > 0 for n in local), f"a replica never answered from its local copy: {local}"
+
+
+def _status_per_replica(client: httpx.Client, n: int, tries: int = 60) -> list[dict]:
+    """/status from ``n`` distinct replicas (the proxy picks one per request)."""
+    seen: dict[str, dict] = {}
+    for _ in range(tries):
+        with httpx.Client(base_url=str(client.base_url), timeout=30.0, headers=AUTH) as c:
+            s = status(c)
+        seen[s["replica"]["tag"]] = s
+        if len(seen) >= n:
+            break
+    return list(seen.values())
+
+
 def test_new_item_recommendable_after_next_update_without_restart(client):
     version_before = status(client)["model_version"]
     new_item = STREAM.introduce_item()
@@ -159,40 +194,55 @@ def test_new_item_recommendable_after_next_update_without_restart(client):
     assert new_item in {i["item_id"] for i in body["items"]}, f"{new_item} (after {pred}) not in {body['items']}"
 
 
-def test_no_failed_request_while_versions_swap(client):
-    results: list[tuple[int, int]] = []
+def test_no_failed_request_while_versions_swap_and_replicas_scale_up(client):
+    """Concurrent clients while the trainer publishes versions: the app scales from its two
+    replicas to three (RECOMMENDER_OPTIONS), every replica swaps weights, and no request fails."""
+    results: list[tuple[int, int, str]] = []
     stop = threading.Event()
 
-    def hammer():
+    def hammer(offset: int):
         with httpx.Client(base_url=str(client.base_url), timeout=30.0) as c:
-            users = sorted(LAST_ITEM)[:5]
-            n = 0
+            users = sorted(LAST_ITEM)[:10]
+            n = offset
             while not stop.is_set():
                 try:
                     r = c.get("/recommend", params={"user_id": users[n % len(users)], "k": 10})
-                    results.append((r.status_code, r.json().get("model_version", -1)))
-                except httpx.TransportError as e:
-                    results.append((599, -1))
+                    results.append((r.status_code, r.json().get("model_version", -1),
+                                    r.headers.get("x-increc-replica", "")))
+                except httpx.TransportError:
+                    results.append((599, -1, ""))
                 n += 1
 
     start_version = status(client)["served_version"]
-    thread = threading.Thread(target=hammer)
-    thread.start()
+    threads = [threading.Thread(target=hammer, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
     try:
-        deadline = time.time() + 150
-        while status(client)["served_version"] < start_version + 3 and time.time() < deadline:
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            replicas = {tag for _, _, tag in results}
+            if status(client)["served_version"] >= start_version + 3 and len(replicas) >= 3:
+                break
             post(client, STREAM.next_events(200))
             time.sleep(0.3)
         time.sleep(1.0)
     finally:
         stop.set()
-        thread.join()
-    codes = [code for code, _ in results]
-    versions = sorted({v for _, v in results})
-    print(f"{len(results)} requests during swaps; versions seen {versions}")
-    assert len(results) > 20
+        for t in threads:
+            t.join()
+    codes = [code for code, _, _ in results]
+    versions = sorted({v for _, v, _ in results})
+    per_replica = {}
+    for _, v, tag in results:
+        per_replica.setdefault(tag, set()).add(v)
+    print(f"{len(results)} requests during swaps; versions seen {versions}; "
+          f"replicas {[(tag, len(vs)) for tag, vs in per_replica.items()]}")
+    assert len(results) > 100
     assert set(codes) == {200}, f"failed requests: {[c for c in codes if c != 200][:10]}"
     assert len([v for v in versions if v >= start_version]) >= 3, f"saw only versions {versions}"
+    assert len(per_replica) >= 3, f"the app did not scale up under load: replicas {sorted(per_replica)}"
+    swapped = [tag for tag, vs in per_replica.items() if len(vs) >= 2]
+    assert len(swapped) >= 2, f"versions swapped on fewer than two replicas under load: {per_replica}"
 
 
 def test_duplicates_and_bad_events_are_counted_not_applied(client):

@@ -1,0 +1,442 @@
+"""Serving under load, measured on what ``serve deploy serve_config.yaml`` runs (issue 13).
+
+One local cluster, one run: ``serve_config.yaml``'s application (its profile, its Recommender
+autoscaling) plus a do-nothing deployment behind the same ingress (``bench/noop_app.py``), fed
+a synthetic catalogue over HTTP, then, with the trainer learning from a steady event stream:
+
+1. **Throughput and latency**: wrk (closed loop, loopback) against the do-nothing route and
+   ``/recommend`` at several connection counts, alternated; req/s at saturation, p50/p99 at
+   the sweep point nearest half of it, the ratio recommend / do-nothing, and the share of
+   answers from the model for users with history (sampled after the sweep).
+2. **Freshness**: (a) history: a new user posts one event; is the very next ``/recommend``
+   (any replica) built from it? (b) model: time from a ``POST /events`` answer until a
+   version whose training read covers that event is what every replica answers with.
+3. **Swaps and scaling**: clients keep asking while the trainer publishes and while the load
+   takes the Recommender from min to max replicas and back: failed/5xx requests, the longest
+   stall, p99 during swaps against p99 between them.
+
+    python bench/serve_load.py [--items 10000] [--ingress haproxy|proxy] [--out bench/results/serve_load_10k.json]
+
+The bench-only settings (a short bootstrap so a model is served within a minute, a faster
+autoscaling reaction so scaling fits in the run, min_replicas 2 so freshness is measured
+across replicas) are in ``BENCH_CONFIG`` / ``BENCH_DEPLOYMENT`` and written into the results.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import re
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import httpx
+import numpy as np
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# merged into the app's `config` on top of serve_config.yaml's profile
+BENCH_CONFIG = {
+    "bootstrap": {"epochs": 1, "eval_every": 1, "max_minutes": 3.0},  # a first model within a minute
+    "cleaning": {"max_items": 2_000_000},
+}
+# merged into serve_config.yaml's Recommender deployment
+BENCH_DEPLOYMENT = {"autoscaling_config": {"min_replicas": 2, "max_replicas": 4, "target_ongoing_requests": 8,
+                                           "upscale_delay_s": 3.0, "downscale_delay_s": 15.0}}
+
+
+# ---- load generators ----------------------------------------------------------------------------
+
+_UNIT = {"us": 1e-3, "ms": 1.0, "s": 1000.0}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    return float(m.group(1)) * _UNIT[m.group(2)]
+
+
+WRK_SCRIPT = """
+local n_users = {n_users}
+math.randomseed(os.time())
+request = function()
+  return wrk.format("GET", "/recommend?user_id=u" .. math.random(0, n_users - 1) .. "&k=10")
+end
+"""
+
+
+def wrk(url: str, connections: int, seconds: float, script: str | None = None) -> dict:
+    """One wrk run (``--latency``): req/s, p50/p99, errors (socket errors and non-2xx)."""
+    cmd = ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds:.0f}s", "--latency", "--timeout", "10s"]
+    if script:
+        cmd += ["-s", script]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60).stdout
+    pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.M))
+    if "99" not in pct or "Requests/sec" not in out:
+        raise RuntimeError(f"wrk gave no latency distribution:\n{out}")
+    errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    return {"connections": connections, "requests": int(total.group(1)) if total else 0,
+            "rps": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p50_ms": round(_ms(pct["50"]), 2), "p99_ms": round(_ms(pct["99"]), 2),
+            "errors": errors + (int(non2xx.group(1)) if non2xx else 0)}
+
+
+class Recorder:
+    """Closed-loop Python clients that keep every answer: (start, latency, status, version, source)."""
+
+    def __init__(self, url: str, users: list[str]) -> None:
+        self.url, self.users = url, users
+        self.rows: list[tuple[float, float, int, int, str]] = []
+        self._lock = threading.Lock()
+        self._threads: list[tuple[threading.Thread, threading.Event]] = []
+
+    def set_clients(self, n: int) -> None:
+        while len(self._threads) > n:
+            t, stop = self._threads.pop()
+            stop.set()
+        while len(self._threads) < n:
+            stop = threading.Event()
+            t = threading.Thread(target=self._client, args=(len(self._threads), stop), daemon=True)
+            self._threads.append((t, stop))
+            t.start()
+
+    def _client(self, i: int, stop: threading.Event) -> None:
+        rng = np.random.default_rng(i)
+        with httpx.Client(base_url=self.url, timeout=30.0) as c:
+            while not stop.is_set():
+                t0 = time.time()
+                try:
+                    r = c.get("/recommend", params={"user_id": self.users[rng.integers(len(self.users))], "k": 10})
+                    status = r.status_code
+                    body = r.json() if status == 200 else {}
+                except (httpx.TransportError, ValueError):
+                    status, body = 0, {}
+                row = (t0, (time.time() - t0) * 1000, status, int(body.get("model_version", -1)),
+                       "degraded" if body.get("degraded") else body.get("source", ""))
+                with self._lock:
+                    self.rows.append(row)
+
+    def stop(self) -> None:
+        self.set_clients(0)
+
+
+class Poster(threading.Thread):
+    """Keeps the trainer busy: ``rate`` synthetic events/s in batches, every answer checked."""
+
+    def __init__(self, url: str, token: str, stream, rate: float, batch: int = 100) -> None:
+        super().__init__(daemon=True)
+        self.url, self.token, self.stream, self.rate, self.batch = url, token, stream, rate, batch
+        self.lock = threading.Lock()  # held by freshness trials: the stream is not thread-safe
+        self.sent = self.failed = 0
+        self.paused = threading.Event()
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {self.token}"}) as c:
+            while not self._halt.is_set():
+                t0 = time.time()
+                if not self.paused.is_set():
+                    with self.lock:
+                        events = self.stream.next_events(self.batch)
+                    try:
+                        ok = c.post("/events", content=json.dumps(events)).status_code == 200
+                    except httpx.TransportError:
+                        ok = False
+                    self.sent += len(events) * ok
+                    self.failed += not ok
+                self._halt.wait(max(0.0, self.batch / self.rate - (time.time() - t0)))
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(30)
+
+
+# ---- the deployment ---------------------------------------------------------------------------
+
+def _merge(base: dict, over: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def deploy_config(port: int, data_dir: str) -> dict:
+    """serve_config.yaml, with the bench's data_dir, port and settings, plus the do-nothing app."""
+    with open(os.path.join(ROOT, "serve_config.yaml")) as f:
+        config = yaml.safe_load(f)
+    config["http_options"] = {**config.get("http_options", {}), "port": port}
+    app = config["applications"][0]
+    app["args"]["config"] = _merge(app["args"].get("config", {}), {**BENCH_CONFIG, "data_dir": data_dir})
+    app["deployments"] = [_merge(d, BENCH_DEPLOYMENT) if d["name"] == "Recommender" else d
+                          for d in app.get("deployments", [])]
+    config["applications"].append({"name": "noop", "route_prefix": "/noop", "import_path": "noop_app:app",
+                                   "runtime_env": {"env_vars": {"PYTHONPATH": os.path.join(ROOT, "bench")}}})
+    return config
+
+
+def replicas(app: str = "increc", deployment: str = "Recommender") -> int:
+    from ray import serve
+
+    try:
+        states = serve.status().applications[app].deployments[deployment].replica_states
+    except (KeyError, AttributeError):
+        return 0
+    return int(states.get("RUNNING", 0))
+
+
+def status(c: httpx.Client) -> dict:
+    return c.get("/status").json()
+
+
+def wait(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        try:
+            if got := predicate():
+                return got
+        except (httpx.TransportError, KeyError, ValueError, TypeError):
+            pass
+        time.sleep(interval_s)
+    raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
+
+
+# ---- the phases -------------------------------------------------------------------------------
+
+def throughput(base: str, n_users: int, connections: list[int], seconds: float, tmp: str) -> dict:
+    script = os.path.join(tmp, "recommend.lua")
+    with open(script, "w") as f:
+        f.write(WRK_SCRIPT.format(n_users=n_users))
+    rows = []
+    for conns in connections:
+        noop = wrk(f"{base}/noop", conns, seconds)
+        rec = wrk(f"{base}/recommend", conns, seconds, script)
+        rows.append({"connections": conns, "noop": noop, "recommend": rec,
+                     "ratio_rps": round(rec["rps"] / noop["rps"], 3), "replicas": replicas()})
+        print(f"  {conns:3d} conns  do-nothing {noop['rps']:7.1f} req/s p99 {noop['p99_ms']:6.1f} ms | "
+              f"recommend {rec['rps']:7.1f} req/s p50 {rec['p50_ms']:6.1f} p99 {rec['p99_ms']:6.1f} ms "
+              f"errors {rec['errors']} | ratio {rows[-1]['ratio_rps']:.2f} | replicas {rows[-1]['replicas']}", flush=True)
+    sat_noop = max(r["noop"]["rps"] for r in rows)
+    sat_rec = max(r["recommend"]["rps"] for r in rows)
+    half = min(rows, key=lambda r: abs(r["recommend"]["rps"] - sat_rec / 2))
+    return {"sweep": rows, "saturation_rps": {"noop": sat_noop, "recommend": sat_rec},
+            "ratio_at_saturation": round(sat_rec / sat_noop, 3),
+            "half_saturation": {"connections": half["connections"], "rps": half["recommend"]["rps"],
+                                "p50_ms": half["recommend"]["p50_ms"], "p99_ms": half["recommend"]["p99_ms"]}}
+
+
+def model_share(base: str, users: list[str], n: int) -> dict:
+    sources: dict[str, int] = {}
+    with httpx.Client(base_url=base, timeout=30) as c:
+        for i in range(n):
+            body = c.get("/recommend", params={"user_id": users[(i * 7919) % len(users)], "k": 10}).json()
+            key = "degraded" if body.get("degraded") else body["source"]
+            sources[key] = sources.get(key, 0) + 1
+    return {"answers": n, "sources": sources, "model_share": round(sources.get("model", 0) / n, 4)}
+
+
+def history_freshness(base: str, token: str, items: list[str], trials: int) -> dict:
+    """A brand-new user posts one click; the next /recommend must be the model's, built on it."""
+    ok, fallback_before, served_by, lat = 0, 0, {}, []
+    auth = {"Authorization": f"Bearer {token}"}
+    run = secrets.token_hex(3)
+    with httpx.Client(base_url=base, timeout=30) as c:
+        for j in range(trials):
+            user, item = f"fresh-{run}-{j}", items[(j * 104729) % len(items)]
+            before = c.get("/recommend", params={"user_id": user, "k": 10}).json()
+            fallback_before += before["source"] == "fallback"
+            event = {"event_id": f"fresh-{run}-{j}", "user_id": user, "item_id": item, "event_type": "click",
+                     "timestamp": time.time()}
+            c.post("/events", content=json.dumps([event]), headers=auth).raise_for_status()
+            t0 = time.time()
+            r = c.get("/recommend", params={"user_id": user, "k": 10})
+            lat.append((time.time() - t0) * 1000)
+            body = r.json()
+            served_by[r.headers.get("x-increc-replica", "?")] = served_by.get(r.headers.get("x-increc-replica", "?"), 0) + 1
+            ok += body["source"] == "model" and item not in {x["item_id"] for x in body["items"]}
+    return {"trials": trials, "reflected": ok, "share": round(ok / trials, 4), "fallback_before": fallback_before,
+            "answers_per_replica": served_by, "recommend_after_post_p50_ms": round(float(np.median(lat)), 2)}
+
+
+def model_freshness(base: str, token: str, poster: Poster, trials: int) -> dict:
+    """Post a batch, then wait until a published version has read past it and every answer carries it."""
+    out = []
+    with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
+        for _ in range(trials):
+            with poster.lock:
+                events = poster.stream.next_events(250)
+            c.post("/events", content=json.dumps(events)).raise_for_status()
+            t0 = time.time()
+            # the clean part that holds the batch: the store's newest once the landing zone is empty
+            s = wait(lambda: (st := status(c)) and st["lag"]["pending_files"] == 0 and st, 60, "cleaned",
+                     interval_s=0.05)
+            part = s["trainer"]["progress"].get("offset", {}).get("seq", -1) + s["lag"]["clean_parts_behind"]
+            covered = wait(lambda: (st := status(c)) and (st["trainer"]["last_update"] or {}).get("offset", {}).get(
+                "seq", -1) >= part and st["model_version"], 60, "a version that read it", interval_s=0.05)
+            streak = [0]
+
+            def every_replica_has_it() -> bool:
+                v = c.get("/recommend", params={"user_id": "u1", "k": 10}).json()["model_version"]
+                streak[0] = streak[0] + 1 if v >= covered else 0
+                return streak[0] >= 8
+
+            wait(every_replica_has_it, 60, "the version on every replica", interval_s=0.01)
+            out.append(time.time() - t0)
+            time.sleep(0.5)
+    arr = np.asarray(out)
+    return {"trials": trials, "p50_s": round(float(np.percentile(arr, 50)), 3),
+            "p99_s": round(float(np.percentile(arr, 99)), 3), "max_s": round(float(arr.max()), 3),
+            "seconds": [round(x, 3) for x in out]}
+
+
+def swaps_and_scaling(base: str, users: list[str], plan: list[tuple[int, float]]) -> dict:
+    """Clients at each (count, seconds) of ``plan`` in turn; every answer kept."""
+    rec = Recorder(base, users)
+    timeline = []
+    t_start = time.time()
+    for clients, seconds in plan:
+        rec.set_clients(clients)
+        until = time.time() + seconds
+        while time.time() < until:
+            timeline.append({"t": round(time.time() - t_start, 1), "clients": clients, "replicas": replicas()})
+            time.sleep(1.0)
+    rec.stop()
+    time.sleep(2.0)
+    rows = sorted(rec.rows)
+    t = np.array([r[0] for r in rows])
+    lat = np.array([r[1] for r in rows])
+    ok = np.array([r[2] == 200 for r in rows])
+    versions = np.array([r[3] for r in rows])
+    # a swap: the first answer with a version newer than every answer before it
+    swap_times, newest = [], -1
+    for ti, v in zip(t, versions):
+        if v > newest:
+            if newest >= 0:
+                swap_times.append(ti)
+            newest = v
+    near = np.zeros(len(rows), bool)
+    for s in swap_times:
+        near |= (t >= s - 0.5) & (t <= s + 1.0)
+    gaps = np.diff(np.sort(t + lat / 1000.0)) if len(rows) > 1 else np.zeros(1)
+    sources: dict[str, int] = {}
+    for r in rows:
+        sources[r[4]] = sources.get(r[4], 0) + 1
+    p99 = lambda x: round(float(np.percentile(x, 99)), 2) if len(x) else None  # noqa: E731
+    return {"plan": [{"clients": c, "seconds": s} for c, s in plan], "requests": len(rows),
+            "failed": int((~ok).sum()), "status_codes": {str(k): int(v) for k, v in zip(*np.unique([r[2] for r in rows], return_counts=True))},
+            "versions_seen": int(len(set(versions[versions >= 0].tolist()))), "swaps": len(swap_times),
+            "p99_ms_during_swaps": p99(lat[near]), "p99_ms_between_swaps": p99(lat[~near]),
+            "swap_p99_ratio": round(p99(lat[near]) / p99(lat[~near]), 3) if near.any() and (~near).any() else None,
+            "longest_stall_ms": round(float(gaps.max() * 1000), 1), "max_latency_ms": round(float(lat.max()), 1),
+            "replicas_max": max(x["replicas"] for x in timeline), "replicas_end": timeline[-1]["replicas"],
+            "sources": sources, "timeline": timeline}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--items", type=int, default=10_000, help="synthetic catalogue size")
+    parser.add_argument("--users", type=int, default=2_000)
+    parser.add_argument("--events", type=int, default=0, help="events posted before the load (default 4 x items)")
+    parser.add_argument("--ingress", choices=["haproxy", "proxy"], default="haproxy")
+    parser.add_argument("--connections", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
+    parser.add_argument("--seconds", type=float, default=8.0, help="per wrk run")
+    parser.add_argument("--event-rate", type=float, default=300.0, help="events/s posted while measuring")
+    parser.add_argument("--fresh-trials", type=int, default=100)
+    parser.add_argument("--model-trials", type=int, default=20)
+    parser.add_argument("--phases", nargs="+", default=["throughput", "freshness", "swaps"])
+    parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--out", default=None)
+    args = parser.parse_args()
+    assert shutil.which("wrk"), "wrk not found: apt-get install wrk"
+    out_path = args.out or f"bench/results/serve_load_{args.items // 1000}k.json"
+
+    token = secrets.token_urlsafe(24)
+    os.environ.update({"INCREC_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"})
+    if args.ingress == "haproxy":
+        os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # before the cluster starts: its processes read it
+    import ray
+    from ray import serve
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    from increc_ray.evaluate.synthetic import SyntheticStream
+
+    tmp = tempfile.mkdtemp(prefix="increc_load_")
+    data_dir = os.path.join(tmp, "data")
+    ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    config = deploy_config(args.port, data_dir)
+    client = serve_start(http_options=config["http_options"])
+    client.deploy_apps(ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate")
+                       else ServeDeploySchema.parse_obj(config))
+    base = f"http://127.0.0.1:{args.port}"
+    auth = {"Authorization": f"Bearer {token}"}
+    result: dict = {"items": args.items, "users": args.users, "ingress": args.ingress,
+                    "bench_config": BENCH_CONFIG, "bench_deployment": BENCH_DEPLOYMENT,
+                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                                "platform": platform.platform()}}
+    stream = SyntheticStream(n_users=args.users, n_items=args.items, new_item_every=0, drift_every=0, seed=0)
+    n_events = args.events or 4 * args.items
+    t0 = time.time()
+    with httpx.Client(base_url=base, timeout=120, headers=auth) as c:
+        wait(lambda: c.get("/healthz").status_code == 200, 300, "the app up", interval_s=1.0)
+        wait(lambda: c.get("/noop").status_code == 200, 120, "the do-nothing app up", interval_s=1.0)
+        for i in range(0, n_events, 5000):
+            c.post("/events", content=json.dumps(stream.next_events(min(5000, n_events - i)))).raise_for_status()
+        s = wait(lambda: (st := status(c)) and st["served_version"] >= 1 and st["lag"]["pending_files"] == 0
+                 and st["lag"]["clean_parts_behind"] == 0 and st, 900, "a first served version", interval_s=2.0)
+    result["setup"] = {"events": n_events, "seconds": round(time.time() - t0, 1), "model_version": s["served_version"],
+                       "n_items": s["trainer"]["progress"].get("n_items"), "history": s["history"]}
+    print(f"setup: {n_events} events, model v{s['served_version']} with {result['setup']['n_items']} items "
+          f"after {result['setup']['seconds']} s", flush=True)
+    users = [f"u{i}" for i in range(args.users)]
+    poster = Poster(base, token, stream, args.event_rate)
+    poster.start()
+    try:
+        if "throughput" in args.phases:
+            print("throughput (trainer learning meanwhile):", flush=True)
+            result["throughput"] = throughput(base, args.users, args.connections, args.seconds, tmp)
+            result["throughput"]["model_share"] = model_share(base, users, 1000)
+            print(f"  {json.dumps({k: v for k, v in result['throughput'].items() if k != 'sweep'})}", flush=True)
+        if "freshness" in args.phases:
+            result["history_freshness"] = history_freshness(base, token, [f"i{i}" for i in range(args.items)],
+                                                            args.fresh_trials)
+            print(f"history freshness: {json.dumps(result['history_freshness'])}", flush=True)
+            poster.paused.set()
+            time.sleep(3.0)
+            result["model_freshness"] = model_freshness(base, token, poster, args.model_trials)
+            poster.paused.clear()
+            print(f"model freshness: {json.dumps({k: v for k, v in result['model_freshness'].items() if k != 'seconds'})}",
+                  flush=True)
+        if "swaps" in args.phases:
+            v0 = status(httpx.Client(base_url=base, headers=auth, timeout=30))["model_version"]
+            result["swaps"] = swaps_and_scaling(base, users, [(4, 20.0), (48, 40.0), (1, 45.0)])
+            result["swaps"]["published_during"] = status(httpx.Client(base_url=base, headers=auth, timeout=30))[
+                "model_version"] - v0
+            print(f"swaps and scaling: {json.dumps({k: v for k, v in result['swaps'].items() if k != 'timeline'})}",
+                  flush=True)
+        with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
+            result["final_status"] = {k: v for k, v in status(c).items() if k in ("history", "replica", "counts", "ledger")}
+    finally:
+        poster.stop()
+        result["events_posted_while_measuring"] = poster.sent
+        result["post_failures"] = poster.failed
+        os.makedirs(os.path.dirname(out_path), exist_ok=True)
+        with open(out_path, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {out_path}")
+        serve.shutdown()
+        ray.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
