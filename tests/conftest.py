@@ -91,16 +91,23 @@ def app(ray_cluster, tmp_path_factory):
     """The whole increc_ray app deployed with Serve; yields (base_url, data_dir)."""
     from ray import serve
 
-    from increc_ray.config import Config
-    from increc_ray.serve.app import build
-
     data_dir = str(tmp_path_factory.mktemp("increc_data"))
     port = free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
-    config = Config.from_dict({**TEST_CONFIG, "data_dir": data_dir}).to_dict()
-    serve.run(build(config, recommender_options=RECOMMENDER_OPTIONS), name="increc", route_prefix="/")
+    deploy_app(data_dir)
     yield f"http://127.0.0.1:{port}", data_dir
     serve.delete("increc")
+
+
+def deploy_app(data_dir: str) -> None:
+    """Deploy (or redeploy) the test app on ``data_dir`` and wait until it is running."""
+    from ray import serve
+
+    from increc_ray.config import Config
+    from increc_ray.serve.app import build
+
+    config = Config.from_dict({**TEST_CONFIG, "data_dir": data_dir}).to_dict()
+    serve.run(build(config, recommender_options=RECOMMENDER_OPTIONS), name="increc", route_prefix="/")
 
 
 def record(fault: str, **figures) -> None:

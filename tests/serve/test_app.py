@@ -395,14 +395,12 @@ def test_redeploy_resumes_from_checkpoint_without_reapplying_events(app, client)
     (version and stream offset), and every clean event is applied exactly once."""
     from ray import serve
 
-    from increc_ray.serve.app import app_builder
-
-    from conftest import TEST_CONFIG
+    from conftest import deploy_app
 
     _, data_dir = app
     before = wait_applied(client, min_version=1)
     serve.delete("increc")
-    serve.run(app_builder({"config": {**TEST_CONFIG, "data_dir": data_dir}}), name="increc", route_prefix="/")
+    deploy_app(data_dir)
     wait_until(lambda: _ok(client, "/healthz"), 120, what="/healthz after redeploy")
     post(client, STREAM.next_events(200))  # new events after the restart are learned too
 
