@@ -269,7 +269,7 @@ def history_freshness(base: str, token: str, items: list[str], trials: int) -> d
 
 def model_freshness(base: str, token: str, poster: Poster, trials: int) -> dict:
     """Post a batch, then wait until a published version has read past it and every answer carries it."""
-    out = []
+    out, timeouts = [], 0
     with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
         for _ in range(trials):
             with poster.lock:
@@ -280,8 +280,16 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int) -> dict:
             s = wait(lambda: (st := status(c)) and st["lag"]["pending_files"] == 0 and st, 60, "cleaned",
                      interval_s=0.05)
             part = s["trainer"]["progress"].get("offset", {}).get("seq", -1) + s["lag"]["clean_parts_behind"]
-            covered = wait(lambda: (st := status(c)) and (st["trainer"]["last_update"] or {}).get("offset", {}).get(
-                "seq", -1) >= part and st["model_version"], 60, "a version that read it", interval_s=0.05)
+            v_post = s["model_version"]
+            # the trainer's read offset covers the part, and a version newer than the one live
+            # when the event was posted has been published since (the gate may hold some back)
+            try:
+                covered = wait(lambda: (st := status(c)) and st["trainer"]["progress"].get("offset", {}).get(
+                "seq", -1) >= part and st["model_version"] > v_post and st["model_version"], 20,
+                    "a version that read it", interval_s=0.05)
+            except TimeoutError:
+                timeouts += 1
+                continue
             streak = [0]
 
             def every_replica_has_it() -> bool:
@@ -289,11 +297,17 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int) -> dict:
                 streak[0] = streak[0] + 1 if v >= covered else 0
                 return streak[0] >= 8
 
-            wait(every_replica_has_it, 60, "the version on every replica", interval_s=0.01)
+            try:
+                wait(every_replica_has_it, 20, "the version on every replica", interval_s=0.01)
+            except TimeoutError:
+                timeouts += 1
+                continue
             out.append(time.time() - t0)
             time.sleep(0.5)
+    if not out:
+        return {"trials": trials, "timeouts": timeouts}
     arr = np.asarray(out)
-    return {"trials": trials, "p50_s": round(float(np.percentile(arr, 50)), 3),
+    return {"trials": trials, "timeouts": timeouts, "p50_s": round(float(np.percentile(arr, 50)), 3),
             "p99_s": round(float(np.percentile(arr, 99)), 3), "max_s": round(float(arr.max()), 3),
             "seconds": [round(x, 3) for x in out]}
 

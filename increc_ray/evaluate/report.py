@@ -127,8 +127,40 @@ def reliability(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+SERVE_LOAD_FILES = ("serve_load_10k.json",)
+
+
+def serve_load(results: str = RESULTS) -> str:
+    """``bench/serve_load.py``: do-nothing vs /recommend behind one ingress, in one run, per wrk point."""
+    rows = ["| catalogue | ingress | connections | do-nothing req/s | /recommend req/s | p50 / p99 ms | ratio |",
+            "|---|---|---|---|---|---|---|"]
+    for name in SERVE_LOAD_FILES:
+        r = _load(name, results)
+        if r is None or "throughput" not in r:
+            continue
+        for w in r["throughput"]["sweep"]:
+            rec = w["recommend"]
+            rows.append(f"| {r['setup']['n_items']:,} items | {r['ingress']} | {w['connections']} | {w['noop']['rps']:.0f} "
+                        f"| {rec['rps']:.0f} | {rec['p50_ms']:.0f} / {rec['p99_ms']:.0f} | {w['ratio_rps']:.2f} |")
+    return "\n".join(rows)
+
+
+def scoring_scale(results: str = RESULTS) -> str:
+    """``bench/scoring_scale.py``: the Scorer's cost per answer and per version as the catalogue grows."""
+    r = _load("scoring_scale.json", results)
+    rows = ["| items | exact top-10, batch 1 | per request, batch 16 | encoder, batch 1 | adopt a version "
+            "| published MiB | ANN (faiss IVF) recall@10 at nprobe 8 / 32 |", "|---|---|---|---|---|---|---|"]
+    for s in (r or {}).get("sizes", []):
+        ann = s["ann"]
+        recall = " / ".join(_f(p["recall@10"], 2) for p in ann["probes"]) if isinstance(ann, dict) else "not run"
+        rows.append(f"| {s['items']:,} | {s['exact_ms_batch1']} ms | {s['exact_ms_per_request_batch16']} ms "
+                    f"| {s['encoder_ms_batch1']} ms | {s['adopt_version_s'] * 1000:.0f} ms | {s['published_mib']} | {recall} |")
+    return "\n".join(rows)
+
+
 TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check,
-                                           "consolidation": consolidation, "reliability": reliability}
+                                           "consolidation": consolidation, "reliability": reliability,
+                                           "serve-load": serve_load, "scoring-scale": scoring_scale}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
