@@ -309,8 +309,9 @@ class _TrainWorker:
         if events is None:
             return
         logger.info("full pass (%s) over %d events", reason, events.num_rows)
-        self.set_phase("bootstrapping")
         started = time.time()
+        self.full_pass_progress = {"reason": reason, "started_at": started}  # reported with the phase
+        self.set_phase("bootstrapping")
 
         def progress(p: dict) -> None:
             self.full_pass_progress = {"reason": reason, "started_at": started, **p}
