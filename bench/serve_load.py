@@ -234,6 +234,29 @@ def throughput(base: str, n_users: int, connections: list[int], seconds: float, 
                                 "p50_ms": half["recommend"]["p50_ms"], "p99_ms": half["recommend"]["p99_ms"]}}
 
 
+def profile_phase(base: str, n_users: int, connections: int, seconds: float, tmp: str) -> dict:
+    """CPU per request by process and a py-spy profile of one Recommender replica, while wrk
+    drives /recommend at ``connections`` (``bench/hot_path.py``); the do-nothing route alike."""
+    from hot_path import profile, replica_pids
+
+    script = os.path.join(tmp, "recommend.lua")
+    with open(script, "w") as f:
+        f.write(WRK_SCRIPT.format(n_users=n_users))
+    out = {}
+    for name, url, lua in (("noop", f"{base}/noop", None), ("recommend", f"{base}/recommend", script)):
+        pids = replica_pids("Recommender") if name == "recommend" else replica_pids("Noop", app="noop")
+        got = profile(lambda: wrk(url, connections, seconds, lua), pids[0] if pids else None, seconds)
+        n = max(1, got["result"]["requests"])
+        got["cpu_ms_per_request"] = {g: round(1000 * s / n, 3) for g, s in got["cpu_s"].items()}
+        out[name] = got
+        print(f"  profile {name}: {got['result']['rps']:.0f} req/s; CPU ms per request "
+              f"{json.dumps(got['cpu_ms_per_request'])}", flush=True)
+        if got["py_spy"]:
+            for fr, share in got["py_spy"]["total"][:12]:
+                print(f"    {share:6.1%}  {fr}", flush=True)
+    return out
+
+
 def model_share(base: str, users: list[str], n: int) -> dict:
     sources: dict[str, int] = {}
     with httpx.Client(base_url=base, timeout=30) as c:
@@ -368,6 +391,8 @@ def main() -> None:
     parser.add_argument("--model-trials", type=int, default=20)
     parser.add_argument("--phases", nargs="+", default=["throughput", "freshness", "swaps"])
     parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--profile-connections", type=int, default=8, help="wrk connections in the profile phase")
+    parser.add_argument("--profile-seconds", type=float, default=15.0)
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     assert shutil.which("wrk"), "wrk not found: apt-get install wrk"
@@ -420,6 +445,8 @@ def main() -> None:
             result["throughput"] = throughput(base, args.users, args.connections, args.seconds, tmp)
             result["throughput"]["model_share"] = model_share(base, users, 1000)
             print(f"  {json.dumps({k: v for k, v in result['throughput'].items() if k != 'sweep'})}", flush=True)
+        if "profile" in args.phases:
+            result["profile"] = profile_phase(base, args.users, args.profile_connections, args.profile_seconds, tmp)
         if "freshness" in args.phases:
             result["history_freshness"] = history_freshness(base, token, [f"i{i}" for i in range(args.items)],
                                                             args.fresh_trials)

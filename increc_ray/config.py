@@ -293,6 +293,10 @@ class ServingConfig(_Section):
     max_k: int = Field(200, gt=0)
     recent_items_per_user: int = Field(200, gt=0)  # kept per user for read-your-writes and seen-item exclusion
     popularity_half_life_s: float = Field(3600.0, ge=0)  # decay of the popularity fallback, in event time; 0: all-time counts
+    # Bounded state: users and items with no event for this long (event time) leave the history,
+    # the popularity counts and the seen-item sets; null keeps them forever.
+    user_ttl_s: float | None = Field(90 * 86400.0, gt=0)
+    item_ttl_s: float | None = Field(90 * 86400.0, gt=0)
     weight_poll_timeout_s: float = Field(5.0, gt=0)  # long-poll for a newer weight version
     # A recommend call waits this long for the user-history replica; past it (the replica is
     # down or restarting) the answer is the popular list cached every fallback_refresh_s, marked degraded.
@@ -308,6 +312,9 @@ class ServingConfig(_Section):
     # batch_wait_s for company (0 or 1: each call alone).
     max_batch_size: int = Field(16, ge=1)
     batch_wait_s: float = Field(0.002, ge=0)
+    # A new replica waits at most this long for the live weights and its history copy before it
+    # takes requests (autoscaling adds replicas under load: they must not answer popularity).
+    ready_timeout_s: float = Field(30.0, ge=0)
 
     @model_validator(mode="after")
     def _max_ge_default(self) -> "ServingConfig":

@@ -43,7 +43,8 @@ class UserHistory:
 
     def __init__(self, config: dict) -> None:
         cfg = Config.from_dict(config)
-        self.index = UserHistoryIndex(cfg.serving.recent_items_per_user, cfg.serving.popularity_half_life_s)
+        self.index = UserHistoryIndex(cfg.serving.recent_items_per_user, cfg.serving.popularity_half_life_s,
+                                      cfg.serving.user_ttl_s, cfg.serving.item_ttl_s)
         # Pending files first, then the store: a file cleaned in between is read twice (and
         # counted once, by dedup_key), never missed.
         pending = [rows.select(HISTORY_COLUMNS) for _, rows in pending_http_rows(LandingZone(cfg.landing_uri), cfg)]

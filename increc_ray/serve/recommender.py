@@ -64,10 +64,23 @@ class Recommender:
         except Exception:  # constructed outside Serve (unit tests)
             self.replica_tag = f"pid-{os.getpid()}"
         self._stop = threading.Event()
+        # Set once the first weight poll and the first history poll have been answered (or
+        # failed): a replica takes requests only then, so one that autoscaling just added
+        # answers with the live version and its own copy from its first request, not popularity.
+        self._weights_tried, self._copy_tried = threading.Event(), threading.Event()
         threading.Thread(target=self._follow_weights, name="increc-weights", daemon=True).start()
         threading.Thread(target=self._refresh_fallback, name="increc-fallback", daemon=True).start()
         if serving.local_history:
             threading.Thread(target=self._follow_history, name="increc-history", daemon=True).start()
+        else:
+            self._copy_tried.set()
+        # Serve routes to a replica once __init__ returns; the follow threads use the handles'
+        # own event loop, so waiting here blocks nothing they need.
+        deadline = time.monotonic() + serving.ready_timeout_s
+        for ready in (self._weights_tried, self._copy_tried):
+            if not ready.wait(max(0.0, deadline - time.monotonic())):
+                logger.warning("replica starting before its first weights and history copy arrived "
+                               "(serving.ready_timeout_s %.1f s)", serving.ready_timeout_s)
 
     # ---- weights -----------------------------------------------------------------------------
 
@@ -77,9 +90,13 @@ class Recommender:
         from increc_ray.serve.scorer import Scorer
 
         while not self._stop.is_set():
+            # the first poll asks only for what is live now: nothing published yet need not hold
+            # the replica's start for a whole long-poll
+            timeout_s = self.cfg.serving.weight_poll_timeout_s if self._weights_tried.is_set() else 0.5
             try:
-                got = self.trainer.wait_newer.remote(self._followed, self.cfg.serving.weight_poll_timeout_s).result()
+                got = self.trainer.wait_newer.remote(self._followed, timeout_s).result()
                 if got is None:
+                    self._weights_tried.set()
                     continue
                 version, (ref,) = got
                 weights = ray.get(ref)
@@ -92,7 +109,9 @@ class Recommender:
                     telemetry.watch("increc_model_freshness_seconds", lambda: time.time() - self._published_at)
             except Exception:
                 logger.exception("weight follow failed; retrying")
+                self._weights_tried.set()
                 self._stop.wait(1.0)
+            self._weights_tried.set()
 
     # ---- the user-history replica, this replica's copy of it, and the fallback ------------------
 
@@ -107,6 +126,7 @@ class Recommender:
                     timeout_s=poll_s + self.cfg.serving.history_timeout_s)
             except Exception as e:  # down or restarting: the copy goes stale, requests ask remotely
                 logger.debug("history follow failed: %s", e)
+                self._copy_tried.set()
                 self._stop.wait(0.2)
                 continue
             if "snapshot" in got:
@@ -119,6 +139,7 @@ class Recommender:
                         self._copy.append(rows)
             epoch, seq = got["epoch"], got["seq"]
             self._copy_polled_at = sent
+            self._copy_tried.set()
 
     def _local_copy(self):
         """The copy of the user history, while it may be trusted (see ``increc_ray.serve.sync``)."""
@@ -216,7 +237,9 @@ class Recommender:
         if degraded:
             self.degraded_answers += 1
             telemetry.inc("increc_degraded_answers_total", 1)
-        return {"user_id": user_id, "k": k, "source": source, "model_version": scorer.version if scorer else 0,
+        # the version answering: a fallback marker's number too (the gate demoted the model); 0
+        # only while nothing was ever published
+        return {"user_id": user_id, "k": k, "source": source, "model_version": scorer.version if scorer else self._followed,
                 "degraded": degraded, "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]}
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # both set from the config in __init__

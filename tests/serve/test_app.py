@@ -239,6 +239,9 @@ def test_no_failed_request_while_versions_swap_and_replicas_scale_up(client):
           f"replicas {[(tag, len(vs)) for tag, vs in per_replica.items()]}")
     assert len(results) > 100
     assert set(codes) == {200}, f"failed requests: {[c for c in codes if c != 200][:10]}"
+    # a replica takes requests only once it holds the live weights: the one autoscaling added
+    # answers with a version from its first request (model_version 0 means none swapped in)
+    assert start_version >= 1 and 0 not in versions, f"a replica answered before it had the live weights: {per_replica}"
     assert len([v for v in versions if v >= start_version]) >= 3, f"saw only versions {versions}"
     assert len(per_replica) >= 3, f"the app did not scale up under load: replicas {sorted(per_replica)}"
     swapped = [tag for tag, vs in per_replica.items() if len(vs) >= 2]

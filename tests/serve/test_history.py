@@ -82,3 +82,47 @@ def test_a_rebuilt_history_knows_stored_and_acknowledged_but_uncleaned_events_on
     for user in ("u1", "u2"):
         assert rebuilt.get(user) == live.get(user)
     assert rebuilt.popular(3) == live.popular(3) and rebuilt.stats()["events"] == 7
+
+
+def _keyed(rows, keys):
+    return events(rows).append_column("dedup_key", pa.array(keys))
+
+
+def test_users_and_items_unseen_for_their_ttl_expire_and_state_stays_bounded():
+    day = 86400
+    idx = UserHistoryIndex(half_life_s=0, user_ttl_s=10 * day, item_ttl_s=20 * day)
+    idx.append(_keyed([("old", "gone", 0, 1), ("old", "kept", 0, 1)], ["k0", "k1"]))
+    # a steady stream of other users on "kept" for 40 days: "old" and "gone" fall out of it
+    for d in range(1, 41):
+        idx.append(_keyed([(f"u{d}", "kept", d * day, 1)], [f"k{d + 1}"]))
+    assert idx.get("old") == ([], []), "a user unseen for longer than user_ttl_s is forgotten"
+    assert [i for i, _ in idx.popular(5)] == ["kept"], "an item unseen for longer than item_ttl_s is forgotten"
+    s = idx.stats()
+    assert s["users"] <= 11 and s["expired_users"] >= 30, s  # only the last ten days' users are kept
+    assert s["expired_items"] == 1 and s["items"] == 1, s
+    assert s["dedup_keys"] <= 23, s  # keys of events older than the longest ttl (plus a sweep step) go too
+    # a returning user starts afresh; a replayed recent event is still a duplicate
+    idx.append(_keyed([("old", "new", 41 * day, 1)], ["k99"]))
+    assert idx.get("old") == (["new"], ["new"])
+    assert idx.append(_keyed([("u40", "kept", 40 * day, 1)], ["k41"])) == 0
+
+
+def test_expiry_keeps_recent_users_and_the_ranked_popular_list_exact():
+    day = 86400
+    idx = UserHistoryIndex(half_life_s=0, user_ttl_s=5 * day, item_ttl_s=5 * day)
+    # "hit" is the most popular item but stops at day 0; "steady" goes on
+    idx.append(events([(f"a{i}", "hit", 0, 1) for i in range(10)] + [("b", "steady", 0, 1)]))
+    for d in range(1, 12):
+        idx.append(events([("b", "steady", d * day, 1), (f"c{d}", f"x{d}", d * day, 1)]))
+    assert idx.get("b")[0][-1] == "steady" and idx.get("a0") == ([], [])
+    top = [i for i, _ in idx.popular(3)]
+    assert top[0] == "steady" and "hit" not in top
+    n_users, n_items = idx.stats()["users"], idx.stats()["items"]
+    assert idx.expire(now=1e12) == {"users": n_users, "items": n_items}
+    assert idx.popular(3) == [] and idx.stats()["users"] == 0
+
+
+def test_without_ttls_nothing_expires():
+    idx = UserHistoryIndex(half_life_s=0)
+    idx.append(events([("u", "a", 0, 1), ("v", "b", 10**9, 1)]))
+    assert idx.get("u")[0] == ["a"] and idx.stats()["expired_users"] == 0
