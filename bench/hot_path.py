@@ -47,7 +47,9 @@ def _group(p: psutil.Process) -> str:
     for pattern, name in GROUPS:
         if re.search(pattern, text):
             return name
-    return "other"
+    if p.pid == os.getpid():
+        return "bench driver (event poster)"
+    return f"other: {p.name()}"
 
 
 def _cpu_by_process() -> dict[int, tuple[str, float]]:
@@ -96,9 +98,9 @@ def py_spy(pid: int, seconds: float, top: int = 25) -> dict | None:
     with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as f:
         path = f.name
     try:
-        subprocess.run([exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "200", "-f", "raw", "-o", path,
-                        "--nonblocking"], capture_output=True, timeout=seconds + 60)
-        own, total, n = collections.Counter(), collections.Counter(), 0
+        subprocess.run([exe, "record", "-p", str(pid), "-d", str(int(seconds)), "-r", "50", "-f", "raw", "-o", path,
+                        "--nonblocking", *(["--native"] if os.environ.get("PYSPY_NATIVE") else [])], capture_output=True, timeout=seconds + 60)
+        own, total, entry, n = collections.Counter(), collections.Counter(), collections.Counter(), 0
         with open(path) as fh:
             for line in fh:
                 stack, _, count = line.rstrip().rpartition(" ")
@@ -108,6 +110,9 @@ def py_spy(pid: int, seconds: float, top: int = 25) -> dict | None:
                 frames = [re.sub(r" \((?:/.*/)?(?:site-packages/)?([^:]*):\d+\)$", r" (\1)", fr) for fr in stack.split(";")]
                 n += c
                 own[frames[-1]] += c
+                # what the thread runs: the first frame past threading's bootstrap (or the main thread's)
+                body = [fr for fr in frames if not fr.startswith(("Thread._bootstrap", "Thread.run ", "<module>"))]
+                entry[body[0] if body else frames[-1]] += c
                 for fr in set(frames):
                     total[fr] += c
     except (subprocess.SubprocessError, OSError, ValueError):
@@ -118,7 +123,8 @@ def py_spy(pid: int, seconds: float, top: int = 25) -> dict | None:
         return None
     share = lambda c: round(c / n, 3)  # noqa: E731
     return {"samples": n, "self": [[fr, share(c)] for fr, c in own.most_common(top)],
-            "total": [[fr, share(c)] for fr, c in total.most_common(top)]}
+            "total": [[fr, share(c)] for fr, c in total.most_common(top)],
+            "by_thread_entry": [[fr, share(c)] for fr, c in entry.most_common(12)]}
 
 
 def profile(run, pid: int | None, seconds: float) -> dict:

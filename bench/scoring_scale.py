@@ -60,6 +60,13 @@ def one_size(n_items: int, cfg: ModelConfig, k: int, repeat: int, rng: np.random
     t = time.perf_counter()
     scorer = Scorer.from_weights(pickle.loads(blob))
     adopt_s = time.perf_counter() - t
+    # the baseline, in the same run: adopting by building the transformers model (before the Encoder)
+    t = time.perf_counter()
+    got = pickle.loads(blob)
+    old_model = SeqRecModel(cfg, capacity=n_items + 1)
+    old_model.load_state_dict({k_: torch.as_tensor(v) for k_, v in got["state_dict"].items()})
+    old_model.eval()
+    adopt_model_s = time.perf_counter() - t
     histories = [[f"i{j}" for j in rng.integers(0, n_items, size=cfg.max_len)] for _ in range(64)]
     hist16 = histories[:16]
 
@@ -67,17 +74,23 @@ def one_size(n_items: int, cfg: ModelConfig, k: int, repeat: int, rng: np.random
     b16 = timed(lambda: scorer.recommend_batch(hist16, k, hist16), max(3, repeat // 4)) / 16
     seqs = [scorer.vocab.lookup(h) for h in hist16]
     with torch.inference_mode():
-        enc1 = timed(lambda: scorer.model(left_pad(seqs[:1]))[:, -1], repeat)
-        enc16 = timed(lambda: scorer.model(left_pad(seqs))[:, -1], max(3, repeat // 4)) / 16
-        hidden = scorer.model(left_pad([scorer.vocab.lookup(h) for h in histories]))[:, -1].numpy().copy()
-    table = scorer.model.item_emb.weight[1: n_items + 1].detach().numpy()
+        enc1 = timed(lambda: scorer.encoder(left_pad(seqs[:1])), repeat)
+        enc16 = timed(lambda: scorer.encoder(left_pad(seqs)), max(3, repeat // 4)) / 16
+        model1 = timed(lambda: old_model(left_pad(seqs[:1]))[:, -1], repeat)
+        model16 = timed(lambda: old_model(left_pad(seqs))[:, -1], max(3, repeat // 4)) / 16
+        hidden = scorer.encoder(left_pad([scorer.vocab.lookup(h) for h in histories])).numpy().copy()
+    table = scorer.table_t[:, 1: n_items + 1].t().contiguous().numpy()
     exact = np.argsort(-(hidden @ table.T), axis=1)[:, :k]
     row = {"items": n_items, "d_model": cfg.d_model,
            "table_mib": round(table.nbytes / 2**20, 1), "published_mib": round(len(blob) / 2**20, 1),
            "bytes_per_item_in_replica": int(table.shape[1] * 4 + 2 * 64),  # a row plus its id in the vocab
            "adopt_version_s": round(adopt_s, 3),
            "exact_ms_batch1": round(b1 * 1e3, 2), "exact_ms_per_request_batch16": round(b16 * 1e3, 2),
-           "encoder_ms_batch1": round(enc1 * 1e3, 2), "encoder_ms_per_request_batch16": round(enc16 * 1e3, 2)}
+           "encoder_ms_batch1": round(enc1 * 1e3, 2), "encoder_ms_per_request_batch16": round(enc16 * 1e3, 2),
+           "baseline_model": {"adopt_version_s": round(adopt_model_s, 3), "encoder_ms_batch1": round(model1 * 1e3, 2),
+                              "encoder_ms_per_request_batch16": round(model16 * 1e3, 2)},
+           "encoder_speedup_batch1": round(model1 / enc1, 2), "encoder_speedup_batch16": round(model16 / enc16, 2),
+           "adopt_speedup": round(adopt_model_s / adopt_s, 2)}
     row["batch16_speedup"] = round(b1 / b16, 2)
     try:
         import faiss

@@ -79,7 +79,7 @@ def wrk(url: str, connections: int, seconds: float, script: str | None = None) -
     if script:
         cmd += ["-s", script]
     out = subprocess.run([*cmd, url], capture_output=True, text=True, timeout=seconds + 60).stdout
-    pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)$", out, re.M))
+    pct = dict(re.findall(r"^\s+(\d+)%\s+(\S+)\s*$", out, re.M))  # wrk pads "1.22s " with a space
     if "99" not in pct or "Requests/sec" not in out:
         raise RuntimeError(f"wrk gave no latency distribution:\n{out}")
     errors = sum(int(x) for x in re.findall(r"(?:connect|read|write|timeout) (\d+)", out))
@@ -179,8 +179,10 @@ def deploy_config(port: int, data_dir: str) -> dict:
     app["args"]["config"] = _merge(app["args"].get("config", {}), {**BENCH_CONFIG, "data_dir": data_dir})
     app["deployments"] = [_merge(d, BENCH_DEPLOYMENT) if d["name"] == "Recommender" else d
                           for d in app.get("deployments", [])]
+    # the do-nothing app runs with the same logging settings (access log on or off)
     config["applications"].append({"name": "noop", "route_prefix": "/noop", "import_path": "noop_app:app",
-                                   "runtime_env": {"env_vars": {"PYTHONPATH": os.path.join(ROOT, "bench")}}})
+                                   "runtime_env": {"env_vars": {"PYTHONPATH": os.path.join(ROOT, "bench")}},
+                                   **({"logging_config": app["logging_config"]} if "logging_config" in app else {})})
     return config
 
 
@@ -290,47 +292,63 @@ def history_freshness(base: str, token: str, items: list[str], trials: int) -> d
             "answers_per_replica": served_by, "recommend_after_post_p50_ms": round(float(np.median(lat)), 2)}
 
 
-def model_freshness(base: str, token: str, poster: Poster, trials: int) -> dict:
-    """Post a batch, then wait until a published version has read past it and every answer carries it."""
-    out, timeouts = [], 0
+def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_s: float = 30.0) -> dict:
+    """While the poster keeps the stream going (the gate judges candidates on fresh events, so a
+    silent stream never promotes one): post a batch, then time until a live version has learned
+    it and every answer carries it. "Learned it": the published weights' ``events_seen`` reaches
+    the trainer's event count at the report in which its read offset first passed the batch's
+    clean part (an upper bound by at most one slice of ``trainer.min_new_events``)."""
+    out, timeouts, streak_out = [], 0, 0
+    unread = []  # the trainer's unread events at each trial: growing means it cannot keep up with the rate
     with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
+        try:  # steady state: the trainer has caught up with the stream (what setup posted is learned)
+            wait(lambda: (status(c)["trainer"]["progress"].get("unread_events") or 0) <= 500, 180,
+                 "the trainer to catch up", interval_s=1.0)
+        except TimeoutError:
+            pass  # it cannot keep up with this rate: the trials show it (trainer_unread_events)
         for _ in range(trials):
+            if streak_out >= 3:  # three timeouts in a row: the trainer is behind, more trials say nothing new
+                break
+            unread.append(status(c)["trainer"]["progress"].get("unread_events"))
             with poster.lock:
-                events = poster.stream.next_events(250)
+                events = poster.stream.next_events(100)
             c.post("/events", content=json.dumps(events)).raise_for_status()
             t0 = time.time()
-            # the clean part that holds the batch: the store's newest once the landing zone is empty
+            # the batch is in the newest clean part once the landing zone it was written to is empty
             s = wait(lambda: (st := status(c)) and st["lag"]["pending_files"] == 0 and st, 60, "cleaned",
                      interval_s=0.05)
             part = s["trainer"]["progress"].get("offset", {}).get("seq", -1) + s["lag"]["clean_parts_behind"]
-            v_post = s["model_version"]
-            # the trainer's read offset covers the part, and a version newer than the one live
-            # when the event was posted has been published since (the gate may hold some back)
             try:
-                covered = wait(lambda: (st := status(c)) and st["trainer"]["progress"].get("offset", {}).get(
-                "seq", -1) >= part and st["model_version"] > v_post and st["model_version"], 20,
-                    "a version that read it", interval_s=0.05)
+                read = wait(lambda: (st := status(c)) and st["trainer"]["progress"].get("offset", {}).get(
+                    "seq", -1) >= part and st["trainer"]["progress"], timeout_s, "the trainer to read it", interval_s=0.05)
+                need = read["events_seen"]
+                live = wait(lambda: (st := status(c)) and ((st["trainer"].get("last_update") or {}).get(
+                    "events_seen") or -1) >= need and st["model_version"], timeout_s, "a live version that learned it",
+                            interval_s=0.05)
             except TimeoutError:
                 timeouts += 1
+                streak_out += 1
                 continue
+            streak_out = 0
             streak = [0]
 
             def every_replica_has_it() -> bool:
                 v = c.get("/recommend", params={"user_id": "u1", "k": 10}).json()["model_version"]
-                streak[0] = streak[0] + 1 if v >= covered else 0
+                streak[0] = streak[0] + 1 if v >= live else 0
                 return streak[0] >= 8
 
             try:
-                wait(every_replica_has_it, 20, "the version on every replica", interval_s=0.01)
+                wait(every_replica_has_it, timeout_s, "the version on every replica", interval_s=0.01)
             except TimeoutError:
                 timeouts += 1
                 continue
             out.append(time.time() - t0)
             time.sleep(0.5)
     if not out:
-        return {"trials": trials, "timeouts": timeouts}
+        return {"trials": len(unread), "timeouts": timeouts, "event_rate": poster.rate, "trainer_unread_events": unread}
     arr = np.asarray(out)
-    return {"trials": trials, "timeouts": timeouts, "p50_s": round(float(np.percentile(arr, 50)), 3),
+    return {"trials": len(unread), "timeouts": timeouts, "event_rate": poster.rate, "trainer_unread_events": unread,
+            "p50_s": round(float(np.percentile(arr, 50)), 3),
             "p99_s": round(float(np.percentile(arr, 99)), 3), "max_s": round(float(arr.max()), 3),
             "seconds": [round(x, 3) for x in out]}
 
@@ -389,8 +407,14 @@ def main() -> None:
     parser.add_argument("--event-rate", type=float, default=300.0, help="events/s posted while measuring")
     parser.add_argument("--fresh-trials", type=int, default=100)
     parser.add_argument("--model-trials", type=int, default=20)
-    parser.add_argument("--phases", nargs="+", default=["throughput", "freshness", "swaps"])
+    parser.add_argument("--phases", nargs="+", default=["throughput", "profile", "freshness", "swaps"])
     parser.add_argument("--port", type=int, default=8766)
+    parser.add_argument("--profile", default=None, help="deploy this profile instead of serve_config.yaml's")
+    parser.add_argument("--gate-mode", choices=["strict", "optimistic"], default=None,
+                        help="override the profile's gate.mode (written into the results)")
+    parser.add_argument("--override", default="{}",
+                        help='JSON merged into the app config, e.g. \'{"trainer": {"max_update_delay_s": 0.5}}\' '
+                             '(written into the results)')
     parser.add_argument("--profile-connections", type=int, default=8, help="wrk connections in the profile phase")
     parser.add_argument("--profile-seconds", type=float, default=15.0)
     parser.add_argument("--out", default=None)
@@ -412,13 +436,19 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="increc_load_")
     data_dir = os.path.join(tmp, "data")
     ray.init(address="local", include_dashboard=False, log_to_driver=False)
+    if args.gate_mode:
+        BENCH_CONFIG["gate"] = {"mode": args.gate_mode}
+    BENCH_CONFIG.update(_merge(BENCH_CONFIG, json.loads(args.override)))
     config = deploy_config(args.port, data_dir)
+    if args.profile:
+        config["applications"][0]["args"]["profile"] = args.profile
     client = serve_start(http_options=config["http_options"])
     client.deploy_apps(ServeDeploySchema.model_validate(config) if hasattr(ServeDeploySchema, "model_validate")
                        else ServeDeploySchema.parse_obj(config))
     base = f"http://127.0.0.1:{args.port}"
     auth = {"Authorization": f"Bearer {token}"}
     result: dict = {"items": args.items, "users": args.users, "ingress": args.ingress,
+                    "profile": config["applications"][0]["args"].get("profile"),
                     "bench_config": BENCH_CONFIG, "bench_deployment": BENCH_DEPLOYMENT,
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                 "platform": platform.platform()}}
@@ -428,8 +458,11 @@ def main() -> None:
     with httpx.Client(base_url=base, timeout=120, headers=auth) as c:
         wait(lambda: c.get("/healthz").status_code == 200, 300, "the app up", interval_s=1.0)
         wait(lambda: c.get("/noop").status_code == 200, 120, "the do-nothing app up", interval_s=1.0)
+        posted_items: set[str] = set()
         for i in range(0, n_events, 5000):
-            c.post("/events", content=json.dumps(stream.next_events(min(5000, n_events - i)))).raise_for_status()
+            batch = stream.next_events(min(5000, n_events - i))
+            posted_items.update(e["item_id"] for e in batch)
+            c.post("/events", content=json.dumps(batch)).raise_for_status()
         s = wait(lambda: (st := status(c)) and st["served_version"] >= 1 and st["lag"]["pending_files"] == 0
                  and st["lag"]["clean_parts_behind"] == 0 and st, 900, "a first served version", interval_s=2.0)
     result["setup"] = {"events": n_events, "seconds": round(time.time() - t0, 1), "model_version": s["served_version"],
@@ -448,13 +481,10 @@ def main() -> None:
         if "profile" in args.phases:
             result["profile"] = profile_phase(base, args.users, args.profile_connections, args.profile_seconds, tmp)
         if "freshness" in args.phases:
-            result["history_freshness"] = history_freshness(base, token, [f"i{i}" for i in range(args.items)],
-                                                            args.fresh_trials)
+            # items the first model learned: an item it does not know cannot make a model answer
+            result["history_freshness"] = history_freshness(base, token, sorted(posted_items), args.fresh_trials)
             print(f"history freshness: {json.dumps(result['history_freshness'])}", flush=True)
-            poster.paused.set()
-            time.sleep(3.0)
             result["model_freshness"] = model_freshness(base, token, poster, args.model_trials)
-            poster.paused.clear()
             print(f"model freshness: {json.dumps({k: v for k, v in result['model_freshness'].items() if k != 'seconds'})}",
                   flush=True)
         if "swaps" in args.phases:

@@ -191,6 +191,9 @@ class TrainerConfig(_Section):
     # an update runs once this many cleaned events are waiting (the stream replay's step, too)
     min_new_events: int = Field(1, gt=0)
     max_new_events: int = Field(20_000, gt=0)  # cap per update; the rest waits for the next one
+    # Deployed only: update with fewer than min_new_events once the oldest unlearned event has
+    # waited this long (a slow stream still reaches the model within it); null: wait for the count.
+    max_update_delay_s: float | None = Field(None, gt=0)
     grad_clip: float = Field(1.0, gt=0)
     publish_every: int = Field(1, gt=0)  # publish a weight version every N updates
     checkpoint_every: int = Field(10, gt=0)  # checkpoint every N updates
@@ -278,6 +281,11 @@ class GateConfig(_Section):
 
     section: ClassVar[str] = "gate"
     enabled: bool = True  # false: every update goes live (trainer.publish_every), unchecked
+    # strict: a version goes live only after it is judged (its freshness waits min_events).
+    # optimistic: while the last judgment passed, every update goes live at once and is judged
+    # afterwards; a rejection rolls serving back to the last judged version and the gate stays
+    # strict until a candidate passes again (a bad update is live for one judgment at most).
+    mode: Literal["strict", "optimistic"] = "strict"
     min_events: int = Field(500, gt=0)  # fresh events a candidate is scored on before it is judged
     max_drop: float = Field(0.05, ge=0, lt=1)  # a candidate may score at most this fraction below the live version
     z: float = Field(2.0, ge=0)  # ... or below popularity, by more than z standard errors of the paired difference

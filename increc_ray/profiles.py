@@ -1,4 +1,5 @@
-"""Named configurations: ``deploy/profiles/<name>.yaml``, each a complete ``Config``.
+"""Named configurations: ``deploy/profiles/<name>.yaml``, each a complete ``Config``, or one
+that names another (``extends: <name>``) and changes a few keys of it.
 
 A profile is what the deployment runs (``serve_config.yaml``: ``args: {profile: ml-100k}``) and
 all a benchmark reads (``increc evaluate ... --profile ml-100k``), so a measured figure names
@@ -75,6 +76,13 @@ def load(profile: str | None = None, config_file: str | None = None,
         raise ConfigError("give a profile or a config file, not both")
     source = profile_path(profile) if profile is not None else config_file
     base = read_yaml(source) if source is not None else {}
+    seen = [str(source)]
+    while "extends" in base:  # a profile built on another: its keys merged over the other's
+        parent = base.pop("extends")
+        if parent in seen:
+            raise ConfigError(f"{source}: profiles extend each other in a circle: {' -> '.join(seen)} -> {parent}")
+        seen.append(parent)
+        base = merge(read_yaml(profile_path(parent)), base)
     try:
         return Config.from_dict(merge(base, overrides or {}))
     except ConfigError as e:

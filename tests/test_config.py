@@ -38,6 +38,9 @@ def _missing_keys(doc: dict, full: dict, prefix: str = "") -> list[str]:
 @pytest.mark.parametrize("name", profiles.profile_names())
 def test_every_profile_is_a_complete_valid_config(name):
     doc = profiles.read_yaml(profiles.profile_path(name))
+    if "extends" in doc:  # a profile built on another: complete once merged over it
+        parent = profiles.read_yaml(profiles.profile_path(doc.pop("extends")))
+        doc = profiles.merge(parent, doc)
     cfg = profiles.load(name)  # validates
     assert _missing_keys(doc, cfg.to_dict()) == []  # every section and key written out
     assert Config.from_dict(cfg.to_dict()) == cfg
@@ -150,3 +153,10 @@ def test_serve_config_yaml_is_a_valid_serve_deploy_config():
     assert app.import_path == "increc_ray.serve.app:app_builder"
     (rec,) = [d for d in app.deployments if d.name == "Recommender"]
     assert rec.autoscaling_config["min_replicas"] >= 1 and rec.autoscaling_config["max_replicas"] > 1
+
+
+def test_a_profile_that_extends_another_changes_only_its_own_keys():
+    base, fresh = profiles.load("ml-100k"), profiles.load("ml-100k-fresh")
+    assert fresh.gate.mode == "optimistic" and fresh.trainer.max_update_delay_s == 0.5
+    assert base.gate.mode == "strict" and base.trainer.max_update_delay_s is None
+    assert fresh.model == base.model and fresh.trainer.min_new_events == base.trainer.min_new_events

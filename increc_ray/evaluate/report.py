@@ -145,22 +145,120 @@ def serve_load(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+# serve_load runs behind README's goal table: (file, what the run was)
+SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.json", "freshness"),
+                   ("serve_load_10k_optimistic.json", "freshness, gate optimistic"),
+                   ("serve_load_10k_fresh.json", "freshness, profile ml-100k-fresh"))
+
+
+def serve_goals(results: str = RESULTS) -> str:
+    """``bench/serve_load.py``: each of issue 13's goals against what the runs measured."""
+    rows = ["| goal | run (events/s posted meanwhile) | measured | target | met |", "|---|---|---|---|---|"]
+    for name, label in SERVE_GOAL_RUNS:
+        r = _load(name, results)
+        if r is None:
+            continue
+        rate = (r.get("model_freshness") or {}).get("event_rate")
+        run = f"`{name}`: {label}, {r['setup']['n_items']:,} items" + (f", {rate:.0f}/s" if rate else "")
+
+        def row(goal: str, measured: str, target: str, met: bool | None) -> None:
+            rows.append(f"| {goal} | {run} | {measured} | {target} | {'-' if met is None else 'yes' if met else 'no'} |")
+
+        if t := r.get("throughput"):
+            sat = t["saturation_rps"]
+            row("throughput / do-nothing at saturation", f"{t['ratio_at_saturation']:.2f} ({sat['recommend']:.0f} / "
+                f"{sat['noop']:.0f} req/s)", ">= 0.7", t["ratio_at_saturation"] >= 0.7)
+            half = t["half_saturation"]
+            row("p99 at half saturation", f"{half['p99_ms']:.0f} ms ({half['connections']} connections, "
+                f"{half['rps']:.0f} req/s)", "< 50 ms", half["p99_ms"] < 50)
+            share = t["model_share"]
+            row("answers from the model, users with history", f"{share['model_share']:.1%} of {share['answers']}",
+                ">= 99%", share["model_share"] >= 0.99)
+        if h := r.get("history_freshness"):
+            row("history freshness: next answer reflects the POST", f"{h['reflected']} of {h['trials']} "
+                f"({len(h['answers_per_replica'])} replicas)", "100%", h["reflected"] == h["trials"])
+        if m := r.get("model_freshness"):
+            if "p50_s" in m:
+                row("model freshness: event to a live version that learned it, on every replica",
+                    f"p50 {m['p50_s']} s, p99 {m['p99_s']} s ({m['trials'] - m['timeouts']} of {m['trials']} trials)",
+                    "p50 < 1 s, p99 < 3 s", m["p50_s"] < 1 and m["p99_s"] < 3 and not m["timeouts"])
+            else:
+                row("model freshness", f"no trial finished ({m['timeouts']} timeouts; trainer unread events "
+                    f"{m.get('trainer_unread_events')})", "p50 < 1 s, p99 < 3 s", False)
+        if w := r.get("swaps"):
+            counts = [x["replicas"] for x in w["timeline"]]
+            row("failed requests during swaps and scaling", f"{w['failed']} of {w['requests']:,} "
+                f"({w['published_during']} versions published, replicas {min(counts)} -> {max(counts)} -> "
+                f"{counts[-1]})", "0", w["failed"] == 0)
+            if w.get("swap_p99_ratio") is not None:
+                row("p99 during swaps / between them", f"{w['swap_p99_ratio']:.2f}x ({w['p99_ms_during_swaps']:.0f} / "
+                    f"{w['p99_ms_between_swaps']:.0f} ms; longest stall {w['longest_stall_ms']:.0f} ms)", "<= 2x",
+                    w["swap_p99_ratio"] <= 2)
+    return "\n".join(rows)
+
+
+def hot_path(results: str = RESULTS) -> str:
+    """``bench/serve_load.py --phases profile``: CPU ms per answered request, by process."""
+    rows = ["| process | do-nothing route | /recommend |", "|---|---|---|"]
+    for name in SERVE_LOAD_FILES:
+        r = _load(name, results)
+        if r is None or "profile" not in r:
+            continue
+        noop, rec = r["profile"]["noop"], r["profile"]["recommend"]
+        rows.append(f"| (requests per second) | {noop['result']['rps']:.0f} | {rec['result']['rps']:.0f} |")
+        groups = sorted(set(noop["cpu_ms_per_request"]) | set(rec["cpu_ms_per_request"]),
+                        key=lambda g: -rec["cpu_ms_per_request"].get(g, 0))
+        for g in groups:
+            a, b = noop["cpu_ms_per_request"].get(g), rec["cpu_ms_per_request"].get(g)
+            if max(a or 0, b or 0) >= 0.05:
+                rows.append(f"| {g} | {_f(a, 2) if a is not None else '-'} | {_f(b, 2) if b is not None else '-'} |")
+        rows.append(f"| all | {sum(noop['cpu_ms_per_request'].values()):.2f} | {sum(rec['cpu_ms_per_request'].values()):.2f} |")
+    return "\n".join(rows)
+
+
+def state_size(results: str = RESULTS) -> str:
+    """``bench/state_size.py``: user-history memory with and without expiry, bytes per item."""
+    r = _load("state_size.json", results)
+    rows = ["| structure | without expiry | with expiry | |", "|---|---|---|---|"]
+    if r is None:
+        return "\n".join(rows)
+    a, b, st = r["history_without_expiry"], r["history_with_expiry"], r["stream"]
+    rows += [f"| user history, {a['events']:,} events of {st['users']:,} users over {st['days']} days "
+             f"(each active {st['active_days_per_user']} days) | {a['mib']} MiB, {a['users_kept']:,} users "
+             f"| {b['mib']} MiB, {b['users_kept']:,} users (ttl {b['ttl_days']:.0f} days) "
+             f"| {r['expiry_memory_ratio']:.2f}x |",
+             f"| ... per kept user | {a['bytes_per_kept_user']:,} B | {b['bytes_per_kept_user']:,} B | |",
+             f"| ... dedup keys kept | {a['dedup_keys_kept']:,} | {b['dedup_keys_kept']:,} | |",
+             f"| item id in a vocabulary | {r['vocab_bytes_per_item']} B | | |",
+             f"| item row (d_model {r['item_row_bytes']['d_model']}): replica / trainer with AdamW "
+             f"| {r['item_row_bytes']['replica']} B / {r['item_row_bytes']['trainer_with_adamw']} B | | |"]
+    return "\n".join(rows)
+
+
 def scoring_scale(results: str = RESULTS) -> str:
-    """``bench/scoring_scale.py``: the Scorer's cost per answer and per version as the catalogue grows."""
+    """``bench/scoring_scale.py``: the Scorer's cost per answer and per version as the catalogue grows,
+    against the transformers model it replaced (measured in the same run)."""
     r = _load("scoring_scale.json", results)
-    rows = ["| items | exact top-10, batch 1 | per request, batch 16 | encoder, batch 1 | adopt a version "
-            "| published MiB | ANN (faiss IVF) recall@10 at nprobe 8 / 32 |", "|---|---|---|---|---|---|---|"]
+    rows = ["| items | exact top-10, batch 1 | per request, batch 16 | encoder, batch 1 (transformers model) "
+            "| encoder per request, batch 16 (model) | adopt a version (model) | published MiB "
+            "| ANN (faiss IVF) recall@10 at nprobe 8 / 32 |", "|---|---|---|---|---|---|---|---|"]
     for s in (r or {}).get("sizes", []):
         ann = s["ann"]
         recall = " / ".join(_f(p["recall@10"], 2) for p in ann["probes"]) if isinstance(ann, dict) else "not run"
+        base = s.get("baseline_model", {})
         rows.append(f"| {s['items']:,} | {s['exact_ms_batch1']} ms | {s['exact_ms_per_request_batch16']} ms "
-                    f"| {s['encoder_ms_batch1']} ms | {s['adopt_version_s'] * 1000:.0f} ms | {s['published_mib']} | {recall} |")
+                    f"| {s['encoder_ms_batch1']} ms ({base.get('encoder_ms_batch1', '-')} ms) "
+                    f"| {s['encoder_ms_per_request_batch16']} ms ({base.get('encoder_ms_per_request_batch16', '-')} ms) "
+                    f"| {s['adopt_version_s'] * 1000:.0f} ms ({base.get('adopt_version_s', 0) * 1000:.0f} ms) "
+                    f"| {s['published_mib']} | {recall} |")
     return "\n".join(rows)
 
 
 TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check,
                                            "consolidation": consolidation, "reliability": reliability,
-                                           "serve-load": serve_load, "scoring-scale": scoring_scale}
+                                           "serve-load": serve_load, "scoring-scale": scoring_scale,
+                                           "serve-goals": serve_goals, "hot-path": hot_path,
+                                           "state-size": state_size}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 

@@ -46,8 +46,13 @@ from increc_ray.learn.model import SeqRecModel, left_pad, masked_scores
 class Snapshot:
     """Frozen weights of one candidate or live version, for scoring only."""
 
-    def __init__(self, model: SeqRecModel, vocab: list[str], version: int = 0) -> None:
+    def __init__(self, model: SeqRecModel, vocab: list[str], version: int = 0, events_seen: int | None = None) -> None:
+        from increc_ray.serve.encoder import Encoder
+
         self.model, self.vocab, self.version = model.eval(), vocab, version
+        self.events_seen = events_seen  # the learner's event count when frozen: what it has learned
+        # the serving forward pass on the same (frozen) tensors: scores as a replica would, faster
+        self.encoder = Encoder(self.model.state_dict(), model.cfg.n_heads)
 
     @property
     def n_items(self) -> int:
@@ -68,7 +73,7 @@ class Snapshot:
         """The learner's published weights (its moving average, if any), frozen."""
         model = SeqRecModel(learner.model_cfg, capacity=learner.model.capacity)
         model.load_state_dict({k: v.detach().cpu().clone() for k, v in learner.published_state().items()})
-        return cls(model, learner.vocab.to_list(), version)
+        return cls(model, learner.vocab.to_list(), version, learner.n_events)
 
     def state(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
@@ -86,7 +91,7 @@ class Snapshot:
         ranks = np.full(len(histories), n + 1)  # no known history: a miss
         if rows:
             seqs = [known[b][-self.model.cfg.max_len:] for b in rows]
-            hidden = self.model(left_pad(seqs))[:, -1]  # (B, C)
+            hidden = self.encoder(left_pad(seqs))  # (B, C)
             scores = masked_scores(self.model, hidden, n).numpy()  # (B, n + 1)
             ranks[rows] = _ranks(scores, np.asarray(targets)[rows], [known[b] for b in rows])
         return ranks
@@ -296,6 +301,15 @@ class GateKeeper:
     def __init__(self, learner, gate: Gate, next_version: Callable[[], int],
                  publish: Callable[[dict], object]) -> None:
         self.learner, self.gate, self.next_version, self.publish = learner, gate, next_version, publish
+        # gate.mode optimistic: updates go live at once while ``trusted`` (the last judgment passed)
+        self.optimistic = gate.cfg.mode == "optimistic"
+        self.trusted = False
+        self.rolled_back = 0  # optimistic: times serving went back to the last judged version
+
+    def distrust(self) -> None:
+        """Hold updates back until a candidate passes (a full pass's fresh model, an operator's
+        rollback): in strict mode a no-op, since nothing goes live unjudged there."""
+        self.trusted = False
 
     def test(self, events: pa.Table) -> Decision | None:
         """Score the slice with the candidate, the live version and popularity; judge the candidate
@@ -326,23 +340,48 @@ class GateKeeper:
 
         if not self.learner.finite():  # no further learning repairs NaN weights
             decision = self._judge(self.gate.reject("non-finite weights"))
-        elif self.gate.candidate is None:
-            decision = self.gate.propose(Snapshot.of(self.learner))
+        else:
+            version = None
+            if self.optimistic and self.trusted and self.gate.live is not None:
+                # live at once, judged afterwards (the candidate below, or the next one)
+                version = self.next_version()
+                self.publish(self.learner.export_weights(version, {"optimistic": True,
+                                                                   "events_seen": self.learner.n_events}))
+            if self.gate.candidate is not None:
+                return None
+            decision = self.gate.propose(Snapshot.of(self.learner, version or 0))
             if decision is None:
                 return None
             self._judge(decision)
-        else:
-            return None
         rollback_weights(self.learner, *self.gate.live_state())
         return decision
 
     def _judge(self, decision: Decision) -> Decision:
+        gate = self.gate
+        published_ahead = self.optimistic and self.trusted and gate.candidate is not None and gate.candidate.version
         if decision.promoted:
-            live = self.gate.promote(self.next_version())
-            self.publish(self.learner.export_weights(live.version, {"gate": decision.to_json()}, snapshot=live))
-        elif decision.live_worse_than_popularity and self.gate.live is not None:
-            gone = self.gate.demote()
+            if published_ahead:  # it went live when frozen; serving already has its successors
+                gate.promote(gate.candidate.version)
+            else:
+                live = gate.promote(self.next_version())
+                # events_seen: how far into the stream the promoted weights have learned (model freshness)
+                self.publish(self.learner.export_weights(live.version, {"gate": decision.to_json(),
+                                                                        "events_seen": live.events_seen}, snapshot=live))
+            self.trusted = True
+        elif decision.live_worse_than_popularity and gate.live is not None:
+            gone = gate.demote()
             self.publish(fallback_marker(self.next_version(), {"gate": decision.to_json(), "demoted": gone.version}))
+            self.trusted = False
+        elif self.optimistic and self.trusted:
+            # serving has unjudged successors of a rejected candidate: back to the last judged version
+            # (the learner learns on, as in strict mode; its updates wait for a candidate to pass)
+            self.trusted = False
+            live = gate.live
+            if live is not None:
+                self.rolled_back += 1
+                self.publish(self.learner.export_weights(self.next_version(), {
+                    "gate": decision.to_json(), "rolled_back_to": live.version,
+                    "events_seen": live.events_seen}, snapshot=live))
         return decision
 
 

@@ -270,6 +270,7 @@ class _TrainWorker:
         live = Snapshot.from_weights(weights)
         rollback_weights(self.learner, live.state(), live.vocab)
         self.gate.live, self.gate.candidate = live, None
+        self.keeper.distrust()  # an operator went back: updates wait for a candidate to pass again
         self.publish(weights)
         logger.warning("rolled back to version %d, serving it as version %d", target, weights["version"])
         self.checkpoint({"rolled_back_to": target})
@@ -280,7 +281,9 @@ class _TrainWorker:
         call = self.registry.progress.remote({
             "offset": self.cursor.offset(), "pending_targets": learner.pending_targets,
             "events_seen": learner.n_events, "n_items": learner.n_items, "version": self.versions.last,
-            "gate": self.gate.status(), "worker_pid": os.getpid(), "phase": self.phase,
+            "gate": {**self.gate.status(), "mode": self.cfg.gate.mode, "trusted": self.keeper.trusted,
+                     "rolled_back": self.keeper.rolled_back},
+            "worker_pid": os.getpid(), "phase": self.phase,
             "unread_events": self._unread, "full_pass": self.full_pass_progress,
             "last_full_pass": self.last_full_pass})
         try:  # bounded: a registry that is shutting down (a redeploy) must not hold the loop
@@ -328,6 +331,7 @@ class _TrainWorker:
         telemetry.inc("increc_events_applied_total", max(0, before - self.cursor.unread()))
         telemetry.inc("increc_full_passes_total", reason=reason.split(" ")[0])
         self.learner = self.keeper.learner = learner
+        self.keeper.distrust()  # a fresh model: judged before any of its updates go live
         self.pass_covered = events.num_rows
         self.last_full_pass = {"reason": reason, "started_at": started, "finished_at": time.time(), **report}
         self.full_pass_progress = None
@@ -357,6 +361,11 @@ class _TrainWorker:
         # wait, the step the stream replay (increc_ray.evaluate) takes too; when behind, the loop
         # reads exactly that many, so an update covers the same events as in the replay
         waiting = self.learner.pending_targets
+        waiting_since = time.monotonic()  # when the oldest event of those waiting was read
+
+        def overdue() -> bool:  # trainer.max_update_delay_s: a slow stream updates on time, not count
+            return bool(waiting and tcfg.max_update_delay_s and time.monotonic() - waiting_since >= tcfg.max_update_delay_s)
+
         while not self.stopping():
             if self._rollback:
                 self.rollback()
@@ -368,18 +377,23 @@ class _TrainWorker:
                 continue
             self.set_phase("catching_up" if unread > tcfg.min_new_events else "streaming")
             events, written_at = self.cursor.next_slice(max(1, tcfg.min_new_events - waiting))
-            if events is None:
+            learner, online = self.learner, None
+            if events is None and not overdue():
                 self.report_progress()
-                time.sleep(tcfg.clean_store_poll_interval_s)
+                time.sleep(tcfg.clean_store_poll_interval_s
+                           if not waiting or not tcfg.max_update_delay_s else
+                           min(tcfg.clean_store_poll_interval_s, tcfg.max_update_delay_s / 4))
                 continue
-            learner = self.learner
-            if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
-                _log_decision(self.keeper.test(events))
-            online = learner.evaluate_next(events, k=10) if self.versions.last else None  # test-then-train
-            learner.observe(events)
-            telemetry.inc("increc_events_applied_total", events.num_rows)
-            waiting += events.num_rows
-            if waiting < tcfg.min_new_events:
+            if events is not None:
+                if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
+                    _log_decision(self.keeper.test(events))
+                online = learner.evaluate_next(events, k=10) if self.versions.last else None  # test-then-train
+                learner.observe(events)
+                telemetry.inc("increc_events_applied_total", events.num_rows)
+                if not waiting:
+                    waiting_since = time.monotonic()
+                waiting += events.num_rows
+            if waiting < tcfg.min_new_events and not overdue():
                 self.report_progress()
                 continue
             waiting = 0
@@ -390,6 +404,7 @@ class _TrainWorker:
             metrics = {"loss": stats.loss, "n_targets": stats.n_targets, "n_sequences": stats.n_sequences,
                        "n_replay": stats.n_replay, "lr": stats.lr, "update_seconds": stats.seconds,
                        "n_items": stats.n_items, "updates": self.n_updates, "offset": self.cursor.offset(),
+                       "events_seen": learner.n_events,
                        "device": self.device}
             if online is not None:
                 metrics["online_hr10"] = online

@@ -238,3 +238,49 @@ def test_a_cold_candidate_that_loses_to_popularity_on_held_out_events_stays_out(
     loop.gate.propose(Snapshot.of(loop.learner))
     decision = loop.keeper.judge_on_holdout(events(rows[int(len(rows) * 0.9):]))
     assert decision is not None and not decision.promoted and loop.published == []
+
+
+def test_optimistic_mode_publishes_every_update_once_a_candidate_has_passed():
+    loop = Loop(GateConfig(min_events=150, mode="optimistic"))
+    loop.feed(planted_rows(n_users=200, length=12, seed=0), 12)
+    first = next(i for i, w in enumerate(loop.published) if "gate" in w["metrics"])
+    assert not any(w["metrics"].get("optimistic") for w in loop.published[:first]), "live before any judgment"
+    after = loop.published[first + 1:]
+    assert after and all(w["metrics"].get("optimistic") for w in after), [w["metrics"] for w in after]
+    assert [w["metrics"]["events_seen"] for w in after] == sorted(w["metrics"]["events_seen"] for w in after)
+    assert loop.keeper.trusted
+    # the champion is a version serving had: judged after it went live, not republished
+    assert loop.gate.live.version in [w["version"] for w in loop.published]
+    versions = [w["version"] for w in loop.published]
+    assert versions == sorted(set(versions))
+
+
+def test_optimistic_mode_rolls_serving_back_when_a_live_update_fails_its_judgment(trained):
+    loop = copy.deepcopy(trained)
+    loop.gate.cfg = GateConfig(min_events=150, mode="optimistic")
+    loop.keeper = keeper = GateKeeper(loop.learner, loop.gate, loop._next, loop.published.append)
+    keeper.trusted, loop.gate.candidate = True, None  # the last judgment passed; nothing under test
+    champion, n_published = loop.gate.live, len(loop.published)
+    rows = _shuffled(_later(planted_rows(n_users=200, length=24, seed=5), 10**6))
+    for idx in np.array_split(np.arange(len(rows)), 12):  # a poisoned stretch, learned
+        loop.learner.observe(events([rows[i] for i in idx]))
+        loop.learner.update()
+    assert keeper.after_update() is None  # the poisoned update goes live at once and is frozen for judgment
+    poisoned = loop.published[n_published]
+    assert poisoned["metrics"]["optimistic"] and loop.gate.candidate.version == poisoned["version"]
+    clean = _later(planted_rows(n_users=200, length=4, seed=8), 3 * 10**6)
+    decision = None
+    for idx in np.array_split(np.arange(len(clean)), 4):  # genuine fresh events judge it
+        fresh = events([clean[i] for i in idx])
+        decision = keeper.test(fresh) or decision
+        loop.learner.observe(fresh)
+    assert decision is not None and not decision.promoted, decision and decision.to_json()
+    back = loop.published[-1]
+    assert back["metrics"]["rolled_back_to"] == champion.version and back["version"] > poisoned["version"]
+    assert np.array_equal(back["state_dict"]["item_emb.weight"], champion.state()["item_emb.weight"].numpy())
+    assert not keeper.trusted and keeper.rolled_back == 1 and loop.gate.live is champion
+    # until a candidate passes again, updates wait (strict): the next update only proposes one
+    loop.learner.update()
+    n = len(loop.published)
+    keeper.after_update()
+    assert len(loop.published) == n and loop.gate.candidate is not None

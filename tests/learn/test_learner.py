@@ -396,9 +396,9 @@ def test_ema_decay_publishes_and_scores_with_the_moving_average_of_the_weights()
     # scoring uses the published weights and leaves the live ones in place
     live = {k: v.clone() for k, v in L.model.state_dict().items()}
     via_learner = L.score_histories([[1, 2, 3]])
-    via_scorer = Scorer.from_weights(L.export_weights(2)).model
-    hidden = via_scorer(torch.tensor([[1, 2, 3]]))[:, -1]
-    assert torch.allclose(via_learner[0, 1:], (hidden @ via_scorer.item_emb.weight[1:L.n_items + 1].T)[0], atol=1e-5)
+    via_scorer = Scorer.from_weights(L.export_weights(2))
+    hidden = via_scorer.encoder(torch.tensor([[1, 2, 3]]))
+    assert torch.allclose(via_learner[0, 1:], (hidden @ via_scorer.table_t[:, 1:])[0], atol=1e-5)
     assert all(torch.equal(live[k], v) for k, v in L.model.state_dict().items())
     R = IncrementalLearner.from_state_dict(L.state_dict())  # the average survives a checkpoint
     assert all(np.array_equal(R.export_weights(2)["state_dict"][k], published[k]) for k in published)
