@@ -270,15 +270,21 @@ def model_share(base: str, users: list[str], n: int) -> dict:
 
 
 def history_freshness(base: str, token: str, items: list[str], trials: int) -> dict:
-    """A brand-new user posts one click; the next /recommend must be the model's, built on it."""
-    ok, fallback_before, served_by, lat = 0, 0, {}, []
+    """A brand-new user clicks an item of the popular list it was just shown; the next
+    /recommend (any replica) reflects the event when that item is gone from it (a replica
+    whose history copy missed the event would show the popular list again, the item in it).
+    Also counted: answers that are the model's (it needs to know the item: ``items``, used when
+    the popular list is empty)."""
+    ok, model_built, fallback_before, served_by, lat = 0, 0, 0, {}, []
     auth = {"Authorization": f"Bearer {token}"}
     run = secrets.token_hex(3)
     with httpx.Client(base_url=base, timeout=30) as c:
         for j in range(trials):
-            user, item = f"fresh-{run}-{j}", items[(j * 104729) % len(items)]
+            user = f"fresh-{run}-{j}"
             before = c.get("/recommend", params={"user_id": user, "k": 10}).json()
             fallback_before += before["source"] == "fallback"
+            shown = [x["item_id"] for x in before["items"]]
+            item = shown[j % len(shown)] if shown else items[(j * 104729) % len(items)]
             event = {"event_id": f"fresh-{run}-{j}", "user_id": user, "item_id": item, "event_type": "click",
                      "timestamp": time.time()}
             c.post("/events", content=json.dumps([event]), headers=auth).raise_for_status()
@@ -287,9 +293,12 @@ def history_freshness(base: str, token: str, items: list[str], trials: int) -> d
             lat.append((time.time() - t0) * 1000)
             body = r.json()
             served_by[r.headers.get("x-increc-replica", "?")] = served_by.get(r.headers.get("x-increc-replica", "?"), 0) + 1
-            ok += body["source"] == "model" and item not in {x["item_id"] for x in body["items"]}
-    return {"trials": trials, "reflected": ok, "share": round(ok / trials, 4), "fallback_before": fallback_before,
-            "answers_per_replica": served_by, "recommend_after_post_p50_ms": round(float(np.median(lat)), 2)}
+            reflected = item not in {x["item_id"] for x in body["items"]}
+            ok += reflected
+            model_built += reflected and body["source"] == "model"
+    return {"trials": trials, "reflected": ok, "share": round(ok / trials, 4), "model_answers": model_built,
+            "fallback_before": fallback_before, "answers_per_replica": served_by,
+            "recommend_after_post_p50_ms": round(float(np.median(lat)), 2)}
 
 
 def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_s: float = 30.0) -> dict:

@@ -98,7 +98,6 @@ class Recommender:
             try:
                 got = self.trainer.wait_newer.remote(self._followed, timeout_s).result()
                 if got is None:
-                    self._weights_tried.set()
                     continue
                 version, (ref,) = got
                 weights = ray.get(ref)
@@ -111,9 +110,9 @@ class Recommender:
                     telemetry.watch("increc_model_freshness_seconds", lambda: time.time() - self._published_at)
             except Exception:
                 logger.exception("weight follow failed; retrying")
-                self._weights_tried.set()
                 self._stop.wait(1.0)
-            self._weights_tried.set()
+            finally:  # answered, empty or failed: the replica's start need not wait for it any longer
+                self._weights_tried.set()
 
     # ---- the user-history replica, this replica's copy of it, and the fallback ------------------
 
