@@ -157,6 +157,6 @@ def test_serve_config_yaml_is_a_valid_serve_deploy_config():
 
 def test_a_profile_that_extends_another_changes_only_its_own_keys():
     base, fresh = profiles.load("ml-100k"), profiles.load("ml-100k-fresh")
-    assert fresh.gate.mode == "optimistic" and fresh.trainer.max_update_delay_s == 0.5
+    assert fresh.gate.mode == "optimistic" and fresh.trainer.max_update_delay_s == 0.25
     assert base.gate.mode == "strict" and base.trainer.max_update_delay_s is None
     assert fresh.model == base.model and fresh.trainer.min_new_events == base.trainer.min_new_events

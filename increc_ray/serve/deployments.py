@@ -122,12 +122,14 @@ class EventIngest:
         for kind in ("received", "applied", "quarantined", "duplicates", "pending", "applied_twice"):
             telemetry.watch("increc_ledger_events", lambda kind=kind: self.pipeline.ledger.snapshot()[kind], kind=kind)
         self._stop = threading.Event()
+        self._wake = threading.Event()  # set by an HTTP ingest: its landing file is cleaned now, not at the next poll
         threading.Thread(target=self._clean_forever, name="increc-cleaner", daemon=True).start()
 
     async def ingest(self, records: list) -> dict:
         report, clean = await asyncio.to_thread(self.pipeline.ingest, records)
         if clean.num_rows:
             await self.history.append.remote(clean)  # before answering: read-your-writes
+            self._wake.set()
         return report.to_json()
 
     def _clean_forever(self) -> None:
@@ -143,7 +145,10 @@ class EventIngest:
             except Exception as e:  # keep the loop alive; the files stay in the landing zone
                 self.last_error = f"{type(e).__name__}: {e}"
                 logger.exception("cleaning pass failed")
-            self._stop.wait(self.cfg.ingest.landing_poll_interval_s)
+                self._stop.wait(self.cfg.ingest.landing_poll_interval_s)  # a failing pass is not retried at once
+            # dropped files are found at the next poll; an HTTP ingest wakes the loop at once
+            self._wake.wait(self.cfg.ingest.landing_poll_interval_s)
+            self._wake.clear()
 
     def _hand_over_last_part(self) -> None:
         """A replica killed between writing a clean part and handing its rows to user history
@@ -165,6 +170,7 @@ class EventIngest:
 
     def __del__(self) -> None:
         self._stop.set()
+        self._wake.set()
 
 
 # graceful_shutdown_timeout_s: time for the trainer to checkpoint and release its worker.
