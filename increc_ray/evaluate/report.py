@@ -14,7 +14,7 @@ import sys
 from typing import Callable
 
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results")
-LIVE_FILES = ("live_ml-100k.json", "live_ml-latest-small.json")
+LIVE_FILES = ("live_ml-100k.json", "live_ml-latest-small.json", "live_ml-100k-fresh.json")
 BURST_FILES = ("burst_ml-100k_60000.json",)
 K = 10
 
