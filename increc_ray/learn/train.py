@@ -380,9 +380,10 @@ class _TrainWorker:
             learner, online = self.learner, None
             if events is None and not overdue():
                 self.report_progress()
-                time.sleep(tcfg.clean_store_poll_interval_s
-                           if not waiting or not tcfg.max_update_delay_s else
-                           min(tcfg.clean_store_poll_interval_s, tcfg.max_update_delay_s / 4))
+                poll_s = tcfg.clean_store_poll_interval_s
+                if waiting and tcfg.max_update_delay_s:  # look often enough to update on time
+                    poll_s = min(poll_s, tcfg.max_update_delay_s / 4)
+                time.sleep(poll_s)
                 continue
             if events is not None:
                 if gcfg.enabled:  # the candidate, the live version and popularity meet the events first

@@ -65,4 +65,3 @@ class Encoder:
             m = F.gelu(torch.addmm(fb, h.reshape(-1, C), fw), approximate="tanh")  # GPT-2's gelu_new
             x = x + torch.addmm(mb, m, mw).view(B, t, C)
         return F.layer_norm(x[:, -1], (C,), *self.ln_f, LN_EPS)  # (B, C)
-
