@@ -40,19 +40,21 @@ import torch
 
 from increc_ray.config import GateConfig
 from increc_ray.learn.learner import positives
-from increc_ray.learn.model import SeqRecModel, left_pad, masked_scores
+from increc_ray.learn.model import all_finite, left_pad
 
 
 class Snapshot:
-    """Frozen weights of one candidate or live version, for scoring only."""
+    """Frozen weights of one candidate or live version, for scoring only: the tensors themselves,
+    scored by the serving forward pass (``serve.encoder``), as a replica would; no model is built."""
 
-    def __init__(self, model: SeqRecModel, vocab: list[str], version: int = 0, events_seen: int | None = None) -> None:
+    def __init__(self, state: dict[str, torch.Tensor], n_heads: int, vocab: list[str], version: int = 0,
+                 events_seen: int | None = None) -> None:
         from increc_ray.serve.encoder import Encoder
 
-        self.model, self.vocab, self.version = model.eval(), vocab, version
+        self.vocab, self.version = vocab, version
         self.events_seen = events_seen  # the learner's event count when frozen: what it has learned
-        # the serving forward pass on the same (frozen) tensors: scores as a replica would, faster
-        self.encoder = Encoder(self.model.state_dict(), model.cfg.n_heads)
+        self._state = state
+        self.encoder = Encoder(state, n_heads)
 
     @property
     def n_items(self) -> int:
@@ -61,25 +63,20 @@ class Snapshot:
     @classmethod
     def from_weights(cls, weights: dict) -> "Snapshot":
         """The snapshot of a published artifact (``IncrementalLearner.export_weights``)."""
-        from increc_ray.config import ModelConfig
-
         state = {k: torch.as_tensor(np.asarray(v)) for k, v in weights["state_dict"].items()}
-        model = SeqRecModel(ModelConfig(**weights["model_config"]), capacity=state["item_emb.weight"].shape[0])
-        model.load_state_dict(state)
-        return cls(model, list(weights["vocab"]), int(weights["version"]))
+        return cls(state, int(weights["model_config"]["n_heads"]), list(weights["vocab"]), int(weights["version"]))
 
     @classmethod
     def of(cls, learner, version: int = 0) -> "Snapshot":
         """The learner's published weights (its moving average, if any), frozen."""
-        model = SeqRecModel(learner.model_cfg, capacity=learner.model.capacity)
-        model.load_state_dict({k: v.detach().cpu().clone() for k, v in learner.published_state().items()})
-        return cls(model, learner.vocab.to_list(), version, learner.n_events)
+        state = {k: v.detach().cpu().clone() for k, v in learner.published_state().items()}
+        return cls(state, learner.model_cfg.n_heads, learner.vocab.to_list(), version, learner.n_events)
 
     def state(self) -> dict[str, torch.Tensor]:
-        return self.model.state_dict()
+        return self._state
 
     def finite(self) -> bool:
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        return all_finite(self._state.values())
 
     @torch.no_grad()
     def ranks(self, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
@@ -90,9 +87,10 @@ class Snapshot:
         rows = [b for b, h in enumerate(known) if h]
         ranks = np.full(len(histories), n + 1)  # no known history: a miss
         if rows:
-            seqs = [known[b][-self.model.cfg.max_len:] for b in rows]
+            seqs = [known[b][-self.encoder.max_len:] for b in rows]
             hidden = self.encoder(left_pad(seqs))  # (B, C)
-            scores = masked_scores(self.model, hidden, n).numpy()  # (B, n + 1)
+            scores = (hidden @ self.encoder.item_emb[: n + 1].T).numpy()  # (B, n + 1)
+            scores[:, 0] = -np.inf  # pad
             ranks[rows] = _ranks(scores, np.asarray(targets)[rows], [known[b] for b in rows])
         return ranks
 

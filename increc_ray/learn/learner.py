@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from increc_ray.config import ModelConfig, TrainerConfig
-from increc_ray.learn.model import INIT_STD, SeqRecModel, left_pad, masked_scores
+from increc_ray.learn.model import INIT_STD, SeqRecModel, all_finite, left_pad, masked_scores
 from increc_ray.learn import checkpoint
 from increc_ray.learn.ema import WeightAverage
 from increc_ray.learn.optim import adapt_lr_scale, make_optimizer, rare_row_stretch, set_lr, swap_param
@@ -72,7 +72,7 @@ class IncrementalLearner:
         self.n_events = 0
         self._ema = WeightAverage(trainer_cfg.ema_decay)  # published weights when trainer.ema_decay > 0
         self._item_counts = np.zeros(1, dtype=np.int64)  # positive events of each item index (0: pad)
-        self._rare: tuple[torch.Tensor, torch.Tensor] | None = None  # _rare_rows until counts change
+        self._rare: torch.Tensor | bool | None = None  # _rare_stretch until counts change (False: none)
 
     @property
     def n_items(self) -> int:
@@ -188,7 +188,7 @@ class IncrementalLearner:
         self.model.eval()
         try:
             with self._ema.loaded_into(self.model):
-                hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+                hidden = self.model.hidden_at(left_pad(seqs).to(self.device))  # (B, C)
                 return masked_scores(self.model, hidden, self.n_items).cpu()
         finally:
             self.model.train(was_training)
@@ -208,7 +208,7 @@ class IncrementalLearner:
         targets = torch.as_tensor(self.vocab.lookup(first.values()), device=self.device)  # (B,) 0 = new item: a miss
         self.model.eval()
         with self._ema.loaded_into(self.model):
-            hidden = self.model(left_pad(seqs).to(self.device))[:, -1]  # (B, C)
+            hidden = self.model.hidden_at(left_pad(seqs).to(self.device))  # (B, C)
             scores = masked_scores(self.model, hidden, self.n_items)
         self.model.train()
         top = scores.topk(min(k, self.n_items), dim=1).indices  # (B, k)
@@ -234,7 +234,7 @@ class IncrementalLearner:
 
     def finite(self) -> bool:
         """Whether every weight is finite (a diverged update makes NaN or inf)."""
-        return all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        return all_finite(self.model.parameters())
 
     def knows_user(self, user: str) -> bool:
         return user in self._seqs
@@ -314,7 +314,7 @@ class IncrementalLearner:
         """One optimizer step on ``batch`` of (user, end, n) slices (see ``_slices``)."""
         x, y, wt = self._batch(batch)
         sel = wt > 0  # (B, T)
-        hidden = self.model(x)[sel]  # (N, C) only the scored positions
+        hidden = self.model.hidden_at(x, sel)  # (N, C) only the scored positions
         logits = masked_scores(self.model, hidden, self.n_items)  # (N, n_items + 1)
         ce = F.cross_entropy(logits, y[sel], reduction="none")  # (N,)
         w = wt[sel]
@@ -322,24 +322,25 @@ class IncrementalLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer_cfg.grad_clip)
-        rare, stretch = self._rare_rows()
-        item = self.model.item_emb.weight
-        before = item.detach()[rare].clone() if len(rare) else None
+        stretch = self._rare_stretch()
+        rows = self.model.item_emb.weight.data[: self.n_items + 1]  # a view: pad and known items
+        before = rows.clone() if stretch is not None else None
         self.optimizer.step()
-        if before is not None:
-            with torch.no_grad():  # the rare rows' step, stretched
-                item[rare] = before + (item[rare] - before) * stretch[:, None]
+        if before is not None:  # the rare rows' step, stretched (1 elsewhere): before + step * stretch
+            rows.sub_(before).mul_(stretch[:, None]).add_(before)
         return loss.item()
 
-    def _rare_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Item rows whose step is stretched (``trainer.rare_item_lr_mult``), and by how much;
-        computed once per change of the counts, not per optimizer step."""
+    def _rare_stretch(self) -> torch.Tensor | None:
+        """(n_items + 1,) factor on each item row's step (``trainer.rare_item_lr_mult``; 1 for the
+        others), None when no row is stretched; computed once per change of the counts. Dense:
+        at the deployed settings nearly every row is rare, and a contiguous pass beats a gather."""
         if self._rare is None:
             rows, stretch = rare_row_stretch(self._item_counts[:self.n_items + 1], self.trainer_cfg.rare_item_lr_mult,
                                              self.trainer_cfg.rare_item_count)
-            self._rare = (torch.as_tensor(rows, device=self.device),
-                          torch.as_tensor(stretch, dtype=torch.float32, device=self.device))
-        return self._rare
+            dense = torch.ones(self.n_items + 1, dtype=torch.float32)
+            dense[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(stretch, dtype=torch.float32)
+            self._rare = dense.to(self.device) if len(rows) else False
+        return self._rare if self._rare is not False else None
 
     def _add_item_rows(self, n_old: int) -> None:
         """Make room for items n_old+1..n_items and warm-start their rows near the mean item."""

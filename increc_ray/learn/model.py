@@ -15,13 +15,14 @@ The model knows nothing about training (see ``increc_ray.learn.learner``) or ser
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 import torch.nn as nn
 from transformers import GPT2Config, GPT2Model
 
 from increc_ray.config import ModelConfig
+from increc_ray.learn import gpt2
 
 INIT_STD = 0.02  # GPT-2's initializer range, also used for new item rows
 
@@ -55,6 +56,13 @@ class SeqRecModel(nn.Module):
         out = self.transformer(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state  # (B, T, C)
 
+    def hidden_at(self, seqs: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+        """Hidden states (N, C) at the ``select``ed (B, T) positions only, as ``forward(seqs)[select]``
+        (default: the last column, (B, C)), at a fraction of its cost (``learn.gpt2``); dropout
+        when in training mode, gradients as through ``forward``."""
+        w = gpt2.Weights(dict(self.named_parameters()), self.cfg.n_heads)
+        return gpt2.hidden_at(w, seqs, select, self.cfg.dropout, self.training)
+
     @torch.no_grad()
     def grow(self, new_capacity: int) -> None:
         """Reallocate the item table to ``new_capacity`` rows, keeping the existing rows."""
@@ -67,6 +75,13 @@ class SeqRecModel(nn.Module):
         emb.weight[: self.capacity] = old
         self.item_emb = emb
         self.capacity = new_capacity
+
+
+def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
+    """Whether every value is finite: one sum per tensor (a NaN or inf anywhere makes its sum
+    non-finite), cheaper than an elementwise check on every weight after every update."""
+    sums = [t.detach().sum().to(torch.float64) for t in tensors]
+    return bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
 
 
 def masked_scores(model: SeqRecModel, hidden: torch.Tensor, n_items: int) -> torch.Tensor:
