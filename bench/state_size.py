@@ -8,7 +8,11 @@ tracemalloc (Python objects) or their tensor sizes:
   ``item_ttl_s``, over a stream whose users churn (each user active for a while, then gone);
 * ``ItemVocab`` (trainer and every replica): bytes per item id;
 * the item table: bytes per item in a replica (one float32 row) and in the trainer (the row plus
-  AdamW's two moments).
+  AdamW's two moments);
+* the learner (``IncrementalLearner``) on the same stream, with and without ``trainer.user_ttl_s``
+  / ``item_ttl_s``: item rows (vocabulary and table), table capacity, users and the items their
+  sequences keep. Its optimizer steps are skipped (``_step`` returns at once): they change the
+  weights' values, not what is kept, and would take the run from seconds to an hour.
 
     python bench/state_size.py [--users 20000] [--out bench/results/state_size.json]
 """
@@ -71,6 +75,27 @@ def measure_history(ttl_s: float | None, args) -> dict:
             "bytes_per_kept_user": int(used / max(1, s["users"])), "bytes_per_event": round(used / s["events"], 1)}
 
 
+def measure_learner(ttl_s: float | None, args) -> dict:
+    from increc_ray.config import replace
+    from increc_ray.learn.learner import IncrementalLearner
+
+    cfg = load(profile=args.profile)
+    learner = IncrementalLearner(cfg.model, replace(cfg.trainer, user_ttl_s=ttl_s, item_ttl_s=ttl_s))
+    learner._step = lambda batch: 0.0  # bookkeeping only (see the module docstring)
+    peak_rows = 0
+    for batch in churning_stream(args.users, args.items, args.events_per_user, args.days):
+        learner.observe(batch)
+        learner.update()
+        peak_rows = max(peak_rows, learner.n_items)
+    d = cfg.model.d_model
+    kept = sum(len(items) for items, _ in learner._seqs.values())
+    return {"ttl_days": ttl_s / DAY if ttl_s else None, "events": learner.n_events, "users_kept": learner.n_users,
+            "items_live": learner.vocab.n_live, "item_rows": learner.n_items, "peak_item_rows": peak_rows,
+            "table_capacity": learner.model.capacity, "sequence_items_kept": kept,
+            "expired_users": learner.n_expired_users, "expired_items": learner.n_expired_items,
+            "table_and_adamw_mib": round(3 * 4 * d * learner.model.capacity / 2**20, 1)}
+
+
 def measure_vocab(n: int) -> int:
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
@@ -97,10 +122,16 @@ def main() -> None:
                                              "events_per_user": args.events_per_user, "active_days_per_user": 14},
            "history_without_expiry": measure_history(None, args),
            "history_with_expiry": measure_history(args.ttl_days * DAY, args),
+           "learner_without_expiry": measure_learner(None, args),
+           "learner_with_expiry": measure_learner(args.ttl_days * DAY, args),
            "vocab_bytes_per_item": measure_vocab(100_000),
            "item_row_bytes": {"replica": 4 * d, "trainer_with_adamw": 3 * 4 * d, "d_model": d}}
     a, b = out["history_without_expiry"], out["history_with_expiry"]
     out["expiry_memory_ratio"] = round(b["mib"] / a["mib"], 3)
+    a, b = out["learner_without_expiry"], out["learner_with_expiry"]
+    out["learner_expiry_ratio"] = {"item_rows": round(b["item_rows"] / a["item_rows"], 3),
+                                   "users": round(b["users_kept"] / a["users_kept"], 3),
+                                   "sequence_items": round(b["sequence_items_kept"] / a["sequence_items_kept"], 3)}
     print(json.dumps(out, indent=1))
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:

@@ -199,6 +199,11 @@ class TrainerConfig(_Section):
     checkpoint_every: int = Field(10, gt=0)  # checkpoint every N updates
     keep_versions: int = Field(5, ge=1)  # newest promoted weight sets kept on disk for POST /admin/rollback
     clean_store_poll_interval_s: float = Field(0.5, gt=0)  # wait between looks for new clean events
+    # Bounded state: users and items with no positive event for this long (event time) leave the
+    # learner (sequences, replay, vocabulary; an item's row and optimizer moments go to the next
+    # new item); null keeps them forever. Checked every tenth of the shorter one.
+    user_ttl_s: float | None = Field(90 * 86400.0, gt=0)
+    item_ttl_s: float | None = Field(90 * 86400.0, gt=0)
     use_gpu: Literal["auto", "true", "false"] = "auto"
     seed: int = 0
 

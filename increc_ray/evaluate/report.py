@@ -230,9 +230,24 @@ def state_size(results: str = RESULTS) -> str:
              f"| ... per kept user | {a['bytes_per_kept_user']:,} B | {b['bytes_per_kept_user']:,} B | |",
              f"| ... dedup keys kept | {a['dedup_keys_kept']:,} | {b['dedup_keys_kept']:,} | |",
              f"| item id in a vocabulary | {r['vocab_bytes_per_item']} B | | |",
+             *_learner_state_rows(r),
              f"| item row (d_model {r['item_row_bytes']['d_model']}): replica / trainer with AdamW "
              f"| {r['item_row_bytes']['replica']} B / {r['item_row_bytes']['trainer_with_adamw']} B | | |"]
     return "\n".join(rows)
+
+
+def _learner_state_rows(r: dict) -> list[str]:
+    """The trainer's side of ``state_size`` (absent from results written before it existed)."""
+    a, b = r.get("learner_without_expiry"), r.get("learner_with_expiry")
+    if a is None or b is None:
+        return []
+    ratio = r["learner_expiry_ratio"]
+    return [f"| trainer: item rows (vocabulary and table) | {a['item_rows']:,} | {b['item_rows']:,} "
+            f"({b['items_live']:,} live, the rest holes for new items) | {ratio['item_rows']:.2f}x |",
+            f"| ... table capacity, with AdamW's moments | {a['table_capacity']:,} rows, {a['table_and_adamw_mib']} MiB "
+            f"| {b['table_capacity']:,} rows, {b['table_and_adamw_mib']} MiB | |",
+            f"| ... users kept, items in their sequences | {a['users_kept']:,}, {a['sequence_items_kept']:,} "
+            f"| {b['users_kept']:,}, {b['sequence_items_kept']:,} | {ratio['sequence_items']:.2f}x |"]
 
 
 def scoring_scale(results: str = RESULTS) -> str:

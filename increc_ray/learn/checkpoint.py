@@ -49,6 +49,12 @@ def learner_state(learner) -> dict:
         "ema": None if ema is None else {k: v.detach().cpu().clone() for k, v in ema.items()},
         "ema_items": learner._ema.n_items,
         "item_counts": torch.as_tensor(learner._item_counts),
+        # expiry (absent before it existed: everything counts as seen at the next pass)
+        "clock": learner._clock,
+        "last_expiry": learner._last_expiry,
+        "item_seen": torch.as_tensor(learner._item_seen),
+        "user_seen": torch.as_tensor([learner._user_seen.get(u, 0) for u in users], dtype=torch.long),
+        "expired": [learner.n_expired_users, learner.n_expired_items],
     }
 
 
@@ -102,6 +108,14 @@ def restore_learner(cls, state: dict, device: str = "cpu", model_cfg: ModelConfi
     counts = state.get("item_counts")  # absent before rare-item steps: count the kept histories
     self._item_counts = (counts.numpy().copy() if counts is not None
                          else np.bincount(state["seq_items"].numpy(), minlength=self.n_items + 1))
+    self._clock, self._last_expiry = state.get("clock"), state.get("last_expiry")
+    item_seen = state.get("item_seen")
+    self._item_seen = item_seen.numpy().copy() if item_seen is not None else np.zeros(self.n_items + 1, np.int64)
+    user_seen = state.get("user_seen")
+    if user_seen is not None:
+        self._user_seen = {u: t for u, t in zip(state["users"], user_seen.tolist()) if t}
+    self.n_expired_users, self.n_expired_items = state.get("expired", (0, 0))
+    self._holes = torch.as_tensor(self.vocab.holes(), device=self.device)
     return self
 
 
@@ -120,10 +134,17 @@ def rollback_weights(learner, state: dict[str, torch.Tensor] | None, vocab: list
             torch.manual_seed(learner.trainer_cfg.seed)
             state, vocab = SeqRecModel(learner.model_cfg).state_dict(), []
     n_old = learner.n_items
-    learner.vocab.add(vocab)
+    rows_of = [i + 1 for i, item_id in enumerate(vocab) if item_id is not None]  # the snapshot's holes stay out
+    vocab = [vocab[r - 1] for r in rows_of]
+    known = learner.vocab.lookup(vocab)
+    added = learner.vocab.add(vocab)
+    reused = np.unique(added[(known == 0) & (added <= n_old)])
+    if len(reused):
+        learner._reuse_rows(reused)
     if learner.n_items > n_old:
         learner._add_item_rows(n_old)
         learner._item_counts = np.pad(learner._item_counts, (0, learner.n_items + 1 - len(learner._item_counts)))
+        learner._item_seen = np.pad(learner._item_seen, (0, learner.n_items + 1 - len(learner._item_seen)))
         learner._rare = None
     with torch.no_grad():
         live = learner.model.state_dict()
@@ -131,7 +152,7 @@ def rollback_weights(learner, state: dict[str, torch.Tensor] | None, vocab: list
             if key != "item_emb.weight":
                 live[key].copy_(value)
                 continue
-            rows, emb = value[1: len(vocab) + 1].to(live[key].device), live[key]
+            rows, emb = value[torch.as_tensor(rows_of, dtype=torch.long)].to(live[key].device), live[key]
             emb[0] = value[0].to(emb.device)  # padding
             if len(vocab):
                 emb[1: learner.n_items + 1] = rows.mean(0)

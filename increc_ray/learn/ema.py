@@ -44,6 +44,12 @@ class WeightAverage:
                         self.state[k].copy_(v)
         self.n_items = n_items
 
+    def reset_rows(self, rows: torch.Tensor, values: torch.Tensor) -> None:
+        """Item ``rows`` now hold new items (``values``): their average starts there."""
+        if self.state is not None:
+            with torch.no_grad():
+                self.state[ITEM_KEY][rows] = values.to(self.state[ITEM_KEY].device)
+
     def padded(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The average, with rows of items newer than it taken from ``model``."""
         out = dict(self.state)

@@ -41,19 +41,24 @@ import torch
 from increc_ray.config import GateConfig
 from increc_ray.learn.learner import positives
 from increc_ray.learn.model import all_finite, left_pad
+from increc_ray.learn.vocab import ItemVocab
 
 
 class Snapshot:
     """Frozen weights of one candidate or live version, for scoring only: the tensors themselves,
     scored by the serving forward pass (``serve.encoder``), as a replica would; no model is built."""
 
-    def __init__(self, state: dict[str, torch.Tensor], n_heads: int, vocab: list[str], version: int = 0,
-                 events_seen: int | None = None) -> None:
+    def __init__(self, state: dict[str, torch.Tensor], n_heads: int, vocab: list[str | None], version: int = 0,
+                 events_seen: int | None = None, generation: int | None = None) -> None:
         from increc_ray.serve.encoder import Encoder
 
         self.vocab, self.version = vocab, version
         self.events_seen = events_seen  # the learner's event count when frozen: what it has learned
+        self.generation = generation  # its learner vocabulary's (None: compare by id, ``index_map``)
         self._state = state
+        self._vocab_index: ItemVocab | None = None
+        self._map: tuple[int, np.ndarray] | None = None
+        self._holes: np.ndarray | None = None
         self.encoder = Encoder(state, n_heads)
 
     @property
@@ -70,7 +75,8 @@ class Snapshot:
     def of(cls, learner, version: int = 0) -> "Snapshot":
         """The learner's published weights (its moving average, if any), frozen."""
         state = {k: v.detach().cpu().clone() for k, v in learner.published_state().items()}
-        return cls(state, learner.model_cfg.n_heads, learner.vocab.to_list(), version, learner.n_events)
+        return cls(state, learner.model_cfg.n_heads, learner.vocab.to_list(), version, learner.n_events,
+                   learner.vocab.generation)
 
     def state(self) -> dict[str, torch.Tensor]:
         return self._state
@@ -78,12 +84,35 @@ class Snapshot:
     def finite(self) -> bool:
         return all_finite(self._state.values())
 
+    def index_map(self, vocab: ItemVocab | None) -> np.ndarray | None:
+        """Learner index (of ``vocab``) -> this snapshot's index (0: unknown here), or None when
+        they agree (nothing has expired or been renumbered since the snapshot was taken). Built by
+        id otherwise, and extended as the learner's vocabulary grows."""
+        if vocab is None or vocab.generation == self.generation:
+            return None
+        if self._map is None or self._map[0] != vocab.generation:
+            if self._vocab_index is None:
+                self._vocab_index = ItemVocab.from_list(self.vocab)
+            self._map = (vocab.generation, np.zeros(1, dtype=np.int64))
+        gen, m = self._map
+        if len(m) < len(vocab) + 1:  # learner indices len(m).. are new since: look their ids up
+            m = np.concatenate([m, self._vocab_index.lookup(vocab.ids_from(len(m)))])
+            self._map = (gen, m)
+        return m
+
     @torch.no_grad()
-    def ranks(self, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
-        """0-based rank of each target after its history (item indices); a target this snapshot
-        does not know ranks ``n_items`` (a miss); NaN scores rank last."""
+    def ranks(self, histories: list[list[int]], targets: np.ndarray, vocab: ItemVocab | None = None) -> np.ndarray:
+        """0-based rank of each target after its history (item indices of ``vocab``, the learner's:
+        default this snapshot's own); a target this snapshot does not know ranks ``n_items`` (a
+        miss); NaN scores rank last."""
         n = self.n_items
-        known = [[i for i in h if i <= n] for h in histories]  # items newer than the snapshot are skipped
+        targets = np.asarray(targets)
+        m = self.index_map(vocab)
+        if m is not None:  # into this snapshot's numbering; unknown -> 0 (skipped) / a miss
+            histories = [[int(m[i]) for i in h] for h in histories]
+            mapped = m[np.minimum(targets, len(m) - 1)]
+            targets = np.where((targets < len(m)) & (mapped > 0), mapped, UNKNOWN_ITEM)
+        known = [[i for i in h if 0 < i <= n] for h in histories]  # items newer than the snapshot are skipped
         rows = [b for b, h in enumerate(known) if h]
         ranks = np.full(len(histories), n + 1)  # no known history: a miss
         if rows:
@@ -91,8 +120,15 @@ class Snapshot:
             hidden = self.encoder(left_pad(seqs))  # (B, C)
             scores = (hidden @ self.encoder.item_emb[: n + 1].T).numpy()  # (B, n + 1)
             scores[:, 0] = -np.inf  # pad
-            ranks[rows] = _ranks(scores, np.asarray(targets)[rows], [known[b] for b in rows])
+            scores[:, self.holes] = -np.inf  # expired items
+            ranks[rows] = _ranks(scores, targets[rows], [known[b] for b in rows])
         return ranks
+
+    @property
+    def holes(self) -> np.ndarray:
+        if self._holes is None:
+            self._holes = np.asarray([i + 1 for i, item_id in enumerate(self.vocab) if item_id is None], dtype=np.int64)
+        return self._holes
 
 
 UNKNOWN_ITEM = np.iinfo(np.int64).max  # target index of an item new to the learner: a miss for all
@@ -107,7 +143,7 @@ def fresh_targets(learner, events: pa.Table, limit: int) -> tuple[list[list[int]
     Every positive, not one per user: sessions put a handful of users in a slice, and a gate
     that scored only their first events would wait tens of slices per decision, serving a
     version that many events old meanwhile."""
-    users, item_ids, _ = positives(events)
+    users, item_ids, _, _ = positives(events)
     idx = learner.vocab.lookup(item_ids)
     seen: dict[str, list[int]] = {}
     histories, targets = [], []
@@ -204,15 +240,17 @@ class Gate:
             v.clear()
         return None
 
-    def test(self, histories: list[list[int]], targets: np.ndarray, counts: np.ndarray) -> None:
-        """Score fresh events (before the learner sees them): each has a history (item indices,
-        oldest first) and a target index (new items: an index beyond what a scorer knows)."""
+    def test(self, histories: list[list[int]], targets: np.ndarray, counts: np.ndarray,
+             vocab: ItemVocab | None = None) -> None:
+        """Score fresh events (before the learner sees them): each has a history (item indices
+        of ``vocab``, the learner's, oldest first) and a target index (new items: an index beyond
+        what a scorer knows); ``counts`` of each index for popularity (-inf: not an item)."""
         if self.candidate is None or not len(targets):
             return
         k = self.cfg.k
-        self._scores["candidate"].append(ndcg(self.candidate.ranks(histories, targets), k))
+        self._scores["candidate"].append(ndcg(self.candidate.ranks(histories, targets, vocab), k))
         if self.live is not None:
-            self._scores["live"].append(ndcg(self.live.ranks(histories, targets), k))
+            self._scores["live"].append(ndcg(self.live.ranks(histories, targets, vocab), k))
         self._scores["popularity"].append(ndcg(popularity_ranks(counts, histories, targets), k))
 
     def ready(self) -> bool:
@@ -304,6 +342,12 @@ class GateKeeper:
         self.trusted = False
         self.rolled_back = 0  # optimistic: times serving went back to the last judged version
 
+    def _counts(self) -> np.ndarray:
+        """Popularity's counts by learner index; expired items' holes are no candidates."""
+        counts = self.learner.item_counts.astype(np.float64)
+        counts[self.learner.vocab.holes()] = -np.inf
+        return counts
+
     def distrust(self) -> None:
         """Hold updates back until a candidate passes (a full pass's fresh model, an operator's
         rollback): in strict mode a no-op, since nothing goes live unjudged there."""
@@ -315,7 +359,7 @@ class GateKeeper:
         gate = self.gate
         if gate.candidate is None:  # nothing under test: no histories to gather
             return None
-        gate.test(*fresh_targets(self.learner, events, gate.cfg.max_eval_per_slice), self.learner.item_counts)
+        gate.test(*fresh_targets(self.learner, events, gate.cfg.max_eval_per_slice), self._counts(), self.learner.vocab)
         return self._judge(gate.decide()) if gate.ready() else None
 
     def judge_on_holdout(self, held_out: pa.Table) -> Decision | None:
@@ -328,7 +372,7 @@ class GateKeeper:
         if gate.candidate is None or gate.live is not None:
             return None
         gate.test(*fresh_targets(self.learner, held_out, max(gate.cfg.min_events, gate.cfg.max_eval_per_slice)),
-                  self.learner.item_counts)
+                  self._counts(), self.learner.vocab)
         return self._judge(gate.decide()) if gate.ready() else None
 
     def after_update(self) -> Decision | None:

@@ -73,10 +73,24 @@ class IncrementalLearner:
         self._ema = WeightAverage(trainer_cfg.ema_decay)  # published weights when trainer.ema_decay > 0
         self._item_counts = np.zeros(1, dtype=np.int64)  # positive events of each item index (0: pad)
         self._rare: torch.Tensor | bool | None = None  # _rare_stretch until counts change (False: none)
+        # expiry (trainer.user_ttl_s, item_ttl_s) in event time: ms of each item's and user's newest
+        # positive (0: not recorded, e.g. restored from an older checkpoint: counts as seen now)
+        self._clock: int | None = None  # the newest event time seen
+        self._item_seen = np.zeros(1, dtype=np.int64)
+        self._user_seen: dict[str, int] = {}
+        self._last_expiry: int | None = None  # event time of the last expiry pass
+        self._holes = torch.zeros(0, dtype=torch.long)  # free item indices: never scored
+        self.n_expired_users = 0
+        self.n_expired_items = 0
 
     @property
     def n_items(self) -> int:
         return len(self.vocab)
+
+    @property
+    def n_users(self) -> int:
+        """Users whose sequences are kept."""
+        return len(self._seqs)
 
     @property
     def pending_targets(self) -> int:
@@ -86,20 +100,31 @@ class IncrementalLearner:
     def observe(self, events: pa.Table) -> int:
         """Add cleaned events (any order; processed by timestamp, stable). Returns new targets."""
         self.n_events += events.num_rows
-        users, item_ids, weights = positives(events)
+        users, item_ids, weights, times = positives(events)
         if not users:
             return 0
         n_old = self.n_items
-        items = self.vocab.add(item_ids).tolist()
+        known = self.vocab.lookup(item_ids)
+        items = self.vocab.add(item_ids)
         if self.n_items > n_old:
             self._add_item_rows(n_old)
+        reused = np.unique(items[(known == 0) & (items <= n_old)])  # holes that new items took
+        if len(reused):
+            self._reuse_rows(reused)
         self._item_counts = np.bincount(items, minlength=self.n_items + 1) + np.pad(
             self._item_counts, (0, self.n_items + 1 - len(self._item_counts)))
         self._rare = None
+        self._item_seen = np.pad(self._item_seen, (0, self.n_items + 1 - len(self._item_seen)))
+        np.maximum.at(self._item_seen, items, times)
+        self._clock = max(self._clock or 0, int(times.max()))
+        user_seen = self._user_seen
+        for user, t in zip(users, times.tolist()):
+            if t > user_seen.get(user, -1):
+                user_seen[user] = t
 
         keep = self._keep
         new_targets = 0
-        for user, item, w in zip(users, items, weights):
+        for user, item, w in zip(users, items.tolist(), weights):
             seq = self._seqs.get(user)
             if seq is None:
                 seq = self._seqs[user] = ([], [])
@@ -149,6 +174,7 @@ class IncrementalLearner:
                     losses.append(self._step([examples[j] for j in perm[i:i + bs]]))
         self._trim_all(touched)  # slice positions index the untrimmed sequences: trim after training
         self._ema.update(self.model, self.n_items)
+        self.expire()  # nothing is pending now: sequences may lose items
         loss = float(np.mean(losses))
         self._adapt_lr(loss)
         self.n_updates += 1
@@ -189,7 +215,7 @@ class IncrementalLearner:
         try:
             with self._ema.loaded_into(self.model):
                 hidden = self.model.hidden_at(left_pad(seqs).to(self.device))  # (B, C)
-                return masked_scores(self.model, hidden, self.n_items).cpu()
+                return masked_scores(self.model, hidden, self.n_items, self._holes).cpu()
         finally:
             self.model.train(was_training)
 
@@ -197,7 +223,7 @@ class IncrementalLearner:
     def evaluate_next(self, events: pa.Table, k: int = 10) -> float | None:
         """Prequential HR@k: share of known users whose first new positive in ``events`` is in
         the current model's top-k. Call before ``observe(events)``; None when nobody qualifies."""
-        users, item_ids, _ = positives(events)
+        users, item_ids, _, _ = positives(events)
         first: dict[str, str] = {}
         for user, item in zip(users, item_ids):
             if user not in first and user in self._seqs and len(first) < EVAL_MAX_USERS:
@@ -209,7 +235,7 @@ class IncrementalLearner:
         self.model.eval()
         with self._ema.loaded_into(self.model):
             hidden = self.model.hidden_at(left_pad(seqs).to(self.device))  # (B, C)
-            scores = masked_scores(self.model, hidden, self.n_items)
+            scores = masked_scores(self.model, hidden, self.n_items, self._holes)
         self.model.train()
         top = scores.topk(min(k, self.n_items), dim=1).indices  # (B, k)
         return float(((top == targets[:, None]).any(1) & (targets > 0)).float().mean())
@@ -315,7 +341,7 @@ class IncrementalLearner:
         x, y, wt = self._batch(batch)
         sel = wt > 0  # (B, T)
         hidden = self.model.hidden_at(x, sel)  # (N, C) only the scored positions
-        logits = masked_scores(self.model, hidden, self.n_items)  # (N, n_items + 1)
+        logits = masked_scores(self.model, hidden, self.n_items, self._holes)  # (N, n_items + 1)
         ce = F.cross_entropy(logits, y[sel], reduction="none")  # (N,)
         w = wt[sel]
         loss = (ce * w).sum() / w.sum()
@@ -341,6 +367,79 @@ class IncrementalLearner:
             dense[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(stretch, dtype=torch.float32)
             self._rare = dense.to(self.device) if len(rows) else False
         return self._rare if self._rare is not False else None
+
+    def expire(self, force: bool = False) -> tuple[int, int]:
+        """Forget users with no positive event for ``trainer.user_ttl_s`` and items with none for
+        ``trainer.item_ttl_s`` (event time); returns (users, items) forgotten. A pass runs when
+        a tenth of the shorter ttl has passed in event time since the last (``force``: now).
+
+        A user goes with their sequence and replay slot. An item leaves the vocabulary, every
+        kept sequence and scoring; its row becomes a hole that the next new item takes, warm-
+        started with fresh optimizer moments (``_reuse_rows``), so the table and the optimizer
+        state stop growing once the catalogue does. Runs between updates (nothing pending)."""
+        cfg = self.trainer_cfg
+        ttls = [t for t in (cfg.user_ttl_s, cfg.item_ttl_s) if t]
+        now = self._clock
+        if not ttls or now is None or self._pending:
+            return 0, 0
+        if not force and self._last_expiry is not None and now - self._last_expiry < min(ttls) * 100:  # ms: ttl/10
+            return 0, 0
+        self._last_expiry = now
+        gone_users: list[str] = []
+        if cfg.user_ttl_s:
+            cut = now - int(cfg.user_ttl_s * 1000)
+            seen = self._user_seen
+            for user in self._seqs:
+                t = seen.setdefault(user, now)  # not recorded: seen now
+                if t < cut:
+                    gone_users.append(user)
+            for user in gone_users:
+                del self._seqs[user], seen[user]
+            if gone_users:
+                gone = set(gone_users)
+                self._reservoir = [u for u in self._reservoir if u not in gone]
+        n_items = 0
+        if cfg.item_ttl_s:
+            seen = self._item_seen[: self.n_items + 1]
+            seen[seen == 0] = now  # not recorded: seen now
+            live = np.ones(self.n_items + 1, dtype=bool)
+            live[0] = False
+            live[self.vocab.holes()] = False
+            stale = np.flatnonzero(live & (seen < now - int(cfg.item_ttl_s * 1000)))
+            if len(stale):
+                n_items = len(stale)
+                self.vocab.remove([self.vocab.id_of(int(i)) for i in stale])
+                self._item_counts[stale] = 0
+                self._rare = None
+                dead = set(stale.tolist())
+                for items, w in self._seqs.values():
+                    if not dead.isdisjoint(items):
+                        keep = [j for j, i in enumerate(items) if i not in dead]
+                        items[:], w[:] = [items[j] for j in keep], [w[j] for j in keep]
+                self._holes = torch.as_tensor(self.vocab.holes(), device=self.device)
+        self.n_expired_users += len(gone_users)
+        self.n_expired_items += n_items
+        return len(gone_users), n_items
+
+    def _reuse_rows(self, rows: np.ndarray) -> None:
+        """New items took the holes ``rows``: warm-start them as new rows (near the mean live
+        item), with zero optimizer moments and no moving-average history, and score them again."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        self._item_counts[rows] = 0
+        self._item_seen[rows] = 0
+        self._holes = torch.as_tensor(self.vocab.holes(), device=self.device)
+        with torch.no_grad(), self._own_torch_rng():
+            emb = self.model.item_emb.weight
+            live = torch.ones(self.n_items + 1, dtype=torch.bool, device=emb.device)
+            live[0] = False
+            live[self._holes] = False
+            live[idx] = False
+            mean = emb[: self.n_items + 1][live].mean(0) if live.any() else torch.zeros_like(emb[0])
+            emb[idx] = mean + (torch.randn(len(rows), emb.shape[1]) * INIT_STD).to(emb.device)
+            for state in self.optimizer.state.get(emb, {}).values():
+                if torch.is_tensor(state) and state.shape[:1] == emb.shape[:1]:
+                    state[idx] = 0
+            self._ema.reset_rows(idx, emb[idx])
 
     def _add_item_rows(self, n_old: int) -> None:
         """Make room for items n_old+1..n_items and warm-start their rows near the mean item."""
@@ -390,13 +489,14 @@ class IncrementalLearner:
             self._torch_rng = torch.get_rng_state()
 
 
-def positives(events: pa.Table) -> tuple[list[str], list[str], list[float]]:
-    """(users, item ids, weights) of the positive events, in timestamp order (stable)."""
+def positives(events: pa.Table) -> tuple[list[str], list[str], list[float], np.ndarray]:
+    """(users, item ids, weights, event times in ms) of the positive events, in timestamp order (stable)."""
     for col in ("user_id", "item_id", "timestamp", "label", "weight"):
         assert col in events.column_names, f"events need column {col!r}, got {events.column_names}"
     ts = pc.cast(events["timestamp"], pa.int64()).to_numpy(zero_copy_only=False)
     order = np.argsort(ts, kind="stable")
     label = events["label"].to_numpy(zero_copy_only=False)[order]
-    pos = pa.array(order[label == 1])
+    keep = order[label == 1]
+    pos = pa.array(keep)
     return (events["user_id"].take(pos).to_pylist(), events["item_id"].take(pos).to_pylist(),
-            events["weight"].take(pos).to_numpy(zero_copy_only=False).astype(float).tolist())
+            events["weight"].take(pos).to_numpy(zero_copy_only=False).astype(float).tolist(), ts[keep])

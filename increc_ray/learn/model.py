@@ -84,10 +84,14 @@ def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack(sums)).all()) if sums else True
 
 
-def masked_scores(model: SeqRecModel, hidden: torch.Tensor, n_items: int) -> torch.Tensor:
-    """Scores (..., n_items + 1) over pad + known items; pad (column 0) is -inf."""
+def masked_scores(model: SeqRecModel, hidden: torch.Tensor, n_items: int,
+                  holes: torch.Tensor | None = None) -> torch.Tensor:
+    """Scores (..., n_items + 1) over pad + known items; pad (column 0) and ``holes`` (indices
+    of expired items, ``ItemVocab.holes``) are -inf."""
     logits = hidden @ model.item_emb.weight[: n_items + 1].T  # (..., n_items + 1)
     logits[..., 0] = float("-inf")
+    if holes is not None and len(holes):
+        logits[..., holes] = float("-inf")
     return logits
 
 

@@ -281,6 +281,8 @@ class _TrainWorker:
         call = self.registry.progress.remote({
             "offset": self.cursor.offset(), "pending_targets": learner.pending_targets,
             "events_seen": learner.n_events, "n_items": learner.n_items, "version": self.versions.last,
+            "expiry": {"live_items": learner.vocab.n_live, "item_rows": learner.n_items, "users": learner.n_users,
+                       "expired_items": learner.n_expired_items, "expired_users": learner.n_expired_users},
             "gate": {**self.gate.status(), "mode": self.cfg.gate.mode, "trusted": self.keeper.trusted,
                      "rolled_back": self.keeper.rolled_back},
             "worker_pid": os.getpid(), "phase": self.phase,

@@ -31,6 +31,7 @@ class Scorer:
         self.max_len = encoder.max_len
         # pad + known items, transposed once per version: a request's scores are one (B, C) @ (C, n + 1)
         self.table_t = encoder.item_emb[: len(vocab) + 1].t().contiguous()
+        self.holes = torch.as_tensor(vocab.holes())  # rows of expired items: never recommended
 
     @classmethod
     def from_weights(cls, weights: dict) -> "Scorer":
@@ -74,6 +75,8 @@ class Scorer:
             return results
         scores = hidden @ self.table_t  # (B, n + 1)
         scores[:, 0] = float("-inf")  # pad
+        if len(self.holes):
+            scores[:, self.holes] = float("-inf")
         for b, i in enumerate(rows):
             ex = self.vocab.lookup(excludes[i])
             scores[b, ex[ex > 0]] = float("-inf")
