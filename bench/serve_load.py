@@ -484,7 +484,16 @@ def main() -> None:
     try:
         if "throughput" in args.phases:
             print("throughput (trainer learning meanwhile):", flush=True)
+            with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
+                before, t_before = status(c)["trainer"]["progress"], time.time()
             result["throughput"] = throughput(base, args.users, args.connections, args.seconds, tmp)
+            with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
+                after, t_after = status(c)["trainer"]["progress"], time.time()
+            # what serving left the trainer: events learned per second under the sweep's load
+            result["throughput"]["trainer"] = {
+                "events_per_s_posted": args.event_rate, "seconds": round(t_after - t_before, 1),
+                "events_learned_per_s": round((after["events_seen"] - before["events_seen"]) / (t_after - t_before), 1),
+                "unread_events_before": before.get("unread_events"), "unread_events_after": after.get("unread_events")}
             result["throughput"]["model_share"] = model_share(base, users, 1000)
             print(f"  {json.dumps({k: v for k, v in result['throughput'].items() if k != 'sweep'})}", flush=True)
         if "profile" in args.phases:

@@ -204,6 +204,10 @@ class TrainerConfig(_Section):
     # new item); null keeps them forever. Checked every tenth of the shorter one.
     user_ttl_s: float | None = Field(90 * 86400.0, gt=0)
     item_ttl_s: float | None = Field(90 * 86400.0, gt=0)
+    # CPU priority of the trainer's process below serving's (Linux nice, 0-19): on a machine it
+    # shares with the replicas, a request waiting for a core gets it before the next update step;
+    # the trainer learns from what serving leaves (bench/serve_load.py measures both sides)
+    nice: int = Field(0, ge=0, le=19)
     use_gpu: Literal["auto", "true", "false"] = "auto"
     seed: int = 0
 

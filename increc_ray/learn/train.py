@@ -358,6 +358,8 @@ class _TrainWorker:
         from increc_ray import telemetry
 
         tcfg, gcfg = self.cfg.trainer, self.cfg.gate
+        if tcfg.nice:
+            lower_priority(tcfg.nice)
         self.report_progress()
         # clean events read since the last update: an update runs once trainer.min_new_events
         # wait, the step the stream replay (increc_ray.evaluate) takes too; when behind, the loop
@@ -425,6 +427,21 @@ class _TrainWorker:
                 self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
             self.report_progress()
         self.checkpoint({"stopped": True})
+
+
+def lower_priority(nice: int) -> None:
+    """Run this process at CPU priority ``nice`` (``trainer.nice``): every thread it has (on Linux
+    a nice value is per thread, and torch's and Ray's threads already exist), and the threads they
+    start later inherit it."""
+    try:
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
+    except OSError:  # not Linux: the process's priority
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
+        except OSError:  # a thread that has ended since the listing
+            pass
 
 
 def full_pass_reason(b, unread: int, learned: int, learned_since_full_pass: int) -> str | None:
