@@ -306,9 +306,12 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
     silent stream never promotes one): post a batch, then time until a live version has learned
     it and every answer carries it. "Learned it": the published weights' ``events_seen`` reaches
     the trainer's event count at the report in which its read offset first passed the batch's
-    clean part (an upper bound by at most one slice of ``trainer.min_new_events``)."""
+    clean part (an upper bound by at most one slice of ``trainer.min_new_events``). "On every
+    replica": an answer from each running replica (``x-increc-replica``) carried such a version.
+    Each stage is polled (``/status`` every 50 ms, ``/recommend`` every 10 ms): upper bounds."""
     out, timeouts, streak_out = [], 0, 0
     unread = []  # the trainer's unread events at each trial: growing means it cannot keep up with the rate
+    stages = []  # per trial: seconds from the POST's answer until each stage was seen (polled every 50 ms)
     with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
         try:  # steady state: the trainer has caught up with the stream (what setup posted is learned)
             wait(lambda: (status(c)["trainer"]["progress"].get("unread_events") or 0) <= 500, 180,
@@ -326,11 +329,13 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
             # the batch is in the newest clean part once the landing zone it was written to is empty
             s = wait(lambda: (st := status(c)) and st["lag"]["pending_files"] == 0 and st, 60, "cleaned",
                      interval_s=0.05)
+            t_clean = time.time()
             part = s["trainer"]["progress"].get("offset", {}).get("seq", -1) + s["lag"]["clean_parts_behind"]
             try:
                 read = wait(lambda: (st := status(c)) and st["trainer"]["progress"].get("offset", {}).get(
                     "seq", -1) >= part and st["trainer"]["progress"], timeout_s, "the trainer to read it", interval_s=0.05)
                 need = read["events_seen"]
+                t_read = time.time()
                 live = wait(lambda: (st := status(c)) and ((st["trainer"].get("last_update") or {}).get(
                     "events_seen") or -1) >= need and st["model_version"], timeout_s, "a live version that learned it",
                             interval_s=0.05)
@@ -339,18 +344,22 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
                 streak_out += 1
                 continue
             streak_out = 0
-            streak = [0]
+            t_live = time.time()
+            n_replicas, has_it = max(1, replicas()), set()
 
             def every_replica_has_it() -> bool:
-                v = c.get("/recommend", params={"user_id": "u1", "k": 10}).json()["model_version"]
-                streak[0] = streak[0] + 1 if v >= live else 0
-                return streak[0] >= 8
+                r = c.get("/recommend", params={"user_id": "u1", "k": 10})
+                if r.json()["model_version"] >= live:
+                    has_it.add(r.headers.get("x-increc-replica", "?"))
+                return len(has_it) >= n_replicas  # an answer from each running replica carried it
 
             try:
                 wait(every_replica_has_it, timeout_s, "the version on every replica", interval_s=0.01)
             except TimeoutError:
                 timeouts += 1
                 continue
+            stages.append({"cleaned": t_clean - t0, "read": t_read - t0, "live": t_live - t0,
+                           "on_every_replica": time.time() - t0})
             out.append(time.time() - t0)
             time.sleep(0.5)
     if not out:
@@ -359,7 +368,9 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
     return {"trials": len(unread), "timeouts": timeouts, "event_rate": poster.rate, "trainer_unread_events": unread,
             "p50_s": round(float(np.percentile(arr, 50)), 3),
             "p99_s": round(float(np.percentile(arr, 99)), 3), "max_s": round(float(arr.max()), 3),
-            "seconds": [round(x, 3) for x in out]}
+            "seconds": [round(x, 3) for x in out],
+            # where the time goes: each stage's p50, cumulative from the POST's answer
+            "stages_p50_s": {k: round(float(np.median([st[k] for st in stages])), 3) for k in stages[0]}}
 
 
 def swaps_and_scaling(base: str, users: list[str], plan: list[tuple[int, float]]) -> dict:
@@ -513,7 +524,9 @@ def main() -> None:
             print(f"swaps and scaling: {json.dumps({k: v for k, v in result['swaps'].items() if k != 'timeline'})}",
                   flush=True)
         with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
-            result["final_status"] = {k: v for k, v in status(c).items() if k in ("history", "replica", "counts", "ledger")}
+            st = status(c)
+            result["final_status"] = {k: v for k, v in st.items() if k in ("history", "replica", "counts", "ledger")}
+            result["final_status"]["trainer_loop_seconds"] = st["trainer"]["progress"].get("loop_seconds")
     finally:
         poster.stop()
         result["events_posted_while_measuring"] = poster.sent

@@ -15,6 +15,7 @@ of ``trainer.max_new_events`` without ever re-applying a row.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
@@ -45,20 +46,28 @@ class StreamCursor:
         self._nrows: dict[int, int] = {}
 
     def next_slice(self, max_rows: int) -> tuple[pa.Table | None, float | None]:
-        """Up to ``max_rows`` unread rows and the write time of the part they come from."""
-        parts = self.store.parts(after=self.seq - 1)
-        for seq, path in parts:
+        """Up to ``max_rows`` unread rows, across as many parts as hold them (one read, one
+        gate test and one online metric for what arrived since the last look, however many
+        cleaning passes wrote it), and the write time of the newest part they come from."""
+        pieces, written, n = [], None, 0
+        for seq, path in self.store.parts(after=self.seq - 1):
+            if n >= max_rows:
+                break
             if self._cache is None or self._cache[0] != seq:
                 self._cache = (seq, self.store.read(path))
             table = self._cache[1]
             start = self.row if seq == self.seq else 0
             if start >= table.num_rows:
                 continue
-            piece = table.slice(start, max_rows)
+            piece = table.slice(start, max_rows - n)
             self.seq, self.row = seq, start + piece.num_rows
-            written = self.store.fs.get_file_info(path).mtime_ns
-            return piece, (written / 1e9 if written else None)
-        return None, None
+            pieces.append(piece)
+            n += piece.num_rows
+            mtime = self.store.fs.get_file_info(path).mtime_ns
+            written = mtime / 1e9 if mtime else written
+        if not pieces:
+            return None, None
+        return (pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="default")), written
 
     def offset(self) -> dict:
         return {"seq": self.seq, "row": self.row}
@@ -212,6 +221,7 @@ class _TrainWorker:
         self.registry = serve.get_deployment_handle(loop_config["registry_deployment"], loop_config["app_name"])
         self.stop_file = loop_config.get("stop_file")
         self.last_ckpt_updates = self.n_updates
+        self.loop_seconds: dict[str, float] = {}
         self.gate = Gate(cfg.gate)
         self.phase, self.full_pass_progress, self.last_full_pass = "", None, None
         self.set_phase("streaming")
@@ -287,15 +297,27 @@ class _TrainWorker:
                      "rolled_back": self.keeper.rolled_back},
             "worker_pid": os.getpid(), "phase": self.phase,
             "unread_events": self._unread, "full_pass": self.full_pass_progress,
+            "loop_seconds": {k: round(v, 2) for k, v in self.loop_seconds.items()},
             "last_full_pass": self.last_full_pass})
         try:  # bounded: a registry that is shutting down (a redeploy) must not hold the loop
-            request = call.result(timeout_s=5.0)
+            with self._timed("report"):
+                request = call.result(timeout_s=5.0)
         except Exception:
             return
         if request and request["id"] != self._rolled_back:  # answered: a rollback is asked for
             self._rollback = request
 
     _unread = 0
+
+    @contextlib.contextmanager
+    def _timed(self, step: str):
+        """Wall seconds of the loop by step, since start (``/status`` trainer.progress.loop_seconds:
+        where the trainer's time goes, e.g. what an event waits for before it is learned)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.loop_seconds[step] = self.loop_seconds.get(step, 0.0) + time.perf_counter() - started
 
     def full_pass_reason(self, unread: int) -> str | None:
         # new events learned beyond what the last pass covered (its held-out tail is the pass's data)
@@ -366,6 +388,7 @@ class _TrainWorker:
         # reads exactly that many, so an update covers the same events as in the replay
         waiting = self.learner.pending_targets
         waiting_since = time.monotonic()  # when the oldest event of those waiting was read
+        online = None  # HR@10 of the weights before an update on the first slice it will learn
 
         def overdue() -> bool:  # trainer.max_update_delay_s: a slow stream updates on time, not count
             return bool(waiting and tcfg.max_update_delay_s and time.monotonic() - waiting_since >= tcfg.max_update_delay_s)
@@ -373,27 +396,34 @@ class _TrainWorker:
         while not self.stopping():
             if self._rollback:
                 self.rollback()
-            self._unread = unread = self.cursor.unread()
+            with self._timed("read"):
+                self._unread = unread = self.cursor.unread()
             reason = self.full_pass_reason(unread)
             if reason:
                 self.full_pass(reason)
-                waiting = 0
+                waiting, online = 0, None
                 continue
             self.set_phase("catching_up" if unread > tcfg.min_new_events else "streaming")
-            events, written_at = self.cursor.next_slice(max(1, tcfg.min_new_events - waiting))
-            learner, online = self.learner, None
+            with self._timed("read"):
+                events, written_at = self.cursor.next_slice(max(1, tcfg.min_new_events - waiting))
+            learner = self.learner
             if events is None and not overdue():
                 self.report_progress()
                 poll_s = tcfg.clean_store_poll_interval_s
                 if waiting and tcfg.max_update_delay_s:  # look often enough to update on time
                     poll_s = min(poll_s, tcfg.max_update_delay_s / 4)
-                time.sleep(poll_s)
+                with self._timed("idle"):
+                    time.sleep(poll_s)
                 continue
             if events is not None:
                 if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
-                    _log_decision(self.keeper.test(events))
-                online = learner.evaluate_next(events, k=10) if self.versions.last else None  # test-then-train
-                learner.observe(events)
+                    with self._timed("gate_test"):
+                        _log_decision(self.keeper.test(events))
+                if online is None and self.versions.last:  # test-then-train, on the first slice since an update
+                    with self._timed("online_metric"):
+                        online = learner.evaluate_next(events, k=10)
+                with self._timed("observe"):
+                    learner.observe(events)
                 telemetry.inc("increc_events_applied_total", events.num_rows)
                 if not waiting:
                     waiting_since = time.monotonic()
@@ -401,8 +431,9 @@ class _TrainWorker:
             if waiting < tcfg.min_new_events and not overdue():
                 self.report_progress()
                 continue
-            waiting = 0
-            stats = learner.update()
+            waiting, update_online, online = 0, online, None
+            with self._timed("update"):
+                stats = learner.update()
             if stats is None:
                 continue
             self.n_updates += 1
@@ -411,20 +442,22 @@ class _TrainWorker:
                        "n_items": stats.n_items, "updates": self.n_updates, "offset": self.cursor.offset(),
                        "events_seen": learner.n_events,
                        "device": self.device}
-            if online is not None:
-                metrics["online_hr10"] = online
-                telemetry.set_gauge("increc_online_hr10", online)
+            if update_online is not None:
+                metrics["online_hr10"] = update_online
+                telemetry.set_gauge("increc_online_hr10", update_online)
             telemetry.set_gauge("increc_update_loss", stats.loss)
             telemetry.set_gauge("increc_update_seconds", stats.seconds)
             if written_at:
                 telemetry.set_gauge("increc_train_lag_seconds", max(0.0, time.time() - written_at))
-            if not gcfg.enabled:
-                if self.n_updates % tcfg.publish_every == 0:
-                    self.publish(learner.export_weights(self.versions.next(), metrics))
-            else:
-                _log_decision(self.keeper.after_update())
+            with self._timed("publish"):  # the gate's judgment and publishing included
+                if not gcfg.enabled:
+                    if self.n_updates % tcfg.publish_every == 0:
+                        self.publish(learner.export_weights(self.versions.next(), metrics))
+                else:
+                    _log_decision(self.keeper.after_update())
             if self.n_updates - self.last_ckpt_updates >= tcfg.checkpoint_every:
-                self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
+                with self._timed("checkpoint"):
+                    self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
             self.report_progress()
         self.checkpoint({"stopped": True})
 

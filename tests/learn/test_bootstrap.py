@@ -109,3 +109,9 @@ def test_cursor_counts_unread_rows_reads_everything_and_seeks_to_any_row(tmp_pat
         assert piece["item_id"][0].as_py() == f"i{index}"  # the same row, whichever part holds it
     assert cur.unread() == 0 and cur.next_slice(4) == (None, None)
     assert StreamCursor(store, 2, 5).unread() == 2
+    # a slice spans parts (the empty one included) up to max_rows, and the next one goes on from there
+    cur = StreamCursor(store, 0, 1)
+    first, _ = cur.next_slice(6)
+    assert first["item_id"].to_pylist() == [f"i{j}" for j in range(1, 7)] and cur.offset() == {"seq": 2, "row": 4}
+    rest, _ = cur.next_slice(100)
+    assert rest["item_id"].to_pylist() == [f"i{j}" for j in range(7, 10)] and cur.unread() == 0

@@ -116,6 +116,9 @@ def test_learns_planted_structure_better_than_popularity(client):
     first = s["trainer"]["progress"]["last_full_pass"]
     assert first is not None and first["n_train"] >= 900 and first["holdout_ndcg@10"] is not None
     assert first["reason"] == "cold start" or first["reason"].startswith("backlog"), first["reason"]
+    progress = s["trainer"]["progress"]
+    assert progress["loop_seconds"]["read"] > 0 and progress["loop_seconds"]["report"] > 0  # where its time went
+    assert progress["expiry"]["live_items"] == progress["n_items"] > 0  # nothing expired: no holes
     rate, pop_rate, sources = probe_successor_rate(client, "learn")
     print(f"planted successor in top-10: model {rate:.2f}, popularity {pop_rate:.2f}")
     assert sources == {"model"}
