@@ -17,7 +17,7 @@ import yaml
 from increc_ray.config import Config
 from increc_ray.errors import ConfigError
 
-DEFAULT_PROFILE = "ml-100k"  # what serve_config.yaml deploys; the benchmarks' fallback
+DEFAULT_PROFILE = "ml-100k-fresh"  # what serve_config.yaml deploys; the benchmarks' fallback
 
 
 def profile_dir() -> Path:

@@ -14,14 +14,15 @@ def test_defaults_are_valid_and_round_trip():
     assert Config.from_dict(cfg.to_dict()) == cfg
 
 
-def test_serve_config_yaml_deploys_the_ml_100k_profile():
+def test_serve_config_yaml_deploys_the_ml_100k_fresh_profile():
     with open("serve_config.yaml") as f:
         doc = yaml.safe_load(f)
     (app,) = doc["applications"]
-    assert app["args"]["profile"] == "ml-100k" == profiles.DEFAULT_PROFILE
+    assert app["args"]["profile"] == "ml-100k-fresh" == profiles.DEFAULT_PROFILE
     assert set(app["args"]["config"]) == {"data_dir"}  # nothing else duplicates the profile
     cfg = profiles.from_app_args(app["args"])
-    assert cfg == profiles.load("ml-100k") and cfg.data_dir == "/tmp/increc_ray"
+    assert cfg == profiles.load("ml-100k-fresh") and cfg.data_dir == "/tmp/increc_ray"
+    assert cfg.gate.mode == "optimistic" and cfg.model == profiles.load("ml-100k").model
     assert cfg.cleaning.event_types["rating"] == LabelRule(weight=1.0, min_value=None)
 
 

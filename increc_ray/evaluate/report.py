@@ -14,8 +14,9 @@ import sys
 from typing import Callable
 
 RESULTS = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "results")
-LIVE_FILES = ("live_ml-100k.json", "live_ml-latest-small.json", "live_ml-100k-fresh.json")
-BURST_FILES = ("burst_ml-100k_60000.json",)
+LIVE_FILES = ("live_ml-100k.json", "live_ml-latest-small.json", "live_ml-100k-fresh.json",
+              "live_ml-latest-small-fresh.json")
+BURST_FILES = ("burst_ml-100k_60000.json", "burst_ml-100k-fresh_60000.json")
 K = 10
 
 
@@ -148,7 +149,8 @@ def serve_load(results: str = RESULTS) -> str:
 # serve_load runs behind README's goal table: (file, what the run was)
 SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.json", "freshness"),
                    ("serve_load_10k_optimistic.json", "freshness, gate optimistic"),
-                   ("serve_load_10k_fresh.json", "freshness, profile ml-100k-fresh"))
+                   ("serve_load_10k_fresh.json", "freshness, profile ml-100k-fresh"),
+                   ("serve_load_10k_fresh_throughput.json", "load, profile ml-100k-fresh"))
 
 
 def serve_goals(results: str = RESULTS) -> str:

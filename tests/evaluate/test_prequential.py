@@ -281,7 +281,7 @@ def test_the_profile_is_all_the_stream_benchmark_reads(monkeypatch, tmp_path):
     assert main(["evaluate", "stream", "--data", "x/other/events.csv", "--preset", "ml-latest-small"]) == 0
     assert seen["profile"] == "ml-latest-small"  # --preset: the old name of --profile
     assert main(["evaluate", "stream", "--data", "x/renamed/u.data"]) == 0
-    assert seen["profile"] == profiles.DEFAULT_PROFILE == "ml-100k"
+    assert seen["profile"] == profiles.DEFAULT_PROFILE == "ml-100k-fresh"
     f = tmp_path / "mine.yaml"
     f.write_text("trainer: {min_new_events: 7}\n")
     assert main(["evaluate", "stream", "--data", "x/ml-100k/u.data", "--config", str(f),
