@@ -181,6 +181,6 @@ def test_cli_evaluate_offline_writes_results(tmp_path, capsys):
     # no profile named tiny-set: the deployed default, with --max-epochs over its bootstrap.epochs
     from increc_ray import profiles
 
-    assert result["profile"] == "ml-100k"
-    expected = profiles.load("ml-100k")
+    assert result["profile"] == profiles.DEFAULT_PROFILE == "ml-100k-fresh"
+    expected = profiles.load(profiles.DEFAULT_PROFILE)
     assert result["config"] == replace(expected, bootstrap=replace(expected.bootstrap, epochs=2)).to_dict()
