@@ -1,4 +1,5 @@
-"""Champion/challenger gate: every weight version is judged, before it goes live (strict) or right after (optimistic) (Ray-free core).
+"""Champion/challenger gate: every weight version is judged, before it goes live (``gate.mode``
+strict) or right after (optimistic; Ray-free core).
 
 After an update the trainer freezes its weights as the *candidate*. Every slice of clean
 events that arrives next is scored before the learner trains on it (test-then-train), by the
