@@ -31,6 +31,7 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from increc_ray.config import ModelConfig  # noqa: E402
+from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.learn.model import SeqRecModel, left_pad  # noqa: E402
 from increc_ray.learn.vocab import ItemVocab  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
@@ -138,10 +139,7 @@ def main() -> None:
         print(json.dumps(row))
     out = {"bench": "scoring_scale", "profile": args.profile, "k": args.k, "threads": 1,
            "baseline": "exact top-k at batch 1, same run", "sizes": rows}
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_result(out, os.path.dirname(args.out), os.path.basename(args.out))}")
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.learn.vocab import ItemVocab  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
 from increc_ray.serve.history import UserHistoryIndex  # noqa: E402
@@ -133,10 +134,7 @@ def main() -> None:
                                    "users": round(b["users_kept"] / a["users_kept"], 3),
                                    "sequence_items": round(b["sequence_items_kept"] / a["sequence_items_kept"], 3)}
     print(json.dumps(out, indent=1))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_result(out, os.path.dirname(args.out), os.path.basename(args.out))}")
 
 
 if __name__ == "__main__":

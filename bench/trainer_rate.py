@@ -21,6 +21,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
+from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.evaluate.synthetic import SyntheticStream  # noqa: E402
 from increc_ray.ingest.clean import clean_batch  # noqa: E402
 from increc_ray.learn.gate import Gate, GateKeeper, Snapshot  # noqa: E402
@@ -97,10 +98,7 @@ def main() -> None:
            "slices": args.slices, "threads": 1, **runs["hidden_at"], "baseline": runs["transformers_forward"],
            "speedup": round(runs["hidden_at"]["events_per_s"] / runs["transformers_forward"]["events_per_s"], 2)}
     print(json.dumps(out, indent=1))
-    os.makedirs(os.path.dirname(args.out), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(out, f, indent=1)
-    print(f"wrote {args.out}")
+    print(f"wrote {write_result(out, os.path.dirname(args.out), os.path.basename(args.out))}")
 
 
 if __name__ == "__main__":

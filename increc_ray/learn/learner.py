@@ -72,7 +72,7 @@ class IncrementalLearner:
         self.n_events = 0
         self._ema = WeightAverage(trainer_cfg.ema_decay)  # published weights when trainer.ema_decay > 0
         self._item_counts = np.zeros(1, dtype=np.int64)  # positive events of each item index (0: pad)
-        self._rare: torch.Tensor | bool | None = None  # _rare_stretch until counts change (False: none)
+        self._rare: torch.Tensor | None = None  # _rare_stretch until counts change
         # expiry (trainer.user_ttl_s, item_ttl_s) in event time: ms of each item's and user's newest
         # positive (0: not recorded, e.g. restored from an older checkpoint: counts as seen now)
         self._clock: int | None = None  # the newest event time seen
@@ -118,13 +118,12 @@ class IncrementalLearner:
         np.maximum.at(self._item_seen, items, times)
         self._clock = max(self._clock or 0, int(times.max()))
         user_seen = self._user_seen
-        for user, t in zip(users, times.tolist()):
-            if t > user_seen.get(user, -1):
-                user_seen[user] = t
 
         keep = self._keep
         new_targets = 0
-        for user, item, w in zip(users, items.tolist(), weights):
+        for user, item, w, t in zip(users, items.tolist(), weights, times.tolist()):
+            if t > user_seen.get(user, 0):  # a late batch may be older than what was seen
+                user_seen[user] = t
             seq = self._seqs.get(user)
             if seq is None:
                 seq = self._seqs[user] = ([], [])
@@ -348,25 +347,27 @@ class IncrementalLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer_cfg.grad_clip)
+        if self.trainer_cfg.rare_item_lr_mult <= 1:
+            self.optimizer.step()
+            return loss.item()
         stretch = self._rare_stretch()
         rows = self.model.item_emb.weight.data[: self.n_items + 1]  # a view: pad and known items
-        before = rows.clone() if stretch is not None else None
+        before = rows.clone()
         self.optimizer.step()
-        if before is not None:  # the rare rows' step, stretched (1 elsewhere): before + step * stretch
-            rows.sub_(before).mul_(stretch[:, None]).add_(before)
+        rows.sub_(before).mul_(stretch[:, None]).add_(before)  # the rare rows' step, stretched (1 elsewhere)
         return loss.item()
 
-    def _rare_stretch(self) -> torch.Tensor | None:
+    def _rare_stretch(self) -> torch.Tensor:
         """(n_items + 1,) factor on each item row's step (``trainer.rare_item_lr_mult``; 1 for the
-        others), None when no row is stretched; computed once per change of the counts. Dense:
-        at the deployed settings nearly every row is rare, and a contiguous pass beats a gather."""
+        others), computed once per change of the counts. Dense: at the deployed settings nearly
+        every row is rare, and a contiguous pass beats a gather."""
         if self._rare is None:
             rows, stretch = rare_row_stretch(self._item_counts[:self.n_items + 1], self.trainer_cfg.rare_item_lr_mult,
                                              self.trainer_cfg.rare_item_count)
             dense = torch.ones(self.n_items + 1, dtype=torch.float32)
             dense[torch.as_tensor(rows, dtype=torch.long)] = torch.as_tensor(stretch, dtype=torch.float32)
-            self._rare = dense.to(self.device) if len(rows) else False
-        return self._rare if self._rare is not False else None
+            self._rare = dense.to(self.device)
+        return self._rare
 
     def expire(self, force: bool = False) -> tuple[int, int]:
         """Forget users with no positive event for ``trainer.user_ttl_s`` and items with none for

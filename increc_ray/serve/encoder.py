@@ -11,8 +11,6 @@ is taking views of its state dict: no module is built, no table initialised.
 
 from __future__ import annotations
 
-from typing import Mapping
-
 import torch
 
 from increc_ray.learn.gpt2 import Weights, hidden_at
@@ -20,9 +18,6 @@ from increc_ray.learn.gpt2 import Weights, hidden_at
 
 class Encoder(Weights):
     """Hidden state at the newest position for left-padded item sequences (inference only)."""
-
-    def __init__(self, state: Mapping[str, torch.Tensor], n_heads: int) -> None:
-        super().__init__(state, n_heads)
 
     @torch.inference_mode()
     def __call__(self, seqs: torch.Tensor) -> torch.Tensor:

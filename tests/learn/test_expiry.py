@@ -4,7 +4,7 @@ optimizer state and sequences; expired items never scored; ids matched across re
 import numpy as np
 import torch
 
-from increc_ray.config import GateConfig, TrainerConfig
+from increc_ray.config import TrainerConfig
 from increc_ray.learn.gate import Snapshot
 from increc_ray.learn.learner import IncrementalLearner
 from increc_ray.serve.scorer import Scorer
@@ -108,4 +108,3 @@ def test_a_snapshot_from_before_a_reuse_scores_the_new_item_as_unknown():
     # a snapshot taken now agrees with the learner's numbering and knows "fresh"
     now = Snapshot.of(L)
     assert now.index_map(L.vocab) is None and now.ranks(history, target, L.vocab)[0] <= now.n_items
-    GateConfig()  # the gate's settings are untouched by expiry
