@@ -15,6 +15,7 @@ of ``trainer.max_new_events`` without ever re-applying a row.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -35,22 +36,54 @@ CHECKPOINT_NAME = "trainer_state"  # trainer_state.safetensors + trainer_state.j
 LEGACY_CHECKPOINT_FILE = "trainer_state.pt"  # a torch pickle, before safetensors: read with weights_only
 RUN_NAME = "increc-trainer"
 PHASES = ("bootstrapping", "catching_up", "streaming")
+# The loop tells the registry its progress (``/status``, and the answer carries a pending
+# ``POST /admin/rollback``) at most this often, and at once on a change of phase: a report is a
+# round trip, and at 100 events/s the loop came round about 15 times a second
+REPORT_EVERY_S = 0.25
 
 
 class StreamCursor:
-    """Reads the clean store from an offset, in slices of at most ``max_rows`` rows."""
+    """Reads the clean store from an offset, in slices of at most ``max_rows`` rows.
+
+    New parts are found by name: the writer (one cleaning thread) numbers them without gaps, so
+    a look stats the next few expected names (``CleanStore.probe``) rather than listing the whole
+    folder, whose cost grows with every part ever written. A full listing is still made at the
+    start, after a ``seek``, and after ``RELIST_S`` without a new part (a gap left by a writer
+    that crashed between taking a number and writing its part would otherwise stop the cursor)."""
+
+    RELIST_S = 30.0
 
     def __init__(self, store, seq: int = -1, row: int = 0) -> None:
         self.store, self.seq, self.row = store, seq, row  # next row to read is `row` of part `seq`
         self._cache: tuple[int, pa.Table] | None = None
         self._nrows: dict[int, int] = {}
+        self._known: list[tuple[int, str, int | None]] = []  # (seq, path, mtime_ns) of parts >= seq found so far
+        self._listed = False
+        self._found_at = -float("inf")  # monotonic time of the last listing or of the last part found
+
+    def _parts(self) -> list[tuple[int, str, int | None]]:
+        """The parts from ``seq`` on, the cursor's own and any new since the last look."""
+        if self._known and self._known[0][0] < self.seq:  # passed: forget them
+            self._known = [p for p in self._known if p[0] >= self.seq]
+            self._nrows = {s: n for s, n in self._nrows.items() if s >= self.seq}
+        now = time.monotonic()
+        top = self._known[-1][0] if self._known else max(self.seq, 0) - 1  # seq -1: nothing read yet
+        if not self._listed or now - self._found_at > self.RELIST_S:
+            self._known += [(s, p, None) for s, p in self.store.parts(after=top)]
+            self._listed, self._found_at = True, now
+        else:
+            new = self.store.probe(after=top)
+            if new:
+                self._known += new
+                self._found_at = now
+        return self._known
 
     def next_slice(self, max_rows: int) -> tuple[pa.Table | None, float | None]:
         """Up to ``max_rows`` unread rows, across as many parts as hold them (one read, one
         gate test and one online metric for what arrived since the last look, however many
         cleaning passes wrote it), and the write time of the newest part they come from."""
         pieces, written, n = [], None, 0
-        for seq, path in self.store.parts(after=self.seq - 1):
+        for seq, path, mtime in self._parts():
             if n >= max_rows:
                 break
             if self._cache is None or self._cache[0] != seq:
@@ -63,7 +96,7 @@ class StreamCursor:
             self.seq, self.row = seq, start + piece.num_rows
             pieces.append(piece)
             n += piece.num_rows
-            mtime = self.store.fs.get_file_info(path).mtime_ns
+            mtime = mtime or self.store.fs.get_file_info(path).mtime_ns
             written = mtime / 1e9 if mtime else written
         if not pieces:
             return None, None
@@ -82,7 +115,7 @@ class StreamCursor:
     def unread(self) -> int:
         """Rows in the store after the offset."""
         n = 0
-        for seq, path in self.store.parts(after=self.seq - 1):
+        for seq, path, _ in self._parts():
             n += self._rows(seq, path) - (self.row if seq == self.seq else 0)
         return n
 
@@ -105,6 +138,7 @@ class StreamCursor:
 
     def seek(self, offset: dict) -> None:
         self.seq, self.row = offset["seq"], offset["row"]
+        self._known, self._listed = [], False  # back before the parts it knows: list again
 
 
 def _save_checkpoint(learner, cursor: StreamCursor, version: int, n_updates: int, metrics: dict,
@@ -215,6 +249,8 @@ class _TrainWorker:
         self.learner, offset, version, self.n_updates, saved_live = _restore(cfg, self.device)
         self.versions = VersionCounter(cfg.version_file, at_least=version)
         self.archive = WeightArchive(cfg.published_dir, cfg.trainer.keep_versions)
+        self._archiver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="increc-archive")
+        self._archived: concurrent.futures.Future = self._archiver.submit(lambda: None)
         self._rollback: dict | None = None  # a POST /admin/rollback the registry handed over
         self._rolled_back: str | None = None  # the id of the last one done
         self.cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
@@ -244,6 +280,7 @@ class _TrainWorker:
         if phase != self.phase:
             for p in PHASES:
                 telemetry.set_gauge("increc_trainer_phase", float(p == phase), phase=p)
+            self._reported_at = -float("inf")  # the next report goes out whatever the interval
         self.phase = phase
 
     def stopping(self) -> bool:
@@ -252,13 +289,19 @@ class _TrainWorker:
     def publish(self, weights: dict) -> int:
         from increc_ray import telemetry
 
-        try:  # kept before it is served: whatever serving has, a rollback can return to
-            self.archive.save(weights)
-        except OSError:
-            logger.exception("could not keep version %s for rollback", weights["version"])
+        # Kept for rollback by a thread of its own (a safetensors write and an fsync: 20-40 ms that
+        # no longer stand between an event and its version going live); a rollback waits for the
+        # writes before it reads (``_archived``), so it can return to whatever serving had.
+        self._archived = self._archiver.submit(self._keep, weights)
         self.registry.publish.remote(weights).result()
         telemetry.set_gauge("increc_model_version", weights["version"])
         return weights["version"]
+
+    def _keep(self, weights: dict) -> None:
+        try:
+            self.archive.save(weights)
+        except OSError:
+            logger.exception("could not keep version %s for rollback", weights["version"])
 
     def rollback(self) -> None:
         """Serve the kept version the pending ``POST /admin/rollback`` names again, under a new
@@ -270,6 +313,7 @@ class _TrainWorker:
         request, self._rollback = self._rollback, None
         self._rolled_back = request["id"]
         target = int(request["version"])
+        self._archived.result()  # the archive writes in flight (one thread: in publish order)
         try:
             weights = self.archive.load(target)
         except KeyError:  # the registry checked it was kept; it was dropped since
@@ -285,8 +329,12 @@ class _TrainWorker:
         logger.warning("rolled back to version %d, serving it as version %d", target, weights["version"])
         self.checkpoint({"rolled_back_to": target})
 
-    def report_progress(self) -> None:
+    def report_progress(self, force: bool = False) -> None:
         # Consumed is not the same as published: tell the registry so /status shows true lag.
+        now = time.monotonic()
+        if not force and now - self._reported_at < REPORT_EVERY_S:
+            return
+        self._reported_at = now
         learner = self.learner
         call = self.registry.progress.remote({
             "offset": self.cursor.offset(), "pending_targets": learner.pending_targets,
@@ -308,6 +356,7 @@ class _TrainWorker:
             self._rollback = request
 
     _unread = 0
+    _reported_at = -float("inf")
 
     @contextlib.contextmanager
     def _timed(self, step: str):
@@ -342,7 +391,7 @@ class _TrainWorker:
 
         def progress(p: dict) -> None:
             self.full_pass_progress = {"reason": reason, "started_at": started, **p}
-            self.report_progress()
+            self.report_progress(force=True)
 
         before = self.cursor.unread()
         try:
@@ -382,7 +431,7 @@ class _TrainWorker:
         tcfg, gcfg = self.cfg.trainer, self.cfg.gate
         if tcfg.nice:
             lower_priority(tcfg.nice)
-        self.report_progress()
+        self.report_progress(force=True)
         # clean events read since the last update: an update runs once trainer.min_new_events
         # wait, the step the stream replay (increc_ray.evaluate) takes too; when behind, the loop
         # reads exactly that many, so an update covers the same events as in the replay
@@ -417,8 +466,8 @@ class _TrainWorker:
                 continue
             if events is not None:
                 if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
-                    with self._timed("gate_test"):
-                        _log_decision(self.keeper.test(events))
+                    with self._timed("gate_test"):  # (scored after the next publish in optimistic mode)
+                        _log_decision(self.keeper.test(events, defer=True))
                 if online is None and self.versions.last:  # test-then-train, on the first slice since an update
                     with self._timed("online_metric"):
                         online = learner.evaluate_next(events, k=10)
@@ -460,6 +509,7 @@ class _TrainWorker:
                     self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
             self.report_progress()
         self.checkpoint({"stopped": True})
+        self._archiver.shutdown(wait=True)  # the versions published last are kept before the worker exits
 
 
 def lower_priority(nice: int) -> None:

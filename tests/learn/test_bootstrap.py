@@ -115,3 +115,24 @@ def test_cursor_counts_unread_rows_reads_everything_and_seeks_to_any_row(tmp_pat
     assert first["item_id"].to_pylist() == [f"i{j}" for j in range(1, 7)] and cur.offset() == {"seq": 2, "row": 4}
     rest, _ = cur.next_slice(100)
     assert rest["item_id"].to_pylist() == [f"i{j}" for j in range(7, 10)] and cur.unread() == 0
+
+
+def test_cursor_finds_new_parts_by_name_and_lists_only_to_get_past_a_gap(tmp_path):
+    store = CleanStore(str(tmp_path))
+    listings = []
+    parts = store.parts
+    store.parts = lambda after=-1: listings.append(after) or parts(after)
+    cur = StreamCursor(store)
+    assert cur.next_slice(10) == (None, None) and listings == [-1]  # the first look lists the folder
+    for seq in range(3):  # then each look stats the next expected names only
+        store.append(events([(f"u{seq}", f"i{seq}", seq)]), seq)
+        piece, written = cur.next_slice(10)
+        assert piece["item_id"].to_pylist() == [f"i{seq}"] and written is not None
+    assert cur.unread() == 0 and listings == [-1]
+    store.append(events([("u4", "i4", 4)]), 4)  # part 3 never written: a gap
+    assert cur.next_slice(10) == (None, None) and listings == [-1]
+    cur.RELIST_S = 0.0  # past the interval without a new part: a listing finds what lies beyond
+    piece, _ = cur.next_slice(10)
+    assert piece["item_id"].to_pylist() == ["i4"] and listings == [-1, 2]
+    cur.seek({"seq": 0, "row": 0})  # back before what it knows: it lists again
+    assert cur.unread() == 4 and listings[-1] == -1
