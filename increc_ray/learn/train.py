@@ -36,10 +36,9 @@ CHECKPOINT_NAME = "trainer_state"  # trainer_state.safetensors + trainer_state.j
 LEGACY_CHECKPOINT_FILE = "trainer_state.pt"  # a torch pickle, before safetensors: read with weights_only
 RUN_NAME = "increc-trainer"
 PHASES = ("bootstrapping", "catching_up", "streaming")
-# The loop tells the registry its progress (``/status``, and the answer carries a pending
-# ``POST /admin/rollback``) at most this often, and at once on a change of phase: a report is a
-# round trip, and at 100 events/s the loop came round about 15 times a second
-REPORT_EVERY_S = 0.25
+# While idle the loop tells the registry its progress (``/status``) at most this often; after a
+# slice or an update at once (the answer, read at the next report, carries a pending rollback)
+REPORT_IDLE_S = 0.25
 
 
 class StreamCursor:
@@ -280,7 +279,6 @@ class _TrainWorker:
         if phase != self.phase:
             for p in PHASES:
                 telemetry.set_gauge("increc_trainer_phase", float(p == phase), phase=p)
-            self._reported_at = -float("inf")  # the next report goes out whatever the interval
         self.phase = phase
 
     def stopping(self) -> bool:
@@ -329,14 +327,16 @@ class _TrainWorker:
         logger.warning("rolled back to version %d, serving it as version %d", target, weights["version"])
         self.checkpoint({"rolled_back_to": target})
 
-    def report_progress(self, force: bool = False) -> None:
-        # Consumed is not the same as published: tell the registry so /status shows true lag.
+    def report_progress(self, idle: bool = False) -> None:
+        """Tell the registry what has been read and learned (``/status`` shows true lag: consumed is
+        not published). Sent without waiting: the answer (a pending ``POST /admin/rollback``, if
+        any) is read at the next report, so the loop does not wait a round trip per slice."""
         now = time.monotonic()
-        if not force and now - self._reported_at < REPORT_EVERY_S:
+        if idle and now - self._reported_at < REPORT_IDLE_S:
             return
         self._reported_at = now
         learner = self.learner
-        call = self.registry.progress.remote({
+        call, previous = self.registry.progress.remote({
             "offset": self.cursor.offset(), "pending_targets": learner.pending_targets,
             "events_seen": learner.n_events, "n_items": learner.n_items, "version": self.versions.last,
             "expiry": {"live_items": learner.vocab.n_live, "item_rows": learner.n_items, "users": learner.n_users,
@@ -346,10 +346,13 @@ class _TrainWorker:
             "worker_pid": os.getpid(), "phase": self.phase,
             "unread_events": self._unread, "full_pass": self.full_pass_progress,
             "loop_seconds": {k: round(v, 2) for k, v in self.loop_seconds.items()},
-            "last_full_pass": self.last_full_pass})
+            "last_full_pass": self.last_full_pass}), self._report
+        self._report = call
+        if previous is None:
+            return
         try:  # bounded: a registry that is shutting down (a redeploy) must not hold the loop
             with self._timed("report"):
-                request = call.result(timeout_s=5.0)
+                request = previous.result(timeout_s=5.0)
         except Exception:
             return
         if request and request["id"] != self._rolled_back:  # answered: a rollback is asked for
@@ -357,6 +360,7 @@ class _TrainWorker:
 
     _unread = 0
     _reported_at = -float("inf")
+    _report = None  # the last report sent, its answer not read yet
 
     @contextlib.contextmanager
     def _timed(self, step: str):
@@ -391,7 +395,7 @@ class _TrainWorker:
 
         def progress(p: dict) -> None:
             self.full_pass_progress = {"reason": reason, "started_at": started, **p}
-            self.report_progress(force=True)
+            self.report_progress()
 
         before = self.cursor.unread()
         try:
@@ -431,7 +435,7 @@ class _TrainWorker:
         tcfg, gcfg = self.cfg.trainer, self.cfg.gate
         if tcfg.nice:
             lower_priority(tcfg.nice)
-        self.report_progress(force=True)
+        self.report_progress()
         # clean events read since the last update: an update runs once trainer.min_new_events
         # wait, the step the stream replay (increc_ray.evaluate) takes too; when behind, the loop
         # reads exactly that many, so an update covers the same events as in the replay
@@ -457,7 +461,7 @@ class _TrainWorker:
                 events, written_at = self.cursor.next_slice(max(1, tcfg.min_new_events - waiting))
             learner = self.learner
             if events is None and not overdue():
-                self.report_progress()
+                self.report_progress(idle=True)
                 poll_s = tcfg.clean_store_poll_interval_s
                 if waiting and tcfg.max_update_delay_s:  # look often enough to update on time
                     poll_s = min(poll_s, tcfg.max_update_delay_s / 4)
@@ -465,9 +469,13 @@ class _TrainWorker:
                     time.sleep(poll_s)
                 continue
             if events is not None:
+                self._unread = max(0, unread - events.num_rows)
                 if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
-                    with self._timed("gate_test"):  # (scored after the next publish in optimistic mode)
-                        _log_decision(self.keeper.test(events, defer=True))
+                    # scored now while the loop would wait for more events anyway; a slice that
+                    # starts an update is scored after its publish in optimistic mode (``test``)
+                    due = overdue() or waiting + events.num_rows >= tcfg.min_new_events
+                    with self._timed("gate_test"):
+                        _log_decision(self.keeper.test(events, defer=due))
                 if online is None and self.versions.last:  # test-then-train, on the first slice since an update
                     with self._timed("online_metric"):
                         online = learner.evaluate_next(events, k=10)
