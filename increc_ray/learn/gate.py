@@ -342,8 +342,6 @@ class GateKeeper:
         self.optimistic = gate.cfg.mode == "optimistic"
         self.trusted = False
         self.rolled_back = 0  # optimistic: times serving went back to the last judged version
-        # slices gathered by ``test(defer=True)``, scored by ``after_update`` once it has published
-        self._deferred: list[_Prepared] = []
 
     def _counts(self) -> np.ndarray:
         """Popularity's counts by learner index; expired items' holes are no candidates."""
@@ -356,42 +354,14 @@ class GateKeeper:
         rollback): in strict mode a no-op, since nothing goes live unjudged there."""
         self.trusted = False
 
-    @property
-    def publishes_ahead(self) -> bool:
-        """Optimistic and trusted: updates go live at once, judged afterwards."""
-        return self.optimistic and self.trusted and self.gate.live is not None
-
-    def test(self, events: pa.Table, defer: bool = False) -> Decision | None:
+    def test(self, events: pa.Table) -> Decision | None:
         """Score the slice with the candidate, the live version and popularity; judge the candidate
-        once it has been scored on enough events (returns that decision).
-
-        ``defer`` (the train worker): while updates go live before their judgment anyway
-        (``publishes_ahead``), only gather what the slice is scored on (the users' histories and
-        popularity's counts as they are before the learner observes it) and score it in the next
-        ``after_update``, after its publish. The scoring then no longer stands between an event
-        and the version that learned it (model freshness); the judgment is one update later."""
+        once it has been scored on enough events (returns that decision)."""
         gate = self.gate
         if gate.candidate is None:  # nothing under test: no histories to gather
             return None
-        prepared = _Prepared(gate.candidate, self.learner.vocab, self.learner.vocab.generation,
-                             *fresh_targets(self.learner, events, gate.cfg.max_eval_per_slice), self._counts())
-        if defer and self.publishes_ahead:
-            self._deferred.append(prepared)
-            return None
-        return self._score([prepared])
-
-    def _score(self, slices: list["_Prepared"]) -> Decision | None:
-        """Score gathered slices in order, judging once enough are scored. A slice gathered for a
-        candidate that has been judged since, or against a vocabulary that has been renumbered
-        (an expiry, a full pass's new learner), is dropped: its indices no longer mean its items."""
-        gate = self.gate
-        for p in slices:
-            if gate.candidate is not p.candidate or p.vocab is not self.learner.vocab or p.vocab.generation != p.generation:
-                continue
-            gate.test(p.histories, p.targets, p.counts, p.vocab)
-            if gate.ready():
-                return self._judge(gate.decide())
-        return None
+        gate.test(*fresh_targets(self.learner, events, gate.cfg.max_eval_per_slice), self._counts(), self.learner.vocab)
+        return self._judge(gate.decide()) if gate.ready() else None
 
     def judge_on_holdout(self, held_out: pa.Table) -> Decision | None:
         """With no live version (a cold start, or after a demotion), judge a fresh full-pass
@@ -411,24 +381,20 @@ class GateKeeper:
         test (one at a time). Returns a decision when one was made."""
         from increc_ray.learn.checkpoint import rollback_weights
 
-        deferred, self._deferred = self._deferred, []
         if not self.learner.finite():  # no further learning repairs NaN weights
             decision = self._judge(self.gate.reject("non-finite weights"))
         else:
             version = None
-            if self.publishes_ahead:
+            if self.optimistic and self.trusted and self.gate.live is not None:
                 # live at once, judged afterwards (the candidate below, or the next one)
                 version = self.next_version()
                 self.publish(self.learner.export_weights(version, {"optimistic": True,
                                                                    "events_seen": self.learner.n_events}))
-            # the slices test(defer=True) gathered, scored now that the update is live; before a
-            # new candidate is frozen below (it has learned them: they are not fresh to it)
-            judged = self._score(deferred)
             if self.gate.candidate is not None:
-                return judged
+                return None
             decision = self.gate.propose(Snapshot.of(self.learner, version or 0))
             if decision is None:
-                return judged
+                return None
             self._judge(decision)
         rollback_weights(self.learner, *self.gate.live_state())
         return decision
@@ -460,19 +426,6 @@ class GateKeeper:
                     "gate": decision.to_json(), "rolled_back_to": live.version,
                     "events_seen": live.events_seen}, snapshot=live))
         return decision
-
-
-@dataclass
-class _Prepared:
-    """A slice gathered for scoring (``GateKeeper.test``): what it is scored on, and for which
-    candidate and learner vocabulary (generation) its item indices were taken."""
-
-    candidate: Snapshot
-    vocab: ItemVocab
-    generation: int
-    histories: list[list[int]]
-    targets: np.ndarray
-    counts: np.ndarray
 
 
 def fallback_marker(version: int, metrics: dict) -> dict:

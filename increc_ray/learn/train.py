@@ -471,11 +471,8 @@ class _TrainWorker:
             if events is not None:
                 self._unread = max(0, unread - events.num_rows)
                 if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
-                    # scored now while the loop would wait for more events anyway; a slice that
-                    # starts an update is scored after its publish in optimistic mode (``test``)
-                    due = overdue() or waiting + events.num_rows >= tcfg.min_new_events
                     with self._timed("gate_test"):
-                        _log_decision(self.keeper.test(events, defer=due))
+                        _log_decision(self.keeper.test(events))
                 if online is None and self.versions.last:  # test-then-train, on the first slice since an update
                     with self._timed("online_metric"):
                         online = learner.evaluate_next(events, k=10)

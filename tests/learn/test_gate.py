@@ -284,37 +284,3 @@ def test_optimistic_mode_rolls_serving_back_when_a_live_update_fails_its_judgmen
     n = len(loop.published)
     keeper.after_update()
     assert len(loop.published) == n and loop.gate.candidate is not None
-
-
-def test_deferred_slices_are_scored_after_the_publish_and_only_for_their_own_candidate(trained):
-    """``test(defer=True)`` (the train worker) in optimistic mode: a slice is gathered before the
-    learner observes it and scored in the next ``after_update``, once the update is live and
-    before a new candidate (which has learned the slice) is frozen; a slice gathered for a
-    candidate judged since is dropped."""
-    loop = copy.deepcopy(trained)
-    loop.gate.cfg = GateConfig(min_events=10**6, mode="optimistic")  # no judgment in this test
-    loop.keeper = keeper = GateKeeper(loop.learner, loop.gate, loop._next, loop.published.append)
-    keeper.trusted = True
-    loop.learner.update()
-    keeper.after_update()  # publishes and freezes a candidate
-    candidate, n_published = loop.gate.candidate, len(loop.published)
-    assert candidate is not None and loop.gate.n_scored == 0
-    fresh = _later(planted_rows(n_users=200, length=4, seed=8), 3 * 10**6)
-    chunks = [events(c) for c in (fresh[:300], fresh[300:600])]
-    for ev in chunks:
-        assert keeper.test(ev, defer=True) is None
-        loop.learner.observe(ev)
-    assert loop.gate.n_scored == 0  # gathered, not scored
-    loop.learner.update()
-    keeper.after_update()
-    assert len(loop.published) == n_published + 1 and loop.gate.candidate is candidate  # live first
-    scored = loop.gate.n_scored
-    assert scored > 0
-    keeper.test(events(fresh[600:]), defer=True)
-    loop.gate.candidate = copy.copy(candidate)  # judged and replaced meanwhile
-    loop.learner.update()
-    keeper.after_update()
-    assert loop.gate.n_scored == scored  # gathered for the old candidate: dropped
-    keeper.trusted = False  # not publishing ahead: a slice is scored at once, as in strict mode
-    keeper.test(events(fresh[600:]), defer=True)
-    assert loop.gate.n_scored > scored
