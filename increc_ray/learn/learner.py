@@ -389,9 +389,12 @@ class IncrementalLearner:
         torch.nn.utils.clip_grad_norm_([*params, sub], cfg.grad_clip)
         before = sub.detach().clone() if cfg.rare_item_lr_mult > 1 else None
         step_rows(self.optimizer, table, rows, sub)
-        if before is not None:
-            with torch.no_grad():  # the rare rows' step, stretched (1 elsewhere)
-                table[rows] = before + (table[rows] - before) * self._rare_stretch()[rows][:, None]
+        if before is not None:  # the rare rows' step, stretched (1 elsewhere), from the counts of these rows only
+            at, s = rare_row_stretch(self._item_counts[rows.cpu().numpy()], cfg.rare_item_lr_mult, cfg.rare_item_count)
+            stretch = torch.ones(len(rows), device=self.device)  # [0] is pad: rare_row_stretch skips it
+            stretch[torch.as_tensor(at, device=self.device)] = torch.as_tensor(s, dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                table[rows] = before + (table[rows] - before) * stretch[:, None]
         return loss.item()
 
     def _counts_changed(self) -> None:
@@ -402,7 +405,8 @@ class IncrementalLearner:
     def _rare_stretch(self) -> torch.Tensor:
         """(n_items + 1,) factor on each item row's step (``trainer.rare_item_lr_mult``; 1 for the
         others), computed once per change of the counts. Dense: at the deployed settings nearly
-        every row is rare, and a contiguous pass beats a gather."""
+        every row is rare, and a contiguous pass beats a gather (the full loss steps every row;
+        the sampled one stretches only the rows it steps, in ``_sampled_step``)."""
         if self._rare is None:
             rows, stretch = rare_row_stretch(self._item_counts[:self.n_items + 1], self.trainer_cfg.rare_item_lr_mult,
                                              self.trainer_cfg.rare_item_count)

@@ -64,12 +64,14 @@ def test_a_sampled_learner_draws_no_pad_hole_or_spare_row(monkeypatch):
 
 
 def test_negatives_covering_the_catalogue_give_the_full_softmax_loss_and_step():
-    """Same data, same init, one SGD step: the sampled path with every item a negative equals the
-    full softmax, loss and every weight after the step (gathering rows changes no arithmetic)."""
+    """Same data, same init, SGD steps: the sampled path with every item a negative equals the
+    full softmax, loss and every weight after the steps (gathering rows changes no arithmetic;
+    the rare rows' stretch, taken from the stepped rows' counts, is the dense one)."""
     rows = planted_rows(n_users=20, length=10)
     out = []
     for cfg in (TrainerConfig(), replace(SAMPLED, negatives=N_ITEMS)):
-        L = IncrementalLearner(SMALL, replace(cfg, optimizer="sgd", lr=0.5, weight_decay=0.0, lr_schedule="constant"))
+        L = IncrementalLearner(SMALL, replace(cfg, optimizer="sgd", lr=0.5, weight_decay=0.0, lr_schedule="constant",
+                                              rare_item_lr_mult=5.0, rare_item_count=20.0))
         L.observe(events(rows))
         init = L.model.item_emb.weight.detach().clone()
         out.append((L.update().loss, L.model.state_dict()))
