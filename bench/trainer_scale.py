@@ -6,9 +6,11 @@ sampled/full, all measured in this run.
 
 The full softmax scores every item at every scored position and steps every row of the item
 table; at 1M items one update takes long, so each run stops after ``--budget-s`` seconds of timed
-updates (at least one). Also timed at each size: the per-update passes that still span the whole
-table with ``loss: sampled`` (rebuilding the negatives' distribution and the rare-row stretch
-after the counts change, the weight average of ``trainer.ema_decay``).
+updates (at least one). Also timed at each size, with ``loss: sampled``: the per-update work
+that still spans the whole table, in the learner (rebuilding the negatives' distribution after
+the counts change; the weight average when ``trainer.ema_decay`` > 0) and in the deployed loop
+around it (the gate's frozen copy of each candidate, ``Snapshot.of``; the online metric of a
+slice, ``evaluate_next``, which ranks every item for up to 1,024 users).
 
     python bench/trainer_scale.py [--profile ml-100k] [--items 10000,100000,1000000] [--budget-s 60]
 """
@@ -31,6 +33,7 @@ from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.evaluate.synthetic import SyntheticStream  # noqa: E402
 from increc_ray.ingest.clean import clean_batch  # noqa: E402
 from increc_ray.learn.ema import WeightAverage  # noqa: E402
+from increc_ray.learn.gate import Snapshot  # noqa: E402
 from increc_ray.learn.learner import IncrementalLearner  # noqa: E402
 from increc_ray.learn.sampled import Negatives  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
@@ -52,7 +55,7 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
-def _run(cfg, trainer, n_items: int, args) -> tuple[dict, IncrementalLearner]:
+def _run(cfg, trainer, n_items: int, args) -> tuple[dict, IncrementalLearner, pa.Table]:
     """A learner knowing ``n_items`` items, warmed by ``--warm`` updates, then timed updates."""
     stream = SyntheticStream(n_users=args.users, n_items=n_items, new_item_every=0, drift_every=0, seed=0)
     learner = IncrementalLearner(cfg.model, trainer)
@@ -83,18 +86,18 @@ def _run(cfg, trainer, n_items: int, args) -> tuple[dict, IncrementalLearner]:
             "targets_per_update": round(n_targets / n_updates, 1), "replayed_per_update": round(n_replay / n_updates, 1),
             "seconds_per_update": round(update / n_updates, 4),
             "observe_seconds_per_update": round(observe / n_updates, 4),
-            "events_per_s": round(n_events / (observe + update), 1), "catalogue_setup_s": round(setup, 2)}, learner
+            "events_per_s": round(n_events / (observe + update), 1), "catalogue_setup_s": round(setup, 2)}, learner, events()
 
 
-def _table_passes(learner: IncrementalLearner, trainer) -> dict:
-    """Seconds of the per-update passes over the whole table that ``loss: sampled`` still makes."""
+def _table_passes(learner: IncrementalLearner, trainer, ev: pa.Table) -> dict:
+    """Seconds of the per-update passes over the whole table that remain with ``loss: sampled``."""
     out = {"negatives_rebuild_s": _timed(lambda: Negatives(learner.item_counts, learner._holes, trainer.negative_power,
                                                            trainer.negatives, learner.device))}
-    learner._counts_changed()
-    out["rare_stretch_rebuild_s"] = _timed(learner._rare_stretch) if trainer.rare_item_lr_mult > 1 else 0.0
     ema = WeightAverage(0.95)
     ema.update(learner.model, learner.n_items)
     out["ema_update_s (ema_decay 0.95)"] = _timed(lambda: ema.update(learner.model, learner.n_items))
+    out["gate_snapshot_s"] = _timed(lambda: Snapshot.of(learner))
+    out["evaluate_next_s"] = _timed(lambda: learner.evaluate_next(ev))
     return {k: round(v, 4) for k, v in out.items()}
 
 
@@ -115,10 +118,11 @@ def main() -> None:
         row = {"items": n_items}
         for loss in ("full", "sampled"):
             trainer = replace(cfg.trainer, loss=loss)
-            row[loss], learner = _run(cfg, trainer, n_items, args)
+            row[loss], learner, ev = _run(cfg, trainer, n_items, args)
             print(n_items, loss, json.dumps(row[loss]), flush=True)
             if loss == "sampled":
-                row["sampled_table_passes_per_update"] = _table_passes(learner, trainer)
+                row["sampled_table_passes_per_update"] = _table_passes(learner, trainer, ev)
+                print(n_items, "whole-table passes per update", json.dumps(row["sampled_table_passes_per_update"]))
             del learner
         row["speedup_update"] = round(row["full"]["seconds_per_update"] / row["sampled"]["seconds_per_update"], 2)
         row["ratio_events_per_s_sampled_over_full"] = round(row["sampled"]["events_per_s"] / row["full"]["events_per_s"], 2)

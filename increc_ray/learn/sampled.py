@@ -49,11 +49,11 @@ class Negatives:
         self._last = int(self.live[-1])
 
     def draw(self) -> torch.Tensor:
-        """(K,) item rows, drawn with replacement by the global torch RNG (the learner's own stream
-        inside ``_own_torch_rng``); every live row once when ``exact``."""
+        """(K,) item rows, drawn with replacement by the global CPU torch RNG (the learner's own
+        stream inside ``_own_torch_rng``, on any device); every live row once when ``exact``."""
         if self.exact:
             return self.live
-        u = torch.rand(self.k, dtype=torch.float64, device=self._cdf.device) * self._cdf[-1]
+        u = torch.rand(self.k, dtype=torch.float64).to(self._cdf.device) * self._cdf[-1]
         # the first row whose cumulative mass exceeds u: rows of zero mass are never the first;
         # u rounded up to the total mass would point past the end: the last live row instead
         return torch.searchsorted(self._cdf, u, right=True).clamp_(max=self._last)
