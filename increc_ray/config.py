@@ -114,9 +114,9 @@ class CleaningConfig(_Section):
     rate_limit_per_minute: int | None = Field(1000, gt=0)
     rate_users_tracked: int = Field(1_000_000, gt=0)  # users whose last minute is kept (least recently seen dropped)
     # A new id past these counts is refused (reason "cardinality"); known ids always pass; None = no
-    # limit. Generous bounds on memory: the trainer scores every known item at every position (1M
-    # items x 16 sequences x 50 positions = 3.2 GB of float32 logits a step), and user histories
-    # keep serving.recent_items_per_user items for each user.
+    # limit. Generous bounds on memory: with trainer.loss full the trainer scores every known item
+    # at every position (1M items x 16 sequences x 50 positions = 3.2 GB of float32 logits a step;
+    # sampled: its negatives only), and user histories keep serving.recent_items_per_user items.
     max_users: int | None = Field(10_000_000, gt=0)
     max_items: int | None = Field(1_000_000, gt=0)
 
