@@ -114,9 +114,9 @@ class CleaningConfig(_Section):
     rate_limit_per_minute: int | None = Field(1000, gt=0)
     rate_users_tracked: int = Field(1_000_000, gt=0)  # users whose last minute is kept (least recently seen dropped)
     # A new id past these counts is refused (reason "cardinality"); known ids always pass; None = no
-    # limit. Generous bounds on memory: the trainer scores every known item at every position (1M
-    # items x 16 sequences x 50 positions = 3.2 GB of float32 logits a step), and user histories
-    # keep serving.recent_items_per_user items for each user.
+    # limit. Generous bounds on memory: with trainer.loss full the trainer scores every known item
+    # at every position (1M items x 16 sequences x 50 positions = 3.2 GB of float32 logits a step;
+    # sampled: its negatives only), and user histories keep serving.recent_items_per_user items.
     max_users: int | None = Field(10_000_000, gt=0)
     max_items: int | None = Field(1_000_000, gt=0)
 
@@ -195,6 +195,17 @@ class TrainerConfig(_Section):
     # waited this long (a slow stream still reaches the model within it); null: wait for the count.
     max_update_delay_s: float | None = Field(None, gt=0)
     grad_clip: float = Field(1.0, gt=0)
+    # Loss of a step. full: softmax over every known item (exact; its cost grows with the
+    # catalogue: a step at 1M items took ~44 s). sampled: softmax over the target and `negatives`
+    # items drawn per step, shared by the batch, with probability ~ (count + 1) ** negative_power
+    # (0: uniform; 0.75: word2vec's smoothed popularity), each logit less the log of its item's
+    # probability (logQ correction), a negative equal to the row's target masked out; fewer live
+    # items than `negatives`: all of them, no correction (the full softmax). sampled also steps
+    # only the item rows a step touches (inputs, targets, negatives: a lazy optimizer step, weight
+    # decay included), so neither the loss nor the optimizer touches every row.
+    loss: Literal["full", "sampled"] = "full"
+    negatives: int = Field(1024, gt=0)
+    negative_power: float = Field(0.75, ge=0, le=1)
     publish_every: int = Field(1, gt=0)  # publish a weight version every N updates
     checkpoint_every: int = Field(10, gt=0)  # checkpoint every N updates
     keep_versions: int = Field(5, ge=1)  # newest promoted weight sets kept on disk for POST /admin/rollback
@@ -233,8 +244,9 @@ class BootstrapConfig(_Section):
     ``eval_every`` epochs, training stops after ``patience`` scores without a better NDCG@10 and
     the best weights are kept. ``max_minutes`` caps the wall clock. The replay has no validation
     split, so its warm-up and retrains run exactly ``epochs`` epochs. The other trainer settings
-    (seed, grad_clip, momentum, replay_users) are the trainer's; item_lr_mult, rare-item steps and
-    the weight average are off: a from-scratch pass sees every item many times.
+    (seed, grad_clip, momentum, replay_users, the loss and its negatives) are the trainer's;
+    item_lr_mult, rare-item steps and the weight average are off: a from-scratch pass sees every
+    item many times.
     """
 
     section: ClassVar[str] = "bootstrap"
@@ -421,7 +433,8 @@ class Config(_Section):
         return TrainerConfig(optimizer=b.optimizer, lr=b.lr, weight_decay=b.weight_decay, lr_schedule="constant",
                              batch_size=b.batch_size, kept_items_per_user=b.kept_items_per_user, seed=t.seed,
                              grad_clip=t.grad_clip, momentum=t.momentum, replay_users=t.replay_users,
-                             use_gpu=t.use_gpu)
+                             use_gpu=t.use_gpu, loss=t.loss, negatives=t.negatives,
+                             negative_power=t.negative_power)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "Config":

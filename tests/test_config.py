@@ -39,7 +39,7 @@ def _missing_keys(doc: dict, full: dict, prefix: str = "") -> list[str]:
 @pytest.mark.parametrize("name", profiles.profile_names())
 def test_every_profile_is_a_complete_valid_config(name):
     doc = profiles.read_yaml(profiles.profile_path(name))
-    if "extends" in doc:  # a profile built on another: complete once merged over it
+    while "extends" in doc:  # a profile built on another (maybe on a third): complete once merged over it
         parent = profiles.read_yaml(profiles.profile_path(doc.pop("extends")))
         doc = profiles.merge(parent, doc)
     cfg = profiles.load(name)  # validates

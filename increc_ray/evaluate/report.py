@@ -271,11 +271,53 @@ def scoring_scale(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def trainer_scale(results: str = RESULTS) -> str:
+    """``bench/trainer_scale.py``: an update's cost as the catalogue grows, ``trainer.loss: full``
+    against ``sampled`` (measured in the same run), and the whole-table work left per update."""
+    r = _load("trainer_scale.json", results)
+    rows = ["| items | full: s per update (events/s) | sampled: s per update (events/s) | sampled / full events/s "
+            "| left per update with sampled: negatives' distribution / gate snapshot / online metric |",
+            "|---|---|---|---|---|"]
+    for run in (r or {}).get("runs", []):
+        full, sampled, left = run["full"], run["sampled"], run["sampled_table_passes_per_update"]
+        ms = " / ".join("-" if k not in left else f"{left[k] * 1000:.0f} ms"
+                        for k in ("negatives_rebuild_s", "gate_snapshot_s", "evaluate_next_s"))
+        rows.append(f"| {run['items']:,} | {full['seconds_per_update']:.3f} ({full['events_per_s']:,.0f}) "
+                    f"| {sampled['seconds_per_update']:.3f} ({sampled['events_per_s']:,.0f}) "
+                    f"| {run['ratio_events_per_s_sampled_over_full']}x | {ms} |")
+    return "\n".join(rows)
+
+
+SAMPLED_FILES = ("stream_ml-100k_loss-full.json", "stream_ml-100k_loss-sampled.json",
+                 "stream_ml-100k_loss-sampled-uniform.json", "stream_ml-100k_loss-sampled-k128.json",
+                 "stream_ml-100k_loss-sampled-k128-uniform.json")
+
+
+def sampled_quality(results: str = RESULTS) -> str:
+    """The prequential replay of ml-100k under each loss (warm-up and updates alike), against the
+    full softmax's run (``stream_ml-100k_loss-full.json``)."""
+    nd, hr = f"ndcg@{K}", f"hr@{K}"
+    runs = [(name, _load(name, results)) for name in SAMPLED_FILES]
+    full = dict(runs)[SAMPLED_FILES[0]]
+    rows = ["| file | loss (negatives, power) | static NDCG@10 | incremental NDCG@10 (HR@10) "
+            "| incremental / full's | update CPU s |", "|---|---|---|---|---|---|"]
+    for name, r in runs:
+        if r is None:
+            continue
+        t, inc = r["config"]["trainer"], r["strategies"]["incremental"]
+        loss = "full" if t["loss"] == "full" else f"sampled ({t['negatives']}, {t['negative_power']})"
+        ratio = f"{inc[nd] / full['strategies']['incremental'][nd]:.3f}" if full else "-"
+        rows.append(f"| `{name}` | {loss} | {_f(r['strategies']['static'][nd])} | {_f(inc[nd])} ({_f(inc[hr])}) "
+                    f"| {ratio} | {inc['update_seconds']} |")
+    return "\n".join(rows)
+
+
 TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check,
                                            "consolidation": consolidation, "reliability": reliability,
                                            "serve-load": serve_load, "scoring-scale": scoring_scale,
                                            "serve-goals": serve_goals, "hot-path": hot_path,
-                                           "state-size": state_size}
+                                           "state-size": state_size, "trainer-scale": trainer_scale,
+                                           "sampled-quality": sampled_quality}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 

@@ -145,7 +145,7 @@ def rollback_weights(learner, state: dict[str, torch.Tensor] | None, vocab: list
         learner._add_item_rows(n_old)
         learner._item_counts = np.pad(learner._item_counts, (0, learner.n_items + 1 - len(learner._item_counts)))
         learner._item_seen = np.pad(learner._item_seen, (0, learner.n_items + 1 - len(learner._item_seen)))
-        learner._rare = None
+        learner._counts_changed()
     with torch.no_grad():
         live = learner.model.state_dict()
         for key, value in state.items():

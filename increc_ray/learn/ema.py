@@ -35,7 +35,7 @@ class WeightAverage:
         if self.state is None:
             self.state = {k: v.detach().clone() for k, v in live.items()}
         else:
-            self.state = self.padded(model)
+            self._join_new_rows(model)
             with torch.no_grad():  # in place: no new copy of the weights per update
                 for k, v in live.items():
                     if v.is_floating_point():
@@ -49,6 +49,17 @@ class WeightAverage:
         if self.state is not None:
             with torch.no_grad():
                 self.state[ITEM_KEY][rows] = values.to(self.state[ITEM_KEY].device)
+
+    def _join_new_rows(self, model: torch.nn.Module) -> None:
+        """``padded`` in place: the table's rows newer than the average copied in, not the whole
+        table copied (a pass over every row, per update, at a large catalogue)."""
+        mine, cur = self.state[ITEM_KEY], model.state_dict()[ITEM_KEY].detach()
+        if mine.shape != cur.shape:  # the table grew
+            self.state = self.padded(model)
+            return
+        lo = self.n_items + 1
+        with torch.no_grad():
+            mine[lo:].copy_(cur[lo:])
 
     def padded(self, model: torch.nn.Module) -> dict[str, torch.Tensor]:
         """The average, with rows of items newer than it taken from ``model``."""

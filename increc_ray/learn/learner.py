@@ -11,7 +11,9 @@ with more new events than ``max_len`` (a binge, or a large file landing at once)
 slices, so every new event is learned; ``train_epoch`` slices whole kept histories the same way.
 
 Loss: full softmax cross-entropy over every known item (pad and spare capacity rows are
-never candidates), weighted by the event weight of each target.
+never candidates), weighted by the event weight of each target; with ``trainer.loss: sampled``,
+a sampled softmax over the target and shared negatives (``learn.sampled``), each step reading and
+moving only the item rows it touches, so that a step's cost does not grow with the catalogue.
 """
 
 from __future__ import annotations
@@ -31,7 +33,8 @@ from increc_ray.config import ModelConfig, TrainerConfig
 from increc_ray.learn.model import INIT_STD, SeqRecModel, all_finite, left_pad, masked_scores
 from increc_ray.learn import checkpoint
 from increc_ray.learn.ema import WeightAverage
-from increc_ray.learn.optim import adapt_lr_scale, make_optimizer, rare_row_stretch, set_lr, swap_param
+from increc_ray.learn.optim import adapt_lr_scale, make_optimizer, rare_row_stretch, set_lr, step_rows, swap_param
+from increc_ray.learn.sampled import Negatives, sampled_softmax
 from increc_ray.learn.vocab import ItemVocab
 
 EVAL_MAX_USERS = 1024  # users scored by evaluate_next per call (keeps it cheap on big slices)
@@ -73,6 +76,7 @@ class IncrementalLearner:
         self._ema = WeightAverage(trainer_cfg.ema_decay)  # published weights when trainer.ema_decay > 0
         self._item_counts = np.zeros(1, dtype=np.int64)  # positive events of each item index (0: pad)
         self._rare: torch.Tensor | None = None  # _rare_stretch until counts change
+        self._negatives: Negatives | None = None  # trainer.loss sampled: their distribution until counts change
         # expiry (trainer.user_ttl_s, item_ttl_s) in event time: ms of each item's and user's newest
         # positive (0: not recorded, e.g. restored from an older checkpoint: counts as seen now)
         self._clock: int | None = None  # the newest event time seen
@@ -113,7 +117,7 @@ class IncrementalLearner:
             self._reuse_rows(reused)
         self._item_counts = np.bincount(items, minlength=self.n_items + 1) + np.pad(
             self._item_counts, (0, self.n_items + 1 - len(self._item_counts)))
-        self._rare = None
+        self._counts_changed()
         self._item_seen = np.pad(self._item_seen, (0, self.n_items + 1 - len(self._item_seen)))
         np.maximum.at(self._item_seen, items, times)
         self._clock = max(self._clock or 0, int(times.max()))
@@ -339,6 +343,8 @@ class IncrementalLearner:
         """One optimizer step on ``batch`` of (user, end, n) slices (see ``_slices``)."""
         x, y, wt = self._batch(batch)
         sel = wt > 0  # (B, T)
+        if self.trainer_cfg.loss == "sampled":
+            return self._sampled_step(x, y[sel], sel, wt[sel])
         hidden = self.model.hidden_at(x, sel)  # (N, C) only the scored positions
         logits = masked_scores(self.model, hidden, self.n_items, self._holes)  # (N, n_items + 1)
         ce = F.cross_entropy(logits, y[sel], reduction="none")  # (N,)
@@ -357,10 +363,50 @@ class IncrementalLearner:
         rows.sub_(before).mul_(stretch[:, None]).add_(before)  # the rare rows' step, stretched (1 elsewhere)
         return loss.item()
 
+    def _sampled_step(self, x: torch.Tensor, y: torch.Tensor, sel: torch.Tensor, w: torch.Tensor) -> float:
+        """``_step`` with ``trainer.loss: sampled``: inputs ``x`` (B, T), the targets ``y`` (N,) and
+        loss weights ``w`` (N,) of the ``sel``ected positions. The step gathers the item rows of
+        its inputs, targets and negatives into one leaf (R, C) and runs on it alone, so the
+        gradient, the clipping and the optimizer step (``optim.step_rows``) cover R rows, not
+        the table: with the table itself, autograd would make a dense (capacity, C) gradient and
+        AdamW would move every row (at 1M items that dense work outweighs the rest of a step)."""
+        cfg = self.trainer_cfg
+        if self._negatives is None:
+            self._negatives = Negatives(self.item_counts, self._holes, cfg.negative_power, cfg.negatives, self.device)
+        neg = self._negatives.draw()  # (K,)
+        pad = torch.zeros(1, dtype=torch.long, device=self.device)
+        rows, local = torch.unique(torch.cat([pad, x.flatten(), y, neg]), return_inverse=True)  # rows[0] = 0: pad
+        lx, ly, ln = local[1:].split([x.numel(), len(y), len(neg)])
+        table = self.model.item_emb.weight
+        sub = table.detach()[rows].requires_grad_()  # (R, C)
+        hidden = self.model.hidden_at(lx.view_as(x), sel, item_rows=sub)  # (N, C)
+        log_q = self._negatives.log_q
+        ce = sampled_softmax(hidden, sub[ly], sub[ln], log_q[y], log_q[neg], neg[None, :] == y[:, None])  # (N,)
+        loss = (ce * w).sum() / w.sum()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_([*params, sub], cfg.grad_clip)
+        before = sub.detach().clone() if cfg.rare_item_lr_mult > 1 else None
+        step_rows(self.optimizer, table, rows, sub)
+        if before is not None:  # the rare rows' step, stretched (1 elsewhere), from the counts of these rows only
+            at, s = rare_row_stretch(self._item_counts[rows.cpu().numpy()], cfg.rare_item_lr_mult, cfg.rare_item_count)
+            stretch = torch.ones(len(rows), device=self.device)  # [0] is pad: rare_row_stretch skips it
+            stretch[torch.as_tensor(at, device=self.device)] = torch.as_tensor(s, dtype=torch.float32, device=self.device)
+            with torch.no_grad():
+                table[rows] = before + (table[rows] - before) * stretch[:, None]
+        return loss.item()
+
+    def _counts_changed(self) -> None:
+        """The item counts or the holes changed: the caches built from them are stale."""
+        self._rare = None
+        self._negatives = None
+
     def _rare_stretch(self) -> torch.Tensor:
         """(n_items + 1,) factor on each item row's step (``trainer.rare_item_lr_mult``; 1 for the
         others), computed once per change of the counts. Dense: at the deployed settings nearly
-        every row is rare, and a contiguous pass beats a gather."""
+        every row is rare, and a contiguous pass beats a gather (the full loss steps every row;
+        the sampled one stretches only the rows it steps, in ``_sampled_step``)."""
         if self._rare is None:
             rows, stretch = rare_row_stretch(self._item_counts[:self.n_items + 1], self.trainer_cfg.rare_item_lr_mult,
                                              self.trainer_cfg.rare_item_count)
@@ -411,13 +457,13 @@ class IncrementalLearner:
                 n_items = len(stale)
                 self.vocab.remove([self.vocab.id_of(int(i)) for i in stale])
                 self._item_counts[stale] = 0
-                self._rare = None
                 dead = set(stale.tolist())
                 for items, w in self._seqs.values():
                     if not dead.isdisjoint(items):
                         keep = [j for j, i in enumerate(items) if i not in dead]
                         items[:], w[:] = [items[j] for j in keep], [w[j] for j in keep]
                 self._holes = torch.as_tensor(self.vocab.holes(), device=self.device)
+                self._counts_changed()
         self.n_expired_users += len(gone_users)
         self.n_expired_items += n_items
         return len(gone_users), n_items
@@ -429,6 +475,7 @@ class IncrementalLearner:
         self._item_counts[rows] = 0
         self._item_seen[rows] = 0
         self._holes = torch.as_tensor(self.vocab.holes(), device=self.device)
+        self._counts_changed()
         with torch.no_grad(), self._own_torch_rng():
             emb = self.model.item_emb.weight
             live = torch.ones(self.n_items + 1, dtype=torch.bool, device=emb.device)

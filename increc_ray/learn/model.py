@@ -56,11 +56,17 @@ class SeqRecModel(nn.Module):
         out = self.transformer(inputs_embeds=x, attention_mask=mask, position_ids=pos, use_cache=False)
         return out.last_hidden_state  # (B, T, C)
 
-    def hidden_at(self, seqs: torch.Tensor, select: torch.Tensor | None = None) -> torch.Tensor:
+    def hidden_at(self, seqs: torch.Tensor, select: torch.Tensor | None = None,
+                  item_rows: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (N, C) at the ``select``ed (B, T) positions only, as ``forward(seqs)[select]``
         (default: the last column, (B, C)), at a fraction of its cost (``learn.gpt2``); dropout
-        when in training mode, gradients as through ``forward``."""
-        w = gpt2.Weights(dict(self.named_parameters()), self.cfg.n_heads)
+        when in training mode, gradients as through ``forward``. ``item_rows`` (R, C), when given,
+        stands in for the item table, ``seqs`` indexing it (0 still padding): a step that touches
+        a few rows of a large table takes its gradient on those rows alone."""
+        params = dict(self.named_parameters())
+        if item_rows is not None:
+            params["item_emb.weight"] = item_rows
+        w = gpt2.Weights(params, self.cfg.n_heads)
         return gpt2.hidden_at(w, seqs, select, self.cfg.dropout, self.training)
 
     @torch.no_grad()

@@ -64,6 +64,45 @@ def swap_param(opt: torch.optim.Optimizer, old: torch.Tensor, new: torch.Tensor)
     opt.state[new] = state
 
 
+def step_rows(opt: torch.optim.Optimizer, table: torch.Tensor, rows: torch.Tensor, sub: torch.Tensor) -> None:
+    """One ``opt.step()`` in which ``table`` (a parameter of ``opt``) moves only at ``rows``: ``sub``
+    is a leaf holding ``table[rows]`` whose ``.grad`` is their gradient, and the other parameters
+    step on their own grads (the table's own ``.grad`` must be None).
+
+    The table's optimizer state (moments of every row, its step count) is gathered at ``rows``,
+    stepped by ``opt``'s own kernel on ``sub`` and scattered back, so the rows follow exactly that
+    optimizer's rule (AdamW's decoupled weight decay included) and every other row, its moments
+    and decay stand still: a lazy step, as ``torch.optim.SparseAdam``'s (which has no weight decay
+    and another state layout). The state keeps the dense layout, so a checkpoint or a resume with
+    ``trainer.loss: full`` reads it as it is.
+    """
+    assert table.grad is None, "the table's gradient must come in sub.grad, not table.grad"
+    assert sub.shape == (len(rows), *table.shape[1:]), f"sub must be {(len(rows), *table.shape[1:])}, got {tuple(sub.shape)}"
+    group = next(g for g in opt.param_groups if any(p is table for p in g["params"]))
+    table_state = opt.state.pop(table, {})
+    opt.state[sub] = {k: v[rows] if _per_row(v, table) else v for k, v in table_state.items()}
+    group["params"] = [sub if p is table else p for p in group["params"]]
+    try:
+        opt.step()
+    finally:
+        group["params"] = [table if p is sub else p for p in group["params"]]
+        sub_state = opt.state.pop(sub, {})
+        with torch.no_grad():
+            table[rows] = sub.detach()
+            for k, v in sub_state.items():
+                if torch.is_tensor(v) and v.shape == sub.shape:  # per-row state (new on a first step)
+                    if not _per_row(table_state.get(k), table):
+                        table_state[k] = torch.zeros_like(table)
+                    table_state[k][rows] = v
+                else:  # shared: the step count
+                    table_state[k] = v
+        opt.state[table] = table_state
+
+
+def _per_row(v, table: torch.Tensor) -> bool:
+    return torch.is_tensor(v) and v.shape == table.shape
+
+
 def adapt_lr_scale(scale: float, loss_ema: float | None, loss: float, schedule: str) -> tuple[float, float]:
     """The next (lr scale, running loss average) after an update with ``loss``.
 

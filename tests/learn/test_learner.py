@@ -406,3 +406,19 @@ def test_ema_decay_publishes_and_scores_with_the_moving_average_of_the_weights()
     assert all(torch.equal(live[k], v) for k, v in L.model.state_dict().items())
     R = IncrementalLearner.from_state_dict(L.state_dict())  # the average survives a checkpoint
     assert all(np.array_equal(R.export_weights(2)["state_dict"][k], published[k]) for k in published)
+
+
+def test_ema_takes_items_added_in_spare_rows_without_copying_the_table():
+    L = IncrementalLearner(replace(SMALL, initial_item_capacity=64), TrainerConfig(ema_decay=0.5, lr=1e-2))
+    L.observe(events([("a", "i1", 1), ("a", "i2", 2), ("a", "i3", 3), ("b", "i2", 4), ("b", "i3", 5)]))
+    L.update()
+    n1, avg = L.n_items, L._ema.state["item_emb.weight"]
+    w1 = L.model.item_emb.weight.detach().clone()
+    L.observe(events([("a", "new1", 6), ("a", "new2", 7)]))
+    L.update()
+    w2 = L.model.item_emb.weight.detach()
+    assert L.model.capacity == 64 and L._ema.state["item_emb.weight"] is avg  # averaged in place
+    published = L.published_state()["item_emb.weight"]
+    assert torch.allclose(published[: n1 + 1], 0.5 * w1[: n1 + 1] + 0.5 * w2[: n1 + 1], atol=1e-6)
+    assert torch.equal(published[n1 + 1: L.n_items + 1], w2[n1 + 1: L.n_items + 1])  # new items as learned
+    assert not torch.equal(published[: n1 + 1], w2[: n1 + 1])
