@@ -150,7 +150,8 @@ def serve_load(results: str = RESULTS) -> str:
 SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.json", "freshness"),
                    ("serve_load_10k_optimistic.json", "freshness, gate optimistic"),
                    ("serve_load_10k_fresh.json", "freshness, profile ml-100k-fresh"),
-                   ("serve_load_10k_fresh_throughput.json", "load, profile ml-100k-fresh"))
+                   ("serve_load_10k_fresh_throughput.json", "load, profile ml-100k-fresh"),
+                   ("serve_load_10k_large-catalogue.json", "freshness, profile large-catalogue"))
 
 
 def serve_goals(results: str = RESULTS) -> str:
@@ -312,12 +313,39 @@ def sampled_quality(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def freshness_runs(results: str = RESULTS) -> str:
+    """``serve_load_10k_freshness_runs.json``: model-freshness runs of ``bench/serve_load.py`` one
+    after another on one machine (the code, the profile), with where the time went."""
+    r = _load("serve_load_10k_freshness_runs.json", results)
+    rows = ["| run | code | profile | p50 / p99 s | cleaned / read / live / on every replica, p50 s | trainer: update / idle |",
+            "|---|---|---|---|---|---|"]
+    for i, run in enumerate((r or {}).get("runs", []), 1):
+        st, loop = run["stages_p50_s"], run["trainer_loop_seconds"]
+        total = sum(loop.values())
+        rows.append(f"| {i} | {run['code']} | {run['profile']} | {run['p50_s']:.2f} / {run['p99_s']:.2f} "
+                    f"| {' / '.join(f'{st[k]:.2f}' for k in ('cleaned', 'read', 'live', 'on_every_replica'))} "
+                    f"| {loop.get('update', 0) / total:.0%} / {loop.get('idle', 0) / total:.0%} |")
+    return "\n".join(rows)
+
+
+def clean_store_tail(results: str = RESULTS) -> str:
+    """``bench/clean_store_tail.py``: a look for new clean parts against the folder listing it
+    replaced, as the store grows (measured in the same run)."""
+    r = _load("clean_store_tail.json", results)
+    rows = ["| parts in the clean store | a look (stat the next names) | listing the folder (before) | ratio |",
+            "|---|---|---|---|"]
+    for x in (r or {}).get("rows", []):
+        rows.append(f"| {x['parts']:,} | {x['look_ms']} ms | {x['listing_ms']} ms | {x['listing_over_look']:,.0f}x |")
+    return "\n".join(rows)
+
+
 TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check,
                                            "consolidation": consolidation, "reliability": reliability,
                                            "serve-load": serve_load, "scoring-scale": scoring_scale,
                                            "serve-goals": serve_goals, "hot-path": hot_path,
                                            "state-size": state_size, "trainer-scale": trainer_scale,
-                                           "sampled-quality": sampled_quality}
+                                           "sampled-quality": sampled_quality, "freshness-runs": freshness_runs,
+                                           "clean-store-tail": clean_store_tail}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
