@@ -289,27 +289,32 @@ def trainer_scale(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-SAMPLED_FILES = ("stream_ml-100k_loss-full.json", "stream_ml-100k_loss-sampled.json",
-                 "stream_ml-100k_loss-sampled-uniform.json", "stream_ml-100k_loss-sampled-k128.json",
-                 "stream_ml-100k_loss-sampled-k128-uniform.json")
+SAMPLED_FILES = {"ml-100k": ("stream_ml-100k_loss-full.json", "stream_ml-100k_loss-sampled.json",
+                             "stream_ml-100k_loss-sampled-uniform.json", "stream_ml-100k_loss-sampled-k128.json",
+                             "stream_ml-100k_loss-sampled-k128-uniform.json"),
+                 "ml-latest-small": ("stream_ml-latest-small_loss-full.json", "stream_ml-latest-small_loss-sampled.json",
+                                     "stream_ml-latest-small_loss-sampled-uniform.json",
+                                     "stream_ml-latest-small_loss-sampled-k4096.json")}
 
 
 def sampled_quality(results: str = RESULTS) -> str:
-    """The prequential replay of ml-100k under each loss (warm-up and updates alike), against the
-    full softmax's run (``stream_ml-100k_loss-full.json``)."""
+    """The prequential replay of each dataset under each loss (warm-up and updates alike), against
+    the same dataset's full-softmax run (the first file of its group)."""
     nd, hr = f"ndcg@{K}", f"hr@{K}"
-    runs = [(name, _load(name, results)) for name in SAMPLED_FILES]
-    full = dict(runs)[SAMPLED_FILES[0]]
-    rows = ["| file | loss (negatives, power) | static NDCG@10 | incremental NDCG@10 (HR@10) "
-            "| incremental / full's | update CPU s |", "|---|---|---|---|---|---|"]
-    for name, r in runs:
-        if r is None:
-            continue
-        t, inc = r["config"]["trainer"], r["strategies"]["incremental"]
-        loss = "full" if t["loss"] == "full" else f"sampled ({t['negatives']}, {t['negative_power']})"
-        ratio = f"{inc[nd] / full['strategies']['incremental'][nd]:.3f}" if full else "-"
-        rows.append(f"| `{name}` | {loss} | {_f(r['strategies']['static'][nd])} | {_f(inc[nd])} ({_f(inc[hr])}) "
-                    f"| {ratio} | {inc['update_seconds']} |")
+    rows = ["| file | items | loss (negatives, power) | static NDCG@10 | incremental NDCG@10 (HR@10) "
+            "| incremental / full's | popularity NDCG@10 | update CPU s |", "|---|---|---|---|---|---|---|---|"]
+    for names in SAMPLED_FILES.values():
+        runs = [(name, _load(name, results)) for name in names]
+        full = runs[0][1]
+        for name, r in runs:
+            if r is None:
+                continue
+            t, inc = r["config"]["trainer"], r["strategies"]["incremental"]
+            loss = "full" if t["loss"] == "full" else f"sampled ({t['negatives']}, {t['negative_power']})"
+            ratio = f"{inc[nd] / full['strategies']['incremental'][nd]:.3f}" if full else "-"
+            pop = (r["strategies"].get("popularity") or (full or {}).get("strategies", {}).get("popularity") or {}).get(nd)
+            rows.append(f"| `{name}` | {r['stats']['items']:,} | {loss} | {_f(r['strategies']['static'][nd])} "
+                        f"| {_f(inc[nd])} ({_f(inc[hr])}) | {ratio} | {_f(pop)} | {inc['update_seconds']} |")
     return "\n".join(rows)
 
 
