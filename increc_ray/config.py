@@ -206,6 +206,10 @@ class TrainerConfig(_Section):
     loss: Literal["full", "sampled"] = "full"
     negatives: int = Field(1024, gt=0)
     negative_power: float = Field(0.75, ge=0, le=1)
+    # sampled: the step's own targets are negatives too (mixed negative sampling; each a negative
+    # for the other rows, its logit less the same log probability): on ml-latest-small with 1024
+    # drawn negatives, NDCG@10 0.0173 -> 0.0216 (full softmax 0.0240; README "A large catalogue")
+    in_batch_negatives: bool = False
     publish_every: int = Field(1, gt=0)  # publish a weight version every N updates
     checkpoint_every: int = Field(10, gt=0)  # checkpoint every N updates
     keep_versions: int = Field(5, ge=1)  # newest promoted weight sets kept on disk for POST /admin/rollback
@@ -434,7 +438,7 @@ class Config(_Section):
                              batch_size=b.batch_size, kept_items_per_user=b.kept_items_per_user, seed=t.seed,
                              grad_clip=t.grad_clip, momentum=t.momentum, replay_users=t.replay_users,
                              use_gpu=t.use_gpu, loss=t.loss, negatives=t.negatives,
-                             negative_power=t.negative_power)
+                             negative_power=t.negative_power, in_batch_negatives=t.in_batch_negatives)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None) -> "Config":

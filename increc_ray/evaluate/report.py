@@ -294,7 +294,9 @@ SAMPLED_FILES = {"ml-100k": ("stream_ml-100k_loss-full.json", "stream_ml-100k_lo
                              "stream_ml-100k_loss-sampled-k128-uniform.json"),
                  "ml-latest-small": ("stream_ml-latest-small_loss-full.json", "stream_ml-latest-small_loss-sampled.json",
                                      "stream_ml-latest-small_loss-sampled-uniform.json",
-                                     "stream_ml-latest-small_loss-sampled-k4096.json")}
+                                     "stream_ml-latest-small_loss-sampled-k4096.json",
+                                     "stream_ml-latest-small_loss-sampled-inbatch.json",
+                                     "stream_ml-latest-small_loss-sampled-k4096-inbatch.json")}
 
 
 def sampled_quality(results: str = RESULTS) -> str:
@@ -311,6 +313,7 @@ def sampled_quality(results: str = RESULTS) -> str:
                 continue
             t, inc = r["config"]["trainer"], r["strategies"]["incremental"]
             loss = "full" if t["loss"] == "full" else f"sampled ({t['negatives']}, {t['negative_power']})"
+            loss += " + in-batch" if t.get("in_batch_negatives") else ""
             ratio = f"{inc[nd] / full['strategies']['incremental'][nd]:.3f}" if full else "-"
             pop = (r["strategies"].get("popularity") or (full or {}).get("strategies", {}).get("popularity") or {}).get(nd)
             rows.append(f"| `{name}` | {r['stats']['items']:,} | {loss} | {_f(r['strategies']['static'][nd])} "

@@ -374,6 +374,8 @@ class IncrementalLearner:
         if self._negatives is None:
             self._negatives = Negatives(self.item_counts, self._holes, cfg.negative_power, cfg.negatives, self.device)
         neg = self._negatives.draw()  # (K,)
+        if cfg.in_batch_negatives and not self._negatives.exact:  # the batch's targets too (exact: all are)
+            neg = torch.cat([neg, torch.unique(y)])
         pad = torch.zeros(1, dtype=torch.long, device=self.device)
         rows, local = torch.unique(torch.cat([pad, x.flatten(), y, neg]), return_inverse=True)  # rows[0] = 0: pad
         lx, ly, ln = local[1:].split([x.numel(), len(y), len(neg)])

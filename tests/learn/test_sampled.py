@@ -181,3 +181,23 @@ def test_from_scratch_training_runs_the_trainers_loss():
     boot = cfg.bootstrap_trainer
     assert (boot.loss, boot.negatives, boot.negative_power) == ("sampled", 64, 0.0)
     assert Config.from_dict({}).bootstrap_trainer.loss == "full"
+
+
+def test_in_batch_negatives_add_the_steps_own_targets_and_the_learner_still_learns(monkeypatch):
+    """``trainer.in_batch_negatives``: each step scores its targets against the drawn negatives
+    and the batch's own targets (each masked out for its own row), and still learns."""
+    seen = []
+    loss = learner_module.sampled_softmax
+    monkeypatch.setattr(learner_module, "sampled_softmax",
+                        lambda h, t, n, tq, nq, hits: seen.append((len(n), hits.sum(1).tolist())) or loss(h, t, n, tq, nq, hits))
+    cfg = replace(SAMPLED, negatives=4, in_batch_negatives=True)
+    L = IncrementalLearner(ModelConfig(), cfg)
+    stats = feed(L, planted_rows(), 10)
+    assert seen and all(k > 4 for k, _ in seen)  # more negatives than drawn: the targets joined them
+    assert all(min(h) >= 1 for _, h in seen)  # every row's own target is among them, masked
+    hit, _ = successor_hit_rate(Scorer.from_weights(L.export_weights(1)))
+    assert stats[-1].loss < stats[0].loss and hit >= 0.7, hit
+    seen.clear()
+    L = IncrementalLearner(ModelConfig(), replace(cfg, in_batch_negatives=False))
+    feed(L, planted_rows()[:200], 2)
+    assert seen and all(k == 4 for k, _ in seen)  # off: the drawn ones only
