@@ -151,7 +151,7 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_10k_optimistic.json", "freshness, gate optimistic"),
                    ("serve_load_10k_fresh.json", "freshness, profile ml-100k-fresh"),
                    ("serve_load_10k_fresh_throughput.json", "load, profile ml-100k-fresh"),
-                   ("serve_load_10k_large-catalogue.json", "freshness, profile large-catalogue"))
+                   ("serve_load_10k_large-catalogue.json", "freshness, profile large-catalogue with 1,024 negatives"))
 
 
 def serve_goals(results: str = RESULTS) -> str:

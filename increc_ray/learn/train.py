@@ -287,9 +287,9 @@ class _TrainWorker:
     def publish(self, weights: dict) -> int:
         from increc_ray import telemetry
 
-        # Kept for rollback by a thread of its own (a safetensors write and an fsync: 20-40 ms that
-        # no longer stand between an event and its version going live); a rollback waits for the
-        # writes before it reads (``_archived``), so it can return to whatever serving had.
+        # Kept for rollback by a thread of its own (a safetensors write and an fsync per version,
+        # which no longer stand between an event and its version going live); a rollback waits for
+        # the writes before it reads (``_archived``), so it can return to whatever serving had.
         self._archived = self._archiver.submit(self._keep, weights)
         self.registry.publish.remote(weights).result()
         telemetry.set_gauge("increc_model_version", weights["version"])
