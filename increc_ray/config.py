@@ -348,6 +348,17 @@ class ServingConfig(_Section):
     # A new replica waits at most this long for the live weights and its history copy before it
     # takes requests (autoscaling adds replicas under load: they must not answer popularity).
     ready_timeout_s: float = Field(30.0, ge=0)
+    # Top-k: "exact" scans the item table per request; "hnsw" ranks exactly only what an HNSW
+    # graph finds nearest (index_candidates) plus the rows changed since the graph was built,
+    # from index_min_items items on (increc_ray.serve.index: meant for trainer.loss sampled).
+    index: Literal["exact", "hnsw"] = "exact"
+    index_min_items: int = Field(50_000, ge=0)
+    index_candidates: int = Field(100, gt=0)
+    index_ef: int = Field(64, gt=0)
+    index_connectivity: int = Field(16, ge=2)
+    index_refresh_fraction: float = Field(0.02, gt=0, le=1)  # changed rows past this share: refresh the graph
+    index_tolerance: float = Field(0.0, ge=0)  # a row counts as changed once it moved this share of its length
+    index_threads: int = Field(1, ge=1)  # threads a build or refresh may use, beside serving
 
     @model_validator(mode="after")
     def _max_ge_default(self) -> "ServingConfig":

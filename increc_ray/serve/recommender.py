@@ -57,6 +57,14 @@ class Recommender:
         self._stale_s = self.cfg.serving.history_lease_s * 2 / 3
         self.local_answers = self.remote_answers = 0
         serving = self.cfg.serving
+        self._index = None  # the HNSW graph that follows the versions (serving.index: hnsw)
+        if serving.index == "hnsw":
+            from increc_ray.serve.index import IndexSettings, ItemIndex
+
+            self._index = ItemIndex(IndexSettings(
+                min_items=serving.index_min_items, candidates=serving.index_candidates, ef=serving.index_ef,
+                connectivity=serving.index_connectivity, refresh_fraction=serving.index_refresh_fraction,
+                threads=serving.index_threads, tolerance=serving.index_tolerance))
         self._score_batch.set_max_batch_size(serving.max_batch_size)
         self._score_batch.set_batch_wait_timeout_s(serving.batch_wait_s)
         try:
@@ -101,7 +109,7 @@ class Recommender:
                     continue
                 version, (ref,) = got
                 weights = ray.get(ref)
-                scorer = Scorer.from_published(weights)  # None: popularity answers (the gate demoted the live one)
+                scorer = Scorer.from_published(weights, self._index)  # None: popularity answers (the gate demoted the live one)
                 self._scorer, self._followed = scorer, version  # atomic swap: in-flight requests keep the old one
                 self._published_at = float(weights.get("created_at") or time.time())
                 self.swaps += 1
@@ -284,7 +292,8 @@ class Recommender:
                 "replica": {"swaps": self.swaps, "pid": os.getpid(), "tag": self.replica_tag,
                             "degraded_answers": self.degraded_answers, "history_reachable": bool(self._history_up),
                             "local_answers": self.local_answers, "remote_answers": self.remote_answers,
-                            "history_copy": self._local_copy() is not None}}
+                            "history_copy": self._local_copy() is not None,
+                            "index": self._index.stats() if self._index is not None else None}}
 
     def __del__(self) -> None:
         self._stop.set()

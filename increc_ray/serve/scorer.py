@@ -2,7 +2,10 @@
 
 A weights dict (``IncrementalLearner.export_weights``) carries its own ``model_config`` and
 ``vocab``, so ``Scorer.from_weights`` rebuilds everything from the dict alone. It adopts the
-tensors as they are (``increc_ray.serve.encoder``): no model is built per version.
+tensors as they are (``increc_ray.serve.encoder``): no model is built per version. Top-k is an
+exact scan of the item table, or, given an ``increc_ray.serve.index.ItemIndex`` (``serving.index:
+hnsw``) and a catalogue past its ``min_items``, an exact ranking of the few rows an HNSW graph and
+the version's fresh rows name.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from increc_ray.config import ModelConfig
 from increc_ray.learn.model import left_pad
 from increc_ray.learn.vocab import ItemVocab
 from increc_ray.serve.encoder import Encoder
+from increc_ray.serve.index import ItemIndex, View
 
 
 class Scorer:
     """Inference over one published weight version (CPU, no grad)."""
 
-    def __init__(self, encoder: Encoder, vocab: ItemVocab, version: int, metrics: dict | None = None) -> None:
+    def __init__(self, encoder: Encoder, vocab: ItemVocab, version: int, metrics: dict | None = None,
+                 index: ItemIndex | None = None) -> None:
         assert len(vocab) + 1 <= encoder.item_emb.shape[0], \
             f"vocab of {len(vocab)} items does not fit the item table's {encoder.item_emb.shape[0]} rows"
         self.encoder = encoder
@@ -29,22 +34,34 @@ class Scorer:
         self.version = version
         self.metrics = metrics or {}
         self.max_len = encoder.max_len
-        # pad + known items, transposed once per version: a request's scores are one (B, C) @ (C, n + 1)
-        self.table_t = encoder.item_emb[: len(vocab) + 1].t().contiguous()
         self.holes = torch.as_tensor(vocab.holes())  # rows of expired items: never recommended
+        rows = len(vocab) + 1  # pad + known items (holes included)
+        self.view: View | None = None
+        if index is not None and rows > index.settings.min_items:
+            self.view = index.follow(encoder.item_emb, rows)  # None until its first graph is built
+        if self.view is None:
+            # transposed once per version: a request's scores are one (B, C) @ (C, n + 1)
+            self.table_t = encoder.item_emb[:rows].t().contiguous()
+        else:
+            self.table = encoder.item_emb[:rows]
+            self.dead = torch.zeros(rows, dtype=torch.bool)  # pad and holes: never an answer
+            self.dead[0] = True
+            self.dead[self.holes] = True
 
     @classmethod
-    def from_weights(cls, weights: dict) -> "Scorer":
+    def from_weights(cls, weights: dict, index: ItemIndex | None = None) -> "Scorer":
+        """The scorer of a published weights dict; ``index`` follows it when given (its tensors must
+        not change afterwards: the index may keep the item table as its base)."""
         cfg = ModelConfig(**weights["model_config"])
         state = {k: torch.as_tensor(np.asarray(v)) for k, v in weights["state_dict"].items()}
         return cls(Encoder(state, cfg.n_heads), ItemVocab.from_list(weights["vocab"]), int(weights["version"]),
-                   weights.get("metrics"))
+                   weights.get("metrics"), index)
 
     @classmethod
-    def from_published(cls, weights: dict) -> "Scorer | None":
+    def from_published(cls, weights: dict, index: ItemIndex | None = None) -> "Scorer | None":
         """The scorer a published artifact asks for: None for the gate's fallback marker (it demoted
         the live version: popularity answers until a new version goes live)."""
-        return None if weights.get("fallback") else cls.from_weights(weights)
+        return None if weights.get("fallback") else cls.from_weights(weights, index)
 
     def recommend(self, history: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """Up to ``k`` (item_id, score), best first, for a history ordered oldest -> newest."""
@@ -73,6 +90,8 @@ class Scorer:
         rows, hidden = self.hidden(histories)
         if not rows:
             return results
+        if self.view is not None:
+            return self._approximate(rows, hidden, k, excludes, results)
         scores = hidden @ self.table_t  # (B, n + 1)
         scores[:, 0] = float("-inf")  # pad
         if len(self.holes):
@@ -85,4 +104,28 @@ class Scorer:
         ids = self.vocab.id_of
         for b, i in enumerate(rows):
             results[i] = [(ids(j), s) for s, j in zip(top[b].tolist(), top_idx[b].tolist()) if s != float("-inf")]
+        return results
+
+    def _approximate(self, rows: list[int], hidden: torch.Tensor, k: int, excludes: Sequence[Collection[str]],
+                     results: list) -> list[list[tuple[str, float]]]:
+        """``recommend_batch``'s top-k over the graph's hits and the fresh rows (``self.view``),
+        each scored exactly with this version's weights."""
+        view = self.view
+        ex = [self.vocab.lookup(excludes[i]) for i in rows]
+        ex = [torch.as_tensor(e[e > 0]) for e in ex]
+        # enough hits that excluded (seen) items cannot crowd out the k answers
+        hits = view.hits(hidden, extra=max(len(e) for e in ex) + max(0, k - view.candidates))  # (B, H)
+        found = hits.clamp(min=0)
+        hit_scores = torch.einsum("bhc,bc->bh", self.table[found], hidden)  # (B, H)
+        cand = torch.cat([hits, view.fresh.expand(len(rows), -1)], dim=1)  # (B, H + F)
+        scores = torch.cat([hit_scores, hidden @ view.fresh_t], dim=1)
+        scores[(cand < 0) | self.dead[cand.clamp(min=0)]] = float("-inf")
+        for b, e in enumerate(ex):
+            if len(e):
+                scores[b, torch.isin(cand[b], e)] = float("-inf")
+        top, at = scores.topk(min(k, scores.shape[1]), dim=1)
+        top_rows = cand.gather(1, at)
+        ids = self.vocab.id_of
+        for b, i in enumerate(rows):
+            results[i] = [(ids(j), s) for s, j in zip(top[b].tolist(), top_rows[b].tolist()) if s != float("-inf")]
         return results
