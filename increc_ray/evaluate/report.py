@@ -347,13 +347,31 @@ def clean_store_tail(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+ANN_FILES = ("ann_follow_ml-latest-small.json", "ann_follow_synthetic-100k.json")
+
+
+def ann_follow(results: str = RESULTS) -> str:
+    """``bench/ann_follow.py``: the HNSW top-k following a learner's versions, against the exact
+    scan of the same versions (same run)."""
+    rows = ["| table | items | tolerance | recall@10 mean (min) | fresh rows, most | following a version | "
+            "speed vs exact, batch 1 / 16 | first build | graphs made |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in ANN_FILES:
+        r = _load(name, results)
+        for x in (r or {}).get("sizes", []):
+            data = "trained, " + r["data"] if r["data"] != "synthetic" else "synthetic stream"
+            rows.append(f"| {data} | {x['items']:,} | {x['tolerance']} | {x['recall@10_mean']:.3f} ({x['recall@10_min']:.3f}) "
+                        f"| {x['fresh_rows_max']:,} ({x['fresh_rows_max'] / x['items']:.0%}) | {x['follow_s_median']} s "
+                        f"| {x['speedup_batch1']}x / {x['speedup_batch16']}x | {x['first_build_s']} s | {x['graph_builds']} |")
+    return "\n".join(rows)
+
+
 TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "burst": burst_check,
                                            "consolidation": consolidation, "reliability": reliability,
                                            "serve-load": serve_load, "scoring-scale": scoring_scale,
                                            "serve-goals": serve_goals, "hot-path": hot_path,
                                            "state-size": state_size, "trainer-scale": trainer_scale,
                                            "sampled-quality": sampled_quality, "freshness-runs": freshness_runs,
-                                           "clean-store-tail": clean_store_tail}
+                                           "clean-store-tail": clean_store_tail, "ann-follow": ann_follow}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
