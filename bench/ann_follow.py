@@ -35,6 +35,7 @@ HERE = os.path.dirname(__file__)
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
 
+from increc_ray.config import replace  # noqa: E402
 from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.evaluate.synthetic import SyntheticStream  # noqa: E402
 from increc_ray.ingest.clean import clean_batch  # noqa: E402
@@ -163,10 +164,17 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="a MovieLens ratings file instead of the synthetic stream "
                     "(trained rows; --items is then ignored)")
     ap.add_argument("--data-warm", type=float, default=0.8, help="share of the file's events learned before the graph")
+    ap.add_argument("--trainer", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a trainer setting of the profile (repeatable), e.g. rare_item_rows=named")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "ann_follow.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)  # a replica's setting
     cfg = load(profile=args.profile)
+    if args.trainer:
+        import yaml
+
+        cfg = replace(cfg, trainer=replace(cfg.trainer, **{k: yaml.safe_load(v) for k, v in
+                                                           (kv.split("=", 1) for kv in args.trainer)}))
     s = cfg.serving
     tolerances = [float(x) for x in args.tolerances.split(",")] if args.tolerances else [s.index_tolerance]
     rows = []
@@ -185,6 +193,7 @@ def main() -> None:
            if args.data else "synthetic", "k": K, "threads": 1,
            "baseline": "exact top-k of the same versions (Scorer without an index), same run",
            "index": {k: v for k, v in settings.__dict__.items() if k != "tolerance"}, "trainer_loss": cfg.trainer.loss, "negatives": cfg.trainer.negatives,
+           "trainer_overrides": args.trainer, "rare_item_rows": cfg.trainer.rare_item_rows,
            "sizes": rows}
     print(f"wrote {write_result(out, os.path.dirname(args.out), os.path.basename(args.out))}")
 

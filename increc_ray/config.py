@@ -185,6 +185,10 @@ class TrainerConfig(_Section):
     # c = rare_item_count and count = the item's positive events so far; 1 = off
     rare_item_lr_mult: float = Field(1.0, ge=1)
     rare_item_count: float = Field(20.0, gt=0)
+    # Which rows the stretch applies to: "all" rows the step moves (every row with the full
+    # softmax, the drawn negatives too with the sampled one), or only the rows "named" by the
+    # step's events (its inputs and targets): a rare item drawn as a negative then steps as usual.
+    rare_item_rows: Literal["all", "named"] = "all"
     # publish (and score with) an exponential moving average of the weights after each update:
     # ema = ema_decay * ema + (1 - ema_decay) * weights; 0 = publish the latest weights
     ema_decay: float = Field(0.0, ge=0, lt=1)

@@ -347,21 +347,42 @@ def clean_store_tail(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-ANN_FILES = ("ann_follow_ml-latest-small.json", "ann_follow_synthetic-100k.json")
+ANN_FILES = ("ann_follow_ml-latest-small.json", "ann_follow_synthetic-100k.json",
+             "ann_follow_synthetic-100k_rare-named.json")
+RARE_ROWS_FILES = (("stream_ml-100k_loss-full.json", "full", "all"), ("stream_ml-100k_rare-named.json", "full", "named"),
+                   ("stream_ml-100k_loss-sampled.json", "sampled (1024)", "all"),
+                   ("stream_ml-100k_loss-sampled-rare-named.json", "sampled (1024)", "named"))
 
 
 def ann_follow(results: str = RESULTS) -> str:
     """``bench/ann_follow.py``: the HNSW top-k following a learner's versions, against the exact
     scan of the same versions (same run)."""
-    rows = ["| table | items | tolerance | recall@10 mean (min) | fresh rows, most | following a version | "
-            "speed vs exact, batch 1 / 16 | first build | graphs made |", "|---|---|---|---|---|---|---|---|---|"]
+    rows = ["| table | items | rare_item_rows | tolerance | recall@10 mean (min) | fresh rows, most | following a version | "
+            "speed vs exact, batch 1 / 16 | first build | graphs made |", "|---|---|---|---|---|---|---|---|---|---|"]
     for name in ANN_FILES:
         r = _load(name, results)
         for x in (r or {}).get("sizes", []):
             data = "trained, " + r["data"] if r["data"] != "synthetic" else "synthetic stream"
-            rows.append(f"| {data} | {x['items']:,} | {x['tolerance']} | {x['recall@10_mean']:.3f} ({x['recall@10_min']:.3f}) "
+            rows.append(f"| {data} | {x['items']:,} | {r.get('rare_item_rows', 'all')} | {x['tolerance']} | {x['recall@10_mean']:.3f} ({x['recall@10_min']:.3f}) "
                         f"| {x['fresh_rows_max']:,} ({x['fresh_rows_max'] / x['items']:.0%}) | {x['follow_s_median']} s "
                         f"| {x['speedup_batch1']}x / {x['speedup_batch16']}x | {x['first_build_s']} s | {x['graph_builds']} |")
+    return "\n".join(rows)
+
+
+def rare_item_rows(results: str = RESULTS) -> str:
+    """The prequential replay of ml-100k with the rare rows' stretch on every row a step moves
+    (``trainer.rare_item_rows: all``) or on the rows its events name (``named``)."""
+    segments = ("item warm-up 0", "item warm-up 1-10", "item warm-up 201+")
+    rows = ["| file | loss | rare_item_rows | incremental NDCG@10 | " + " | ".join(f"{x} (NDCG@10)" for x in segments) + " |",
+            "|---|---|---|---|" + "---|" * len(segments)]
+    for name, loss, scope in RARE_ROWS_FILES:
+        r = _load(name, results)
+        if r is None:
+            continue
+        inc = r["strategies"]["incremental"]
+        seg = inc["segments"]
+        rows.append(f"| `{name}` | {loss} | {scope} | {_f(inc['ndcg@10'])} | "
+                    + " | ".join(f"{_f(seg[x]['ndcg@10'])} ({seg[x]['n']:,})" for x in segments) + " |")
     return "\n".join(rows)
 
 
@@ -371,7 +392,8 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "serve-goals": serve_goals, "hot-path": hot_path,
                                            "state-size": state_size, "trainer-scale": trainer_scale,
                                            "sampled-quality": sampled_quality, "freshness-runs": freshness_runs,
-                                           "clean-store-tail": clean_store_tail, "ann-follow": ann_follow}
+                                           "clean-store-tail": clean_store_tail, "ann-follow": ann_follow,
+                                           "rare-item-rows": rare_item_rows}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 

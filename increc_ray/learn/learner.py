@@ -357,6 +357,10 @@ class IncrementalLearner:
             self.optimizer.step()
             return loss.item()
         stretch = self._rare_stretch()
+        if self.trainer_cfg.rare_item_rows == "named":  # the step's inputs and targets only
+            named = torch.zeros_like(stretch, dtype=torch.bool)
+            named[x.flatten()] = named[y[sel]] = True
+            stretch = torch.where(named, stretch, torch.ones_like(stretch))
         rows = self.model.item_emb.weight.data[: self.n_items + 1]  # a view: pad and known items
         before = rows.clone()
         self.optimizer.step()
@@ -395,6 +399,10 @@ class IncrementalLearner:
             at, s = rare_row_stretch(self._item_counts[rows.cpu().numpy()], cfg.rare_item_lr_mult, cfg.rare_item_count)
             stretch = torch.ones(len(rows), device=self.device)  # [0] is pad: rare_row_stretch skips it
             stretch[torch.as_tensor(at, device=self.device)] = torch.as_tensor(s, dtype=torch.float32, device=self.device)
+            if cfg.rare_item_rows == "named":  # a row drawn only as a negative steps as usual
+                named = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+                named[lx.flatten()] = named[ly] = True
+                stretch = torch.where(named, stretch, torch.ones_like(stretch))
             with torch.no_grad():
                 table[rows] = before + (table[rows] - before) * stretch[:, None]
         return loss.item()

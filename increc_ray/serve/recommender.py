@@ -293,7 +293,15 @@ class Recommender:
                             "degraded_answers": self.degraded_answers, "history_reachable": bool(self._history_up),
                             "local_answers": self.local_answers, "remote_answers": self.remote_answers,
                             "history_copy": self._local_copy() is not None,
-                            "index": self._index.stats() if self._index is not None else None}}
+                            "index": self._index_status()}}
+
+    def _index_status(self) -> dict | None:
+        """The HNSW index's state (``serving.index: hnsw``), and whether the live version answers from it."""
+        if self._index is None:
+            return None
+        scorer = self._scorer
+        return {**self._index.stats(), "answering": scorer is not None and scorer.view is not None,
+                "fresh_rows_live": len(scorer.view.fresh) if scorer is not None and scorer.view is not None else None}
 
     def __del__(self) -> None:
         self._stop.set()

@@ -63,15 +63,17 @@ def test_a_sampled_learner_draws_no_pad_hole_or_spare_row(monkeypatch):
     assert not holes & set(after.tolist())
 
 
-def test_negatives_covering_the_catalogue_give_the_full_softmax_loss_and_step():
+@pytest.mark.parametrize("rare_rows", ["all", "named"])
+def test_negatives_covering_the_catalogue_give_the_full_softmax_loss_and_step(rare_rows):
     """Same data, same init, SGD steps: the sampled path with every item a negative equals the
     full softmax, loss and every weight after the steps (gathering rows changes no arithmetic;
-    the rare rows' stretch, taken from the stepped rows' counts, is the dense one)."""
+    the rare rows' stretch, taken from the stepped rows' counts, is the dense one, on every row
+    or on the rows the events name alike)."""
     rows = planted_rows(n_users=20, length=10)
     out = []
     for cfg in (TrainerConfig(), replace(SAMPLED, negatives=N_ITEMS)):
         L = IncrementalLearner(SMALL, replace(cfg, optimizer="sgd", lr=0.5, weight_decay=0.0, lr_schedule="constant",
-                                              rare_item_lr_mult=5.0, rare_item_count=20.0))
+                                              rare_item_lr_mult=5.0, rare_item_count=20.0, rare_item_rows=rare_rows))
         L.observe(events(rows))
         init = L.model.item_emb.weight.detach().clone()
         out.append((L.update().loss, L.model.state_dict()))
@@ -201,3 +203,27 @@ def test_in_batch_negatives_add_the_steps_own_targets_and_the_learner_still_lear
     L = IncrementalLearner(ModelConfig(), replace(cfg, in_batch_negatives=False))
     feed(L, planted_rows()[:200], 2)
     assert seen and all(k == 4 for k, _ in seen)  # off: the drawn ones only
+
+
+@pytest.mark.parametrize("loss", ["full", "sampled"])
+def test_rare_item_rows_named_leaves_a_row_that_is_only_a_negative_unstretched(loss):
+    """With ``rare_item_rows: named`` an item no event of the step names (its one event is a
+    user's first: no input, no target) moves by the plain step, 1/stretch of what ``all`` moves it
+    (SGD), and an item the events name moves as under ``all``."""
+    rows = planted_rows(n_users=20, length=10) + [("loner", "only-negative", 0)]
+    moved = {}
+    for rare_rows in ("all", "named"):
+        base = TrainerConfig() if loss == "full" else replace(SAMPLED, negatives=N_ITEMS + 1)
+        L = IncrementalLearner(SMALL, replace(base, optimizer="sgd", lr=0.5, weight_decay=0.0, lr_schedule="constant",
+                                              rare_item_lr_mult=5.0, rare_item_count=20.0, rare_item_rows=rare_rows,
+                                              replay_ratio=0.0, batch_size=512))  # one step: the runs differ only in it
+        L.observe(events(rows))
+        init = L.model.item_emb.weight.detach().clone()
+        L.update()
+        delta = (L.model.item_emb.weight.detach() - init).norm(dim=1)
+        lone, named = (int(j) for j in L.vocab.lookup(["only-negative", rows[0][1]]))
+        moved[rare_rows] = float(delta[lone]), float(delta[named])
+    (neg_all, named_all), (neg_named, named_named) = moved["all"], moved["named"]
+    stretch = 1 + 4.0 * 20 / (20 + 1)  # count 1: its one positive event
+    assert neg_all > 0 and neg_named == pytest.approx(neg_all / stretch, rel=1e-3)
+    assert named_all > 0 and named_named == pytest.approx(named_all, rel=1e-4)
