@@ -19,6 +19,7 @@ import torch
 from increc_ray.learn.frozen import FrozenRows
 
 CHUNK_CELLS = 1 << 21  # scores held at once, (events, items): 8 MiB of float32
+INF = float("inf")
 
 
 @torch.no_grad()
@@ -43,9 +44,9 @@ def table_ranks(hidden: torch.Tensor, items: FrozenRows, n_cols: int, targets: n
     hidden = hidden.to(dev)
     t = torch.as_tensor(np.where(known, targets, 0), device=dev)
     s_t = (hidden @ items.gather(t).T).diagonal().clone()  # (B,) as the chunks' matmul scores them
-    s_t = torch.where(torch.isnan(s_t), float("-inf"), s_t)
+    s_t.nan_to_num_(nan=-INF, posinf=INF, neginf=-INF)
     holes = np.asarray(holes if holes is not None else [], dtype=np.int64)
-    s_t[torch.as_tensor((targets == 0) | np.isin(targets, holes), device=dev)] = float("-inf")  # as their columns score
+    s_t[torch.as_tensor((targets == 0) | np.isin(targets, holes), device=dev)] = -INF  # as their columns score
     # (event, column) pairs not counted: padding, the target, the excluded columns; by column
     ev, col = [np.arange(B), np.arange(B)[known]], [np.zeros(B, dtype=np.int64), targets[known]]
     for b, cols in enumerate(exclude or []):
@@ -67,10 +68,10 @@ def table_ranks(hidden: torch.Tensor, items: FrozenRows, n_cols: int, targets: n
         s = h @ rows.T  # (A, hi - lo)
         if len(moved):
             s[:, moved.to(dev)] = h @ values.T
-        s = torch.where(torch.isnan(s), float("-inf"), s)
+        s.nan_to_num_(nan=-INF, posinf=INF, neginf=-INF)  # NaN ranks last; infinities stay
         in_chunk = holes[(holes >= lo) & (holes < hi)] - lo
         if len(in_chunk):
-            s[:, torch.as_tensor(in_chunk, device=dev)] = float("-inf")
+            s[:, torch.as_tensor(in_chunk, device=dev)] = -INF
         ahead = s > s_t[act, None] if strict else s >= s_t[act, None]  # (A, hi - lo)
         a, b = np.searchsorted(col, [lo, hi])
         if b > a:  # the pairs in this chunk, of active events
@@ -78,7 +79,7 @@ def table_ranks(hidden: torch.Tensor, items: FrozenRows, n_cols: int, targets: n
             pos[act] = np.arange(len(act))
             keep = pos[ev[a:b]] >= 0
             ahead[torch.as_tensor(pos[ev[a:b]][keep], device=dev), torch.as_tensor(col[a:b][keep] - lo, device=dev)] = False
-        count[act] += ahead.sum(1).cpu().numpy()
+        count[act] += ahead.view(torch.uint8).sum(1, dtype=torch.int32).cpu().numpy()  # a bool sum is 4x slower
         if cap is not None:
             active[act[count[act] >= cap]] = False
     if cap is not None:
