@@ -7,11 +7,12 @@ one torch thread, as the stream replay counts update compute: the machine is sha
 
 The full softmax scores every item at every scored position and steps every row of the item
 table; at 1M items one update takes long, so each run stops after ``--budget-s`` seconds of timed
-updates (at least one). Also timed at each size, with ``loss: sampled``: the per-update work
-that still spans the whole table, in the learner (rebuilding the negatives' distribution after
-the counts change; the weight average when ``trainer.ema_decay`` > 0) and in the deployed loop
-around it (the gate's frozen copy of each candidate, ``Snapshot.of``; the online metric of a
-slice, ``evaluate_next``, which ranks every item for up to 1,024 users).
+updates (at least one). Also timed at each size, with ``loss: sampled``, once after the timed
+updates: the per-update work that spans or once spanned the whole table, in the learner
+(rebuilding the negatives' distribution after the counts change; the weight average when
+``trainer.ema_decay`` > 0) and in the deployed loop around it (the gate's frozen copy of a
+candidate, ``Snapshot.of``; the online metric of a slice, ``evaluate_next``, which ranks every
+item for up to 1,024 users, ``learn.rank``).
 
 With ``loss: sampled`` each timed update also runs, and times apart (``loop_seconds_per_update``),
 everything the deployed loop (``learn.train``, ``gate.mode: optimistic``) does around it: the

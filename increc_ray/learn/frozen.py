@@ -121,9 +121,9 @@ class RowLog:
 
     def finite(self, table: torch.Tensor) -> bool:
         """Whether every value of ``table`` is finite: the rows written since the last check when it
-        passed, else the whole table."""
+        passed and they are few, else the whole table."""
         self._follow(table)
-        if not self._finite:
+        if not self._finite or self._n_unchecked > self.rebase_share * len(table):  # a sum beats that gather
             self._finite = all_finite([table])
             self._unchecked, self._n_unchecked = [], 0
             return self._finite
