@@ -28,12 +28,12 @@ class FrozenRows:
     ``base`` may be shared with other frozen tables; nothing writes to it."""
 
     def __init__(self, base: torch.Tensor, rows: torch.Tensor | None = None, values: torch.Tensor | None = None,
-                 base_finite: bool | None = None) -> None:
+                 base_finite: list[bool | None] | None = None) -> None:
         self.base = base
         self.rows = torch.zeros(0, dtype=torch.long) if rows is None else rows.cpu()
         self.values = base[:0] if values is None else values
         assert self.values.shape == (len(self.rows), *base.shape[1:]), "one value row per moved row"
-        self._base_finite = base_finite
+        self._base_finite = base_finite or [None]  # whether base is finite: found once, by whichever table asks first
 
     @property
     def shape(self) -> torch.Size:
@@ -60,9 +60,9 @@ class FrozenRows:
         return out
 
     def finite(self) -> bool:
-        if self._base_finite is None:
-            self._base_finite = all_finite([self.base])
-        return self._base_finite and all_finite([self.values])
+        if self._base_finite[0] is None:
+            self._base_finite[0] = all_finite([self.base])
+        return self._base_finite[0] and all_finite([self.values])
 
 
 class RowLog:
@@ -74,7 +74,7 @@ class RowLog:
         self._table: torch.Tensor | None = None  # the table followed, and its version after the last logged write
         self._version = -1
         self._base: torch.Tensor | None = None  # CPU copy of the table at some earlier moment
-        self._base_finite: bool | None = None
+        self._base_finite: list[bool | None] = [None]  # shared by the frozen tables on that base
         self._moved: list[torch.Tensor] = []  # rows written since the base copy
         self._n_moved = 0
         self._finite = False  # the table was finite at the last check ...
@@ -84,7 +84,7 @@ class RowLog:
     def invalidate(self) -> None:
         """The table moved in ways the log did not see: the next freeze or check reads all of it."""
         self._table, self._version = None, -1
-        self._base, self._base_finite = None, None
+        self._base = None
         self._moved, self._n_moved = [], 0
         self._finite, self._unchecked, self._n_unchecked = False, [], 0
 
@@ -100,7 +100,7 @@ class RowLog:
         self._unchecked.append(rows)
         self._n_unchecked += len(rows)
         if self._n_moved > self.rebase_share * len(table):  # the next freeze copies the table anyway
-            self._base, self._base_finite, self._moved, self._n_moved = None, None, [], 0
+            self._base, self._moved, self._n_moved = None, [], 0
         if self._n_unchecked > len(table):  # the next check reads the table anyway
             self._finite, self._unchecked, self._n_unchecked = False, [], 0
 
@@ -110,14 +110,13 @@ class RowLog:
         self._follow(table)
         data = table.detach()
         if self._base is None:
-            self._base = data.to("cpu", copy=True)
-            self._base_finite = None
+            self._base, self._base_finite = data.to("cpu", copy=True), [None]
             self._moved, self._n_moved = [], 0
-            return FrozenRows(self._base, base_finite=self._base_finite_now())
+            return FrozenRows(self._base, base_finite=self._base_finite)
         moved = torch.unique(torch.cat(self._moved)) if self._moved else torch.zeros(0, dtype=torch.long)
         self._moved, self._n_moved = [moved], len(moved)
         values = data[moved.to(data.device)].cpu()  # (R, C) indexing copies
-        return FrozenRows(self._base, moved, values, base_finite=self._base_finite_now())
+        return FrozenRows(self._base, moved, values, base_finite=self._base_finite)
 
     def finite(self, table: torch.Tensor) -> bool:
         """Whether every value of ``table`` is finite: the rows written since the last check when it
@@ -134,11 +133,6 @@ class RowLog:
             return False
         self._unchecked, self._n_unchecked = [], 0
         return True
-
-    def _base_finite_now(self) -> bool:
-        if self._base_finite is None:
-            self._base_finite = all_finite([self._base])
-        return self._base_finite
 
     def _follow(self, table: torch.Tensor) -> None:
         """Start over when ``table`` is another tensor (a grown table) or was written unseen."""
