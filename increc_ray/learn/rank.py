@@ -77,8 +77,9 @@ def table_ranks(hidden: torch.Tensor, items: FrozenRows, n_cols: int, targets: n
         if b > a:  # the pairs in this chunk, of active events
             pos = np.full(B, -1)
             pos[act] = np.arange(len(act))
-            keep = pos[ev[a:b]] >= 0
-            ahead[torch.as_tensor(pos[ev[a:b]][keep], device=dev), torch.as_tensor(col[a:b][keep] - lo, device=dev)] = False
+            at = pos[ev[a:b]]
+            keep = at >= 0
+            ahead[torch.as_tensor(at[keep], device=dev), torch.as_tensor(col[a:b][keep] - lo, device=dev)] = False
         count[act] += ahead.view(torch.uint8).sum(1, dtype=torch.int32).cpu().numpy()  # a bool sum is 4x slower
         if cap is not None:
             active[act[count[act] >= cap]] = False
