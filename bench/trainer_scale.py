@@ -7,11 +7,21 @@ one torch thread, as the stream replay counts update compute: the machine is sha
 
 The full softmax scores every item at every scored position and steps every row of the item
 table; at 1M items one update takes long, so each run stops after ``--budget-s`` seconds of timed
-updates (at least one). Also timed at each size, with ``loss: sampled``: the per-update work
-that still spans the whole table, in the learner (rebuilding the negatives' distribution after
-the counts change; the weight average when ``trainer.ema_decay`` > 0) and in the deployed loop
-around it (the gate's frozen copy of each candidate, ``Snapshot.of``; the online metric of a
-slice, ``evaluate_next``, which ranks every item for up to 1,024 users).
+updates (at least one). Also timed at each size, with ``loss: sampled``, once after the timed
+updates: the per-update work that spans or once spanned the whole table, in the learner
+(rebuilding the negatives' distribution after the counts change; the weight average when
+``trainer.ema_decay`` > 0) and in the deployed loop around it (the gate's frozen copy of a
+candidate, ``Snapshot.of``; the online metric of a slice, ``evaluate_next``, which ranks every
+item for up to 1,024 users, ``learn.rank``).
+
+With ``loss: sampled`` each timed update also runs, and times apart (``loop_seconds_per_update``),
+everything the deployed loop (``learn.train``, ``gate.mode: optimistic``) does around it: the
+gate's scoring of the slice before it is learned (``GateKeeper.test``: the candidate, the live
+version and popularity), the online metric (``evaluate_next``), then after the update the
+finiteness check and the frozen copy of a candidate (``Snapshot.of``) and the published weights
+(``export_weights``). Each update's snapshot becomes the candidate scored on the next slice; the
+live version is the snapshot taken before the timed updates (optimistic mode judges a candidate
+over several slices, so a snapshot per update is the most it takes).
 
     python bench/trainer_scale.py [--profile ml-100k] [--items 10000,100000,1000000] [--budget-s 60]
 """
@@ -34,7 +44,7 @@ from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.evaluate.synthetic import SyntheticStream  # noqa: E402
 from increc_ray.ingest.clean import clean_batch  # noqa: E402
 from increc_ray.learn.ema import WeightAverage  # noqa: E402
-from increc_ray.learn.gate import Snapshot  # noqa: E402
+from increc_ray.learn.gate import Gate, GateKeeper, Snapshot  # noqa: E402
 from increc_ray.learn.learner import IncrementalLearner  # noqa: E402
 from increc_ray.learn.sampled import Negatives  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
@@ -59,7 +69,8 @@ def _timed(fn) -> float:
 
 
 def _run(cfg, trainer, n_items: int, args) -> tuple[dict, IncrementalLearner, pa.Table]:
-    """A learner knowing ``n_items`` items, warmed by ``--warm`` updates, then timed updates."""
+    """A learner knowing ``n_items`` items, warmed by ``--warm`` updates, then timed updates; with
+    the sampled loss, the deployed loop's work around each update timed too (``_Loop``)."""
     stream = SyntheticStream(n_users=args.users, n_items=n_items, new_item_every=0, drift_every=0, seed=0)
     learner = IncrementalLearner(cfg.model, trainer)
     setup = _timed(lambda: learner.observe(_catalogue(stream, n_items)))
@@ -73,14 +84,19 @@ def _run(cfg, trainer, n_items: int, args) -> tuple[dict, IncrementalLearner, pa
     for _ in range(args.warm):
         learner.observe(events())
         learner.update()
+    loop = _Loop(cfg, learner) if trainer.loss == "sampled" else None
     observe = update = 0.0
     n_events = n_updates = n_targets = n_replay = 0
     while n_updates < args.updates and (n_updates == 0 or observe + update < args.budget_s):
         ev = events()
+        if loop:
+            loop.before(ev)
         observe += _timed(lambda: learner.observe(ev))
         t = time.process_time()
         stats = learner.update()
         update += time.process_time() - t
+        if loop:
+            loop.after(n_updates)
         n_events += ev.num_rows
         n_updates += 1
         assert stats is not None, "a slice of new events trained nothing"
@@ -89,7 +105,48 @@ def _run(cfg, trainer, n_items: int, args) -> tuple[dict, IncrementalLearner, pa
             "targets_per_update": round(n_targets / n_updates, 1), "replayed_per_update": round(n_replay / n_updates, 1),
             "seconds_per_update": round(update / n_updates, 4),
             "observe_seconds_per_update": round(observe / n_updates, 4),
-            "events_per_s": round(n_events / (observe + update), 1), "catalogue_setup_s": round(setup, 2)}, learner, events()
+            "events_per_s": round(n_events / (observe + update), 1), "catalogue_setup_s": round(setup, 2),
+            **(loop.report(n_updates, observe + update) if loop else {})}, learner, events()
+
+
+class _Loop:
+    """The deployed loop's work around each update (``learn.train``, ``gate.mode: optimistic``),
+    each part in CPU seconds: the gate's scoring of a slice, the online metric, the finiteness
+    check, the candidate's snapshot and the published weights."""
+
+    PARTS = ("gate_test", "online_metric", "finite", "gate_snapshot", "export_weights")
+
+    def __init__(self, cfg, learner: IncrementalLearner) -> None:
+        # a gate that never decides: every slice is scored by a candidate, the live version and popularity
+        self.gate = Gate(replace(cfg.gate, min_events=10**9))
+        self.gate.live = self.gate.candidate = Snapshot.of(learner, version=1)
+        self.keeper = GateKeeper(learner, self.gate, lambda: 0, lambda w: None)
+        self.learner = learner
+        self.spent = dict.fromkeys(self.PARTS, 0.0)
+        self.scored = 0
+
+    def before(self, ev: pa.Table) -> None:
+        """The slice meets the gate and the online metric before the learner observes it."""
+        n = self.gate.n_scored
+        self.spent["gate_test"] += _timed(lambda: self.keeper.test(ev))
+        self.scored += self.gate.n_scored - n
+        for v in self.gate._scores.values():
+            v.clear()
+        self.spent["online_metric"] += _timed(lambda: self.learner.evaluate_next(ev, k=10))
+
+    def after(self, version: int) -> None:
+        """After an update: the finiteness check, a candidate frozen, the weights exported."""
+        self.spent["finite"] += _timed(self.learner.finite)
+        t = time.process_time()
+        self.gate.candidate = Snapshot.of(self.learner, version + 2)
+        self.spent["gate_snapshot"] += time.process_time() - t
+        self.spent["export_weights"] += _timed(lambda: self.learner.export_weights(version + 2, {}))
+
+    def report(self, n_updates: int, learn_s: float) -> dict:
+        per = {f"{k}_s": round(v / n_updates, 4) for k, v in self.spent.items()}
+        loop_s = learn_s / n_updates + sum(per.values())
+        return {"loop_per_update": {**per, "gate_events_scored_per_slice": round(self.scored / n_updates, 1)},
+                "loop_seconds_per_update": round(loop_s, 4)}
 
 
 def _table_passes(learner: IncrementalLearner, trainer, ev: pa.Table) -> dict:

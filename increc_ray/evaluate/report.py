@@ -289,6 +289,29 @@ def trainer_scale(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+LOOP_PARTS = ("gate_test_s", "online_metric_s", "finite_s", "gate_snapshot_s", "export_weights_s")
+
+
+def trainer_loop(results: str = RESULTS) -> str:
+    """``bench/trainer_scale.py``: the deployed loop's work around a sampled update, per update,
+    before this work on it (``trainer_scale_before.json``) and now (``trainer_scale.json``)."""
+    before, after = _load("trainer_scale_before.json", results), _load("trainer_scale.json", results)
+    rows = ["| items | update | gate scoring of a slice | online metric | NaN check | candidate snapshot "
+            "| export_weights | loop per update (update included) |", "|---|---|---|---|---|---|---|---|"]
+    old = {run["items"]: run["sampled"] for run in (before or {}).get("runs", [])}
+    for run in (after or {}).get("runs", []):
+        new, was = run["sampled"], old.get(run["items"])
+        if was is None or "loop_per_update" not in new:
+            continue
+        cells = [f"{was[k] * 1000:,.0f} -> {new[k] * 1000:,.0f} ms"
+                 for k in ("seconds_per_update",)]
+        cells += [f"{was['loop_per_update'][k] * 1000:,.0f} -> {new['loop_per_update'][k] * 1000:,.0f} ms"
+                  for k in LOOP_PARTS]
+        cells.append(f"{was['loop_seconds_per_update']:.2f} -> {new['loop_seconds_per_update']:.2f} s")
+        rows.append(f"| {run['items']:,} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
 SAMPLED_FILES = {"ml-100k": ("stream_ml-100k_loss-full.json", "stream_ml-100k_loss-sampled.json",
                              "stream_ml-100k_loss-sampled-uniform.json", "stream_ml-100k_loss-sampled-k128.json",
                              "stream_ml-100k_loss-sampled-k128-uniform.json"),
@@ -390,7 +413,7 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "consolidation": consolidation, "reliability": reliability,
                                            "serve-load": serve_load, "scoring-scale": scoring_scale,
                                            "serve-goals": serve_goals, "hot-path": hot_path,
-                                           "state-size": state_size, "trainer-scale": trainer_scale,
+                                           "state-size": state_size, "trainer-scale": trainer_scale, "trainer-loop": trainer_loop,
                                            "sampled-quality": sampled_quality, "freshness-runs": freshness_runs,
                                            "clean-store-tail": clean_store_tail, "ann-follow": ann_follow,
                                            "rare-item-rows": rare_item_rows}

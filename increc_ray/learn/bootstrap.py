@@ -46,7 +46,7 @@ def score_holdout(learner: IncrementalLearner, histories: list[list[int]], targe
     model, pop = [], []
     for i in range(0, len(targets), SCORE_BATCH):
         h, t = histories[i:i + SCORE_BATCH], targets[i:i + SCORE_BATCH]
-        model.append(ndcg(snap.ranks(h, t), k))
+        model.append(ndcg(snap.ranks(h, t, cap=k), k))
         pop.append(ndcg(popularity_ranks(learner.item_counts, h, t), k))
     return float(np.concatenate(model).mean()), float(np.concatenate(pop).mean())
 

@@ -160,6 +160,7 @@ def rollback_weights(learner, state: dict[str, torch.Tensor] | None, vocab: list
             else:  # a fresh model: every item starts afresh
                 learner._add_item_rows(0)
     learner._rebuild_optimizer()
+    learner._row_log.invalidate()  # every row may have moved
     learner._ema = WeightAverage(learner.trainer_cfg.ema_decay)
     learner._lr_scale, learner._loss_ema = 1.0, None
 

@@ -40,27 +40,33 @@ import pyarrow as pa
 import torch
 
 from increc_ray.config import GateConfig
+from increc_ray.learn.frozen import FrozenRows
 from increc_ray.learn.learner import positives
 from increc_ray.learn.model import all_finite, left_pad
+from increc_ray.learn.rank import count_ranks, table_ranks
 from increc_ray.learn.vocab import ItemVocab
+
+ITEM_KEY, POS_KEY = "item_emb.weight", "transformer.wpe.weight"
 
 
 class Snapshot:
     """Frozen weights of one candidate or live version, for scoring only: the tensors themselves,
-    scored by the serving forward pass (``serve.encoder``), as a replica would; no model is built."""
+    scored by the serving forward pass (``serve.encoder``), as a replica would; no model is built.
+    The item table is a ``frozen.FrozenRows``: taken from a learner (``of``), a base copy shared
+    with other snapshots plus the rows that moved since, so that freezing costs those rows."""
 
     def __init__(self, state: dict[str, torch.Tensor], n_heads: int, vocab: list[str | None], version: int = 0,
-                 events_seen: int | None = None, generation: int | None = None) -> None:
-        from increc_ray.serve.encoder import Encoder
-
+                 events_seen: int | None = None, generation: int | None = None, items: FrozenRows | None = None,
+                 holes: np.ndarray | None = None) -> None:
         self.vocab, self.version = vocab, version
         self.events_seen = events_seen  # the learner's event count when frozen: what it has learned
         self.generation = generation  # its learner vocabulary's (None: compare by id, ``index_map``)
-        self._state = state
+        self.n_heads = n_heads
+        self._items = items if items is not None else FrozenRows(state[ITEM_KEY])
+        self._state = {k: v for k, v in state.items() if k != ITEM_KEY}  # the encoder's: small
         self._vocab_index: ItemVocab | None = None
         self._map: tuple[int, np.ndarray] | None = None
-        self._holes: np.ndarray | None = None
-        self.encoder = Encoder(state, n_heads)
+        self._holes = holes
 
     @property
     def n_items(self) -> int:
@@ -75,15 +81,18 @@ class Snapshot:
     @classmethod
     def of(cls, learner, version: int = 0) -> "Snapshot":
         """The learner's published weights (its moving average, if any), frozen."""
-        state = {k: v.detach().cpu().clone() for k, v in learner.published_state().items()}
+        state, items = learner.frozen_state()
         return cls(state, learner.model_cfg.n_heads, learner.vocab.to_list(), version, learner.n_events,
-                   learner.vocab.generation)
+                   learner.vocab.generation, items, learner.vocab.holes())
 
     def state(self) -> dict[str, torch.Tensor]:
-        return self._state
+        """Every weight as a tensor of its own (the item table made whole on the first call)."""
+        if len(self._items.rows):
+            self._items = FrozenRows(self._items.dense())
+        return {**self._state, ITEM_KEY: self._items.base}
 
     def finite(self) -> bool:
-        return all_finite(self._state.values())
+        return all_finite(self._state.values()) and self._items.finite()
 
     def index_map(self, vocab: ItemVocab | None) -> np.ndarray | None:
         """Learner index (of ``vocab``) -> this snapshot's index (0: unknown here), or None when
@@ -102,10 +111,12 @@ class Snapshot:
         return m
 
     @torch.no_grad()
-    def ranks(self, histories: list[list[int]], targets: np.ndarray, vocab: ItemVocab | None = None) -> np.ndarray:
+    def ranks(self, histories: list[list[int]], targets: np.ndarray, vocab: ItemVocab | None = None,
+              cap: int | None = None) -> np.ndarray:
         """0-based rank of each target after its history (item indices of ``vocab``, the learner's:
         default this snapshot's own); a target this snapshot does not know ranks ``n_items`` (a
-        miss); NaN scores rank last."""
+        miss); NaN scores rank last. With ``cap``, ranks from ``cap`` up are reported as ``cap``
+        (NDCG@k reads nothing past k: ranking stops there, ``learn.rank``)."""
         n = self.n_items
         targets = np.asarray(targets)
         m = self.index_map(vocab)
@@ -117,13 +128,20 @@ class Snapshot:
         rows = [b for b, h in enumerate(known) if h]
         ranks = np.full(len(histories), n + 1)  # no known history: a miss
         if rows:
-            seqs = [known[b][-self.encoder.max_len:] for b in rows]
-            hidden = self.encoder(left_pad(seqs))  # (B, C)
-            scores = (hidden @ self.encoder.item_emb[: n + 1].T).numpy()  # (B, n + 1)
-            scores[:, 0] = -np.inf  # pad
-            scores[:, self.holes] = -np.inf  # expired items
-            ranks[rows] = _ranks(scores, targets[rows], [known[b] for b in rows])
+            ranks[rows] = table_ranks(self.hidden([known[b] for b in rows]), self._items, n + 1, targets[rows],
+                                      [known[b] for b in rows], self.holes, cap)
         return ranks
+
+    def hidden(self, histories: list[list[int]]) -> torch.Tensor:
+        """(B, C) hidden states after each history (item indices, every one known): the encoder
+        runs on the rows the histories read, gathered from the frozen table."""
+        from increc_ray.serve.encoder import Encoder
+
+        max_len = self._state[POS_KEY].shape[0]
+        seqs = left_pad([h[-max_len:] for h in histories])  # (B, T)
+        rows, local = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), seqs.flatten()]), return_inverse=True)
+        encoder = Encoder({**self._state, ITEM_KEY: self._items.gather(rows)}, self.n_heads)  # rows[0] = 0: pad
+        return encoder(local[1:].view_as(seqs))
 
     @property
     def holes(self) -> np.ndarray:
@@ -165,12 +183,12 @@ def fresh_targets(learner, events: pa.Table, limit: int) -> tuple[list[list[int]
 
 def popularity_ranks(counts: np.ndarray, histories: list[list[int]], targets: np.ndarray) -> np.ndarray:
     """Ranks under popularity: ``counts[i]`` positive events of item index i (0 is pad)."""
-    scores = np.tile(counts.astype(np.float64), (len(histories), 1))
-    scores[:, 0] = -np.inf
-    return _ranks(scores, targets, histories)
+    return count_ranks(counts, histories, targets)
 
 
 def _ranks(scores: np.ndarray, targets: np.ndarray, histories: list[list[int]]) -> np.ndarray:
+    """The rank's definition on a dense (B, n_items + 1) score matrix (``learn.rank`` computes it
+    without one): items scoring at least the target's score, the user's earlier items excluded."""
     B, n_cols = scores.shape  # (B, n_items + 1)
     s = np.where(np.isnan(scores), -np.inf, scores)
     known = targets < n_cols
@@ -249,9 +267,9 @@ class Gate:
         if self.candidate is None or not len(targets):
             return
         k = self.cfg.k
-        self._scores["candidate"].append(ndcg(self.candidate.ranks(histories, targets, vocab), k))
+        self._scores["candidate"].append(ndcg(self.candidate.ranks(histories, targets, vocab, cap=k), k))
         if self.live is not None:
-            self._scores["live"].append(ndcg(self.live.ranks(histories, targets, vocab), k))
+            self._scores["live"].append(ndcg(self.live.ranks(histories, targets, vocab, cap=k), k))
         self._scores["popularity"].append(ndcg(popularity_ranks(counts, histories, targets), k))
 
     def ready(self) -> bool:

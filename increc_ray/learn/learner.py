@@ -33,10 +33,13 @@ from increc_ray.config import ModelConfig, TrainerConfig
 from increc_ray.learn.model import INIT_STD, SeqRecModel, all_finite, left_pad, masked_scores
 from increc_ray.learn import checkpoint
 from increc_ray.learn.ema import WeightAverage
+from increc_ray.learn.frozen import FrozenRows, RowLog
 from increc_ray.learn.optim import adapt_lr_scale, make_optimizer, rare_row_stretch, set_lr, step_rows, swap_param
+from increc_ray.learn.rank import table_ranks
 from increc_ray.learn.sampled import Negatives, sampled_softmax
 from increc_ray.learn.vocab import ItemVocab
 
+ITEM_KEY = "item_emb.weight"
 EVAL_MAX_USERS = 1024  # users scored by evaluate_next per call (keeps it cheap on big slices)
 
 
@@ -84,6 +87,7 @@ class IncrementalLearner:
         self._user_seen: dict[str, int] = {}
         self._last_expiry: int | None = None  # event time of the last expiry pass
         self._holes = torch.zeros(0, dtype=torch.long)  # free item indices: never scored
+        self._row_log = RowLog()  # the item rows written: frozen copies and NaN checks read only those
         self.n_expired_users = 0
         self.n_expired_items = 0
 
@@ -225,7 +229,8 @@ class IncrementalLearner:
     @torch.no_grad()
     def evaluate_next(self, events: pa.Table, k: int = 10) -> float | None:
         """Prequential HR@k: share of known users whose first new positive in ``events`` is in
-        the current model's top-k. Call before ``observe(events)``; None when nobody qualifies."""
+        the current model's top-k (fewer than k items score higher; NaN scores rank last). Call
+        before ``observe(events)``; None when nobody qualifies."""
         users, item_ids, _, _ = positives(events)
         first: dict[str, str] = {}
         for user, item in zip(users, item_ids):
@@ -234,14 +239,16 @@ class IncrementalLearner:
         if not first:
             return None
         seqs = [self._seqs[u][0][-self.model_cfg.max_len:] for u in first]
-        targets = torch.as_tensor(self.vocab.lookup(first.values()), device=self.device)  # (B,) 0 = new item: a miss
+        targets = self.vocab.lookup(first.values())  # (B,) 0 = new item: a miss
+        n_cols = self.n_items + 1
         self.model.eval()
         with self._ema.loaded_into(self.model):
             hidden = self.model.hidden_at(left_pad(seqs).to(self.device))  # (B, C)
-            scores = masked_scores(self.model, hidden, self.n_items, self._holes)
+            table = FrozenRows(self.model.item_emb.weight.detach()[:n_cols])  # a view
+            ranks = table_ranks(hidden, table, n_cols, np.where(targets > 0, targets, n_cols),
+                                holes=self._holes.cpu().numpy(), cap=k, strict=True)
         self.model.train()
-        top = scores.topk(min(k, self.n_items), dim=1).indices  # (B, k)
-        return float(((top == targets[:, None]).any(1) & (targets > 0)).float().mean())
+        return float(torch.as_tensor(ranks < k).float().mean())  # in float32, as it always was
 
     def export_weights(self, version: int, metrics: dict | None = None, snapshot=None) -> dict:
         """The published artifact: CPU numpy copies of the weights (their moving average when
@@ -262,8 +269,20 @@ class IncrementalLearner:
         return self._ema.weights(self.model)
 
     def finite(self) -> bool:
-        """Whether every weight is finite (a diverged update makes NaN or inf)."""
-        return all_finite(self.model.parameters())
+        """Whether every weight is finite (a diverged update makes NaN or inf); of the item table,
+        the rows written since the last check that passed (``frozen.RowLog``)."""
+        table = self.model.item_emb.weight
+        return all_finite(p for p in self.model.parameters() if p is not table) and self._row_log.finite(table)
+
+    def frozen_state(self) -> tuple[dict[str, torch.Tensor], FrozenRows]:
+        """What ``published_state`` holds now, on the CPU, for ``gate.Snapshot``: (every weight but
+        the item table, copied; the item table, frozen). Without a moving average the table costs
+        the rows written since a base copy shared with earlier frozen tables (``frozen.RowLog``)."""
+        if self._ema.active:  # the average moves every row each update: a copy of its own
+            state = {k: v.detach().to("cpu", copy=True) for k, v in self.published_state().items()}
+            return state, FrozenRows(state.pop(ITEM_KEY))
+        state = {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items() if k != ITEM_KEY}
+        return state, self._row_log.freeze(self.model.item_emb.weight)
 
     def knows_user(self, user: str) -> bool:
         return user in self._seqs
@@ -353,6 +372,7 @@ class IncrementalLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.trainer_cfg.grad_clip)
+        self._row_log.invalidate()  # every row moves, in a fused kernel that leaves the version count alone
         if self.trainer_cfg.rare_item_lr_mult <= 1:
             self.optimizer.step()
             return loss.item()
@@ -394,17 +414,20 @@ class IncrementalLearner:
         params = [p for p in self.model.parameters() if p.grad is not None]
         torch.nn.utils.clip_grad_norm_([*params, sub], cfg.grad_clip)
         before = sub.detach().clone() if cfg.rare_item_lr_mult > 1 else None
-        step_rows(self.optimizer, table, rows, sub)
-        if before is not None:  # the rare rows' step, stretched (1 elsewhere), from the counts of these rows only
-            at, s = rare_row_stretch(self._item_counts[rows.cpu().numpy()], cfg.rare_item_lr_mult, cfg.rare_item_count)
-            stretch = torch.ones(len(rows), device=self.device)  # [0] is pad: rare_row_stretch skips it
-            stretch[torch.as_tensor(at, device=self.device)] = torch.as_tensor(s, dtype=torch.float32, device=self.device)
-            if cfg.rare_item_rows == "named":  # a row drawn only as a negative steps as usual
-                named = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
-                named[lx.flatten()] = named[ly] = True
-                stretch = torch.where(named, stretch, torch.ones_like(stretch))
-            with torch.no_grad():
-                table[rows] = before + (table[rows] - before) * stretch[:, None]
+        with self._row_log.writing(table, rows):
+            step_rows(self.optimizer, table, rows, sub)
+            if before is not None:  # the rare rows' step, stretched (1 elsewhere), from the counts of these rows only
+                at, s = rare_row_stretch(self._item_counts[rows.cpu().numpy()], cfg.rare_item_lr_mult,
+                                         cfg.rare_item_count)
+                stretch = torch.ones(len(rows), device=self.device)  # [0] is pad: rare_row_stretch skips it
+                stretch[torch.as_tensor(at, device=self.device)] = torch.as_tensor(s, dtype=torch.float32,
+                                                                                   device=self.device)
+                if cfg.rare_item_rows == "named":  # a row drawn only as a negative steps as usual
+                    named = torch.zeros(len(rows), dtype=torch.bool, device=self.device)
+                    named[lx.flatten()] = named[ly] = True
+                    stretch = torch.where(named, stretch, torch.ones_like(stretch))
+                with torch.no_grad():
+                    table[rows] = before + (table[rows] - before) * stretch[:, None]
         return loss.item()
 
     def _counts_changed(self) -> None:
@@ -493,7 +516,8 @@ class IncrementalLearner:
             live[self._holes] = False
             live[idx] = False
             mean = emb[: self.n_items + 1][live].mean(0) if live.any() else torch.zeros_like(emb[0])
-            emb[idx] = mean + (torch.randn(len(rows), emb.shape[1]) * INIT_STD).to(emb.device)
+            with self._row_log.writing(emb, idx):
+                emb[idx] = mean + (torch.randn(len(rows), emb.shape[1]) * INIT_STD).to(emb.device)
             for state in self.optimizer.state.get(emb, {}).values():
                 if torch.is_tensor(state) and state.shape[:1] == emb.shape[:1]:
                     state[idx] = 0
@@ -513,7 +537,8 @@ class IncrementalLearner:
             emb = self.model.item_emb.weight
             mean = emb[1:n_old + 1].mean(0) if n_old > 0 else torch.zeros_like(emb[0])
             noise = torch.randn(need - 1 - n_old, emb.shape[1]) * INIT_STD
-            emb[n_old + 1:need] = mean + noise.to(emb.device)
+            with self._row_log.writing(emb, torch.arange(n_old + 1, need)):
+                emb[n_old + 1:need] = mean + noise.to(emb.device)
 
     def _reservoir_add(self, user: str) -> None:
         self._n_users_seen += 1
