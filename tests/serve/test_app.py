@@ -397,10 +397,15 @@ def test_custom_metrics_reach_the_ray_metrics_export(app, client):
 
 
 def _caught_up(client: httpx.Client, data_dir: str) -> dict | None:
-    """/status once the trainer has read every clean event and a version is served, else None."""
+    """/status once the trainer has read every clean event and a version is served, else None
+    (what it showed last is printed: a timeout's output says where it stood)."""
     s = status(client)
     seen = s["trainer"]["progress"].get("events_seen")
-    return s if s["ingest"]["pending_files"] == 0 and seen == clean_rows(data_dir) and s["served_version"] > 0 else None
+    if s["ingest"]["pending_files"] == 0 and seen == clean_rows(data_dir) and s["served_version"] > 0:
+        return s
+    print(f"not caught up: pending files {s['ingest']['pending_files']}, events seen {seen} of "
+          f"{clean_rows(data_dir)} clean, served version {s['served_version']}, phase {s['phase']}")
+    return None
 
 
 def test_redeploy_resumes_from_checkpoint_without_reapplying_events(app, client):
