@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.ingest.landing import CleanStore  # noqa: E402
-from increc_ray.learn.train import StreamCursor  # noqa: E402
+from increc_ray.learn.cursor import StreamCursor  # noqa: E402
 
 HERE = os.path.dirname(__file__)
 

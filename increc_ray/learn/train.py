@@ -6,11 +6,8 @@ Ray-free update step), and after each update hands a new numbered weight
 version to the registry (``increc_ray.serve.registry``) through a Serve handle.
 Every ``trainer.checkpoint_every`` updates it reports a Ray Train checkpoint
 holding model, optimizer, vocabulary, user sequences, stream offset and
-version, so a restarted trainer resumes exactly where it stopped.
-
-The offset is (part seq, rows consumed in that part): a large part (say a
-whole MovieLens file dropped into the landing folder) is learned in slices
-of ``trainer.max_new_events`` without ever re-applying a row.
+version (``increc_ray.learn.resume``), so a restarted trainer resumes exactly
+where it stopped; the offset is a ``increc_ray.learn.cursor.StreamCursor``'s.
 """
 
 from __future__ import annotations
@@ -24,205 +21,17 @@ import threading
 import time
 import uuid
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from increc_ray.config import Config
-from increc_ray.errors import ConfigError
+from increc_ray.learn.cursor import StreamCursor
+from increc_ray.learn.resume import RUN_NAME, restore, save_checkpoint
 
 logger = logging.getLogger("increc_ray.learn.train")
 
-CHECKPOINT_NAME = "trainer_state"  # trainer_state.safetensors + trainer_state.json (learn.serialize)
-LEGACY_CHECKPOINT_FILE = "trainer_state.pt"  # a torch pickle, before safetensors: read with weights_only
-RUN_NAME = "increc-trainer"
 PHASES = ("bootstrapping", "catching_up", "streaming")
 # While idle the loop tells the registry its progress (``/status``) at most this often; after a
 # slice or an update at once (the answer, read at the next report, carries a pending rollback)
 REPORT_IDLE_S = 0.25
-
-
-class StreamCursor:
-    """Reads the clean store from an offset, in slices of at most ``max_rows`` rows.
-
-    New parts are found by name: the writer (one cleaning thread) numbers them without gaps, so
-    a look stats the next few expected names (``CleanStore.probe``) rather than listing the whole
-    folder, whose cost grows with every part ever written. A full listing is still made at the
-    start, after a ``seek``, and after ``RELIST_S`` without a new part (a gap left by a writer
-    that crashed between taking a number and writing its part would otherwise stop the cursor)."""
-
-    RELIST_S = 30.0
-
-    def __init__(self, store, seq: int = -1, row: int = 0) -> None:
-        self.store, self.seq, self.row = store, seq, row  # next row to read is `row` of part `seq`
-        self._cache: tuple[int, pa.Table] | None = None
-        self._nrows: dict[int, int] = {}
-        self._known: list[tuple[int, str, int | None]] = []  # (seq, path, mtime_ns) of parts >= seq found so far
-        self._listed = False
-        self._found_at = -float("inf")  # monotonic time of the last listing or of the last part found
-
-    def _parts(self) -> list[tuple[int, str, int | None]]:
-        """The parts from ``seq`` on, the cursor's own and any new since the last look."""
-        if self._known and self._known[0][0] < self.seq:  # passed: forget them
-            self._known = [p for p in self._known if p[0] >= self.seq]
-            self._nrows = {s: n for s, n in self._nrows.items() if s >= self.seq}
-        now = time.monotonic()
-        top = self._known[-1][0] if self._known else max(self.seq, 0) - 1  # seq -1: nothing read yet
-        if not self._listed or now - self._found_at > self.RELIST_S:
-            self._known += [(s, p, None) for s, p in self.store.parts(after=top)]
-            self._listed, self._found_at = True, now
-        else:
-            new = self.store.probe(after=top)
-            if new:
-                self._known += new
-                self._found_at = now
-        return self._known
-
-    def next_slice(self, max_rows: int) -> tuple[pa.Table | None, float | None]:
-        """Up to ``max_rows`` unread rows, across as many parts as hold them (one read, one
-        gate test and one online metric for what arrived since the last look, however many
-        cleaning passes wrote it), and the write time of the newest part they come from."""
-        pieces, written, n = [], None, 0
-        for seq, path, mtime in self._parts():
-            if n >= max_rows:
-                break
-            if self._cache is None or self._cache[0] != seq:
-                self._cache = (seq, self.store.read(path))
-            table = self._cache[1]
-            start = self.row if seq == self.seq else 0
-            if start >= table.num_rows:
-                continue
-            piece = table.slice(start, max_rows - n)
-            self.seq, self.row = seq, start + piece.num_rows
-            pieces.append(piece)
-            n += piece.num_rows
-            mtime = mtime or self.store.fs.get_file_info(path).mtime_ns
-            written = mtime / 1e9 if mtime else written
-        if not pieces:
-            return None, None
-        return (pieces[0] if len(pieces) == 1 else pa.concat_tables(pieces, promote_options="default")), written
-
-    def offset(self) -> dict:
-        return {"seq": self.seq, "row": self.row}
-
-    def _rows(self, seq: int, path: str) -> int:
-        n = self._nrows.get(seq)
-        if n is None:  # parts are immutable: count each once, from its footer
-            with self.store.fs.open_input_file(path) as f:
-                n = self._nrows[seq] = pq.ParquetFile(f).metadata.num_rows
-        return n
-
-    def unread(self) -> int:
-        """Rows in the store after the offset."""
-        n = 0
-        for seq, path, _ in self._parts():
-            n += self._rows(seq, path) - (self.row if seq == self.seq else 0)
-        return n
-
-    def read_all(self) -> tuple[pa.Table | None, list[tuple[int, int]]]:
-        """Every row of the store, from its first part, and (seq, first row in the table) of
-        each part, for ``offset_of``; the cursor does not move."""
-        tables, starts, n = [], [], 0
-        for seq, path in self.store.parts():
-            t = self.store.read(path)
-            tables.append(t)
-            starts.append((seq, n))
-            n += t.num_rows
-        return (pa.concat_tables(tables) if tables else None), starts
-
-    @staticmethod
-    def offset_of(starts: list[tuple[int, int]], index: int) -> dict:
-        """The offset of row ``index`` of ``read_all``'s table."""
-        seq, first = next((s, f) for s, f in reversed(starts) if f <= index)
-        return {"seq": seq, "row": index - first}
-
-    def seek(self, offset: dict) -> None:
-        self.seq, self.row = offset["seq"], offset["row"]
-        self._known, self._listed = [], False  # back before the parts it knows: list again
-
-
-def _save_checkpoint(learner, cursor: StreamCursor, version: int, n_updates: int, metrics: dict,
-                     live: dict | None) -> None:
-    import ray.train
-
-    from increc_ray.learn import serialize
-
-    with tempfile.TemporaryDirectory() as tmp:
-        serialize.save_tree({"learner": learner.state_dict(), "offset": cursor.offset(), "version": version,
-                             "n_updates": n_updates, "live": live}, tmp, CHECKPOINT_NAME)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp),
-                         checkpoint_dir_name=f"checkpoint_v{version:08d}_u{n_updates:08d}")
-
-
-def _restore(cfg: Config, device: str):
-    """(learner, cursor offset, last version, n_updates, live weights or None) from the latest
-    checkpoint, or a fresh start."""
-    import ray.train
-
-    from increc_ray.learn.learner import IncrementalLearner
-
-    ckpt = ray.train.get_checkpoint()
-    state = None
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = read_checkpoint(d, device)
-    else:
-        state = _unregistered_checkpoint(cfg, device)
-    if state is not None:
-        # the deployed settings, not the saved ones; a model shape it cannot apply fails the start
-        learner = IncrementalLearner.from_state_dict(state["learner"], device=device, model_cfg=cfg.model,
-                                                     trainer_cfg=cfg.trainer)
-        logger.info("resumed from checkpoint: version %s offset %s", state["version"], state["offset"])
-        return learner, state["offset"], state["version"], state["n_updates"], state.get("live")
-    return IncrementalLearner(cfg.model, cfg.trainer, device=device), {"seq": -1, "row": 0}, 0, 0, None
-
-
-def checkpoints_on_disk(cfg: Config) -> list[str]:
-    """The checkpoint folders of the run on a local ``checkpoint_dir``, newest first (their names
-    order by version, then updates)."""
-    import re
-
-    root = os.path.join(cfg.checkpoint_dir, RUN_NAME)
-    if "://" in cfg.checkpoint_dir or not os.path.isdir(root):
-        return []
-    names = sorted((n for n in os.listdir(root) if re.fullmatch(r"checkpoint_v\d{8}_u\d{8}", n)), reverse=True)
-    return [os.path.join(root, n) for n in names]
-
-
-def _unregistered_checkpoint(cfg: Config, device: str) -> dict | None:
-    """With no checkpoint registered by Ray Train: the newest one on disk that reads whole. A
-    whole-cluster crash between the worker writing a checkpoint and the controller recording it
-    in its run snapshot would otherwise start the trainer cold."""
-    for path in checkpoints_on_disk(cfg):
-        try:
-            state = read_checkpoint(path, device)
-        except Exception as e:  # cut short by the crash: try the one before
-            logger.warning("skipping checkpoint %s (%s)", path, type(e).__name__)
-            continue
-        logger.warning("Ray Train has no checkpoint registered; resuming from %s", path)
-        return state
-    return None
-
-
-def read_checkpoint(directory: str, device: str = "cpu") -> dict:
-    """The trainer state in a checkpoint directory: safetensors + JSON (``learn.serialize``), or a
-    legacy torch pickle read with torch's ``weights_only`` unpickler (tensors and plain values
-    only: it runs no code); anything else raises ``ConfigError`` saying what to do."""
-    from increc_ray.learn import serialize
-
-    if serialize.exists(directory, CHECKPOINT_NAME):
-        return serialize.load_tree(directory, CHECKPOINT_NAME, device)
-    legacy = os.path.join(directory, LEGACY_CHECKPOINT_FILE)
-    if os.path.exists(legacy):
-        import torch
-
-        try:
-            return torch.load(legacy, map_location=device, weights_only=True)
-        except Exception as e:
-            raise ConfigError(f"{legacy}: a legacy pickle checkpoint that the safe reader refuses "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]}); it is never unpickled "
-                              "in full. Start from an empty data_dir/checkpoints (the clean store is kept "
-                              "and is learned again)") from None
-    raise ConfigError(f"{directory}: no trainer checkpoint ({CHECKPOINT_NAME}.json) in it")
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
@@ -245,7 +54,7 @@ class _TrainWorker:
 
         cfg = self.cfg = Config.from_dict(loop_config["config"])
         self.device = str(ray.train.torch.get_device())
-        self.learner, offset, version, self.n_updates, saved_live = _restore(cfg, self.device)
+        self.learner, offset, version, self.n_updates, saved_live = restore(cfg, self.device)
         self.versions = VersionCounter(cfg.version_file, at_least=version)
         self.archive = WeightArchive(cfg.published_dir, cfg.trainer.keep_versions)
         self._archiver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="increc-archive")
@@ -425,7 +234,7 @@ class _TrainWorker:
         self.checkpoint({"full_pass": True})
 
     def checkpoint(self, metrics: dict) -> None:
-        _save_checkpoint(self.learner, self.cursor, self.versions.last, self.n_updates, metrics,
+        save_checkpoint(self.learner, self.cursor, self.versions.last, self.n_updates, metrics,
                          _live_artifact(self.learner, self.gate))
         self.last_ckpt_updates = self.n_updates
 

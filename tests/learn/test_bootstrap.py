@@ -1,5 +1,5 @@
 """Tests for increc_ray.learn.bootstrap (full passes) and the trainer's rules for running one
-(``increc_ray.learn.train.full_pass_reason``, ``StreamCursor``), Ray-free."""
+(``increc_ray.learn.train.full_pass_reason``, ``increc_ray.learn.cursor.StreamCursor``), Ray-free."""
 
 import pytest
 
@@ -9,7 +9,8 @@ from increc_ray.learn.bootstrap import Stopped, fit_events
 from increc_ray.learn.gate import fresh_targets
 from increc_ray.learn.gate import UNKNOWN_ITEM
 from increc_ray.learn.learner import IncrementalLearner
-from increc_ray.learn.train import StreamCursor, full_pass_reason
+from increc_ray.learn.cursor import StreamCursor
+from increc_ray.learn.train import full_pass_reason
 
 from test_learner import SMALL, events, planted_rows
 

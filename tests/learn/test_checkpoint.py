@@ -73,7 +73,7 @@ def _same_state(a, b):
 
 
 def test_a_checkpoint_round_trips_through_safetensors_and_json_and_resumes_exactly(tmp_path):
-    from increc_ray.learn.train import read_checkpoint
+    from increc_ray.learn.resume import read_checkpoint
     from increc_ray.learn import serialize
 
     L = _trained(TrainerConfig(ema_decay=0.9))
@@ -93,7 +93,7 @@ def test_a_checkpoint_round_trips_through_safetensors_and_json_and_resumes_exact
 def test_a_legacy_pickle_loads_only_through_the_safe_unpickler(tmp_path):
     import torch
 
-    from increc_ray.learn.train import read_checkpoint
+    from increc_ray.learn.resume import read_checkpoint
 
     L = _trained(TrainerConfig())
     torch.save({"learner": L.state_dict(), "offset": {"seq": 0, "row": 0}, "version": 1, "n_updates": 1,
@@ -146,17 +146,17 @@ def test_with_no_checkpoint_registered_the_newest_whole_one_on_disk_is_used(tmp_
     import os
 
     from increc_ray.config import Config
-    from increc_ray.learn import serialize, train
+    from increc_ray.learn import resume, serialize
 
     cfg = Config.from_dict({"data_dir": str(tmp_path)})
-    assert train._unregistered_checkpoint(cfg, "cpu") is None
-    root = os.path.join(cfg.checkpoint_dir, train.RUN_NAME)
+    assert resume._unregistered_checkpoint(cfg, "cpu") is None
+    root = os.path.join(cfg.checkpoint_dir, resume.RUN_NAME)
     for name, version in (("checkpoint_v00000001_u00000001", 1), ("checkpoint_v00000001_u00000006", 2)):
         os.makedirs(os.path.join(root, name))
-        serialize.save_tree({"version": version}, os.path.join(root, name), train.CHECKPOINT_NAME)
+        serialize.save_tree({"version": version}, os.path.join(root, name), resume.CHECKPOINT_NAME)
     os.makedirs(os.path.join(root, "checkpoint_v00000002_u00000001"))  # cut short: no tensors
     with open(os.path.join(root, "checkpoint_v00000002_u00000001", "trainer_state.json"), "w") as f:
         f.write('{"format": "increc-safetensors-1", "tree": {')
-    assert [os.path.basename(p) for p in train.checkpoints_on_disk(cfg)][:2] == [
+    assert [os.path.basename(p) for p in resume.checkpoints_on_disk(cfg)][:2] == [
         "checkpoint_v00000002_u00000001", "checkpoint_v00000001_u00000006"]
-    assert train._unregistered_checkpoint(cfg, "cpu") == {"version": 2}
+    assert resume._unregistered_checkpoint(cfg, "cpu") == {"version": 2}

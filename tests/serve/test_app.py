@@ -368,7 +368,7 @@ def test_trainer_checkpoints_model_optimizer_vocab_and_offsets(app, client):
     _, data_dir = app
     ckpts = wait_until(lambda: glob.glob(os.path.join(data_dir, "checkpoints", "**", "trainer_state.json"),
                                          recursive=True), 60, what="a trainer checkpoint")
-    from increc_ray.learn.train import read_checkpoint
+    from increc_ray.learn.resume import read_checkpoint
 
     latest = os.path.dirname(sorted(ckpts)[-1])
     assert not glob.glob(os.path.join(latest, "*.pt")), "a pickle in the checkpoint"

@@ -172,10 +172,10 @@ def test_a_whole_cluster_crash_loses_nothing_and_resumes_from_the_checkpoint(tmp
             before = wait_until(lambda: (s := _status(url)) and s["served_version"] >= 1 and s, 300, interval_s=2.0,
                                 what="a first served version")
             from increc_ray.config import Config
-            from increc_ray.learn.train import checkpoints_on_disk
+            from increc_ray.learn.resume import checkpoints_on_disk
 
             # a checkpoint written (Ray Train may not have recorded it in its run snapshot yet:
-            # the trainer then resumes from the folder, learn.train._unregistered_checkpoint)
+            # the trainer then resumes from the folder, learn.resume._unregistered_checkpoint)
             wait_until(lambda: checkpoints_on_disk(Config.from_dict({"data_dir": data_dir})) and
                        len(poster.acked) >= 2000, 300, interval_s=2.0, what="a checkpoint and 2000 acknowledged events")
             n_killed = cluster.crash()
