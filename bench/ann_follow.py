@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--data-warm", type=float, default=0.8, help="share of the file's events learned before the graph")
     ap.add_argument("--trainer", action="append", default=[], metavar="KEY=VALUE",
                     help="override a trainer setting of the profile (repeatable), e.g. rare_item_rows=named")
+    ap.add_argument("--threads", type=int, default=1, help="threads a graph build or refresh may use "
+                    "(serving.index_threads; requests are always scored on one)")
     ap.add_argument("--out", default=os.path.join(HERE, "results", "ann_follow.json"))
     args = ap.parse_args()
     torch.set_num_threads(1)  # a replica's setting
@@ -181,7 +183,8 @@ def main() -> None:
     sizes = [0] if args.data else [int(x) for x in args.items.split(",")]
     for n, tolerance in [(x, t) for x in sizes for t in tolerances]:
         settings = IndexSettings(min_items=0, candidates=s.index_candidates, ef=s.index_ef, tolerance=tolerance,
-                                 connectivity=s.index_connectivity, refresh_fraction=s.index_refresh_fraction, threads=1)
+                                 connectivity=s.index_connectivity, refresh_fraction=s.index_refresh_fraction,
+                                 threads=args.threads)
         row = {"tolerance": tolerance, **one_size(n, cfg, settings, args)}
         rows.append(row)
         n = row["items"]
@@ -190,9 +193,10 @@ def main() -> None:
               f"first build {row['first_build_s']} s, {row['graph_builds']} graphs, following a version "
               f"{row['follow_s_median']} s", flush=True)
     out = {"bench": "ann_follow", "profile": args.profile, "data": os.path.basename(os.path.dirname(args.data))
-           if args.data else "synthetic", "k": K, "threads": 1,
+           if args.data else "synthetic", "k": K, "threads": 1, "build_threads": args.threads,
            "baseline": "exact top-k of the same versions (Scorer without an index), same run",
-           "index": {k: v for k, v in settings.__dict__.items() if k != "tolerance"}, "trainer_loss": cfg.trainer.loss, "negatives": cfg.trainer.negatives,
+           "index": {k: v for k, v in settings.__dict__.items() if k != "tolerance"},
+           "trainer_loss": cfg.trainer.loss, "negatives": cfg.trainer.negatives,
            "trainer_overrides": args.trainer, "rare_item_rows": cfg.trainer.rare_item_rows,
            "sizes": rows}
     print(f"wrote {write_result(out, os.path.dirname(args.out), os.path.basename(args.out))}")
