@@ -371,7 +371,7 @@ def clean_store_tail(results: str = RESULTS) -> str:
 
 
 ANN_FILES = ("ann_follow_ml-latest-small.json", "ann_follow_synthetic-100k.json",
-             "ann_follow_synthetic-100k_rare-named.json")
+             "ann_follow_synthetic-100k_rare-named.json", "ann_follow_synthetic-1m_rare-named.json")
 RARE_ROWS_FILES = (("stream_ml-100k_loss-full.json", "full", "all"), ("stream_ml-100k_rare-named.json", "full", "named"),
                    ("stream_ml-100k_loss-sampled.json", "sampled (1024)", "all"),
                    ("stream_ml-100k_loss-sampled-rare-named.json", "sampled (1024)", "named"))
