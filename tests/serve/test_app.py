@@ -429,38 +429,3 @@ def test_redeploy_resumes_from_checkpoint_without_reapplying_events(app, client)
     assert after["model_version"] > before["model_version"], "a version number was handed out twice"
     print(f"before redeploy: version {before['model_version']}; after: version {after['model_version']}, "
           f"events seen {after['trainer']['progress']['events_seen']}")
-
-
-def test_hnsw_top_k_deployed_answers_from_the_graph_and_still_finds_the_successor(app, client):
-    """Redeploy with ``serving.index: hnsw`` from the first item (it is meant for large
-    catalogues; here it runs on the small one): every replica builds a graph over the live
-    version, answers from it once a newer version arrives, and the model's answers still find
-    the planted successor. Then the test config again, for the modules after this one."""
-    from ray import serve
-
-    from conftest import deploy_app
-
-    _, data_dir = app
-    serve.delete("increc")
-    deploy_app(data_dir, serving={"index": "hnsw", "index_min_items": 0})
-    try:
-        wait_until(lambda: _ok(client, "/healthz"), 120, what="/healthz after redeploy with hnsw")
-
-        def answering():
-            post(client, STREAM.next_events(40))  # new versions: a replica's scorer takes the graph with the next one
-            replicas = _status_per_replica(client, 2)
-            return replicas if all((r["replica"]["index"] or {}).get("answering") for r in replicas) else None
-
-        replicas = wait_until(answering, 180, interval_s=2.0, what="every replica answering from its graph")
-        for r in replicas:
-            index = r["replica"]["index"]
-            assert index["built"] and index["builds"] >= 1 and index["base_rows"] > 1, index
-        rate, pop_rate, sources = probe_successor_rate(client, "hnsw")
-        print(f"planted successor in top-10 through the graph: model {rate:.2f}, popularity {pop_rate:.2f}")
-        assert sources == {"model"}
-        assert rate >= 0.7, f"through the graph the model found the planted successor for only {rate:.0%} of probes"
-    finally:
-        serve.delete("increc")
-        deploy_app(data_dir)
-        wait_until(lambda: _ok(client, "/healthz"), 120, what="/healthz after redeploy")
-        wait_until(lambda: _caught_up(client, data_dir), 180, what="trainer caught up after redeploy")
