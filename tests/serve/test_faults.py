@@ -272,7 +272,7 @@ def test_sigkill_of_a_recommender_replica_is_replaced_and_answers_again(client):
                           and s["served_version"] >= s["model_version"] and s, 240,
                           what="a new recommender replica serving the newest weights")
         served = hammer.codes.get(200, 0)
-        wait_until(lambda: hammer.codes.get(200, 0) >= served + 20, 60, what="answers from the new replica")
+        wait_until(lambda: hammer.codes.get(200, 0) >= served + 20, 120, what="answers from the new replica")
     record("SIGKILL recommender replica under load", trials=1, requests=sum(hammer.codes.values()),
            failed_requests=hammer.failed, lost=None, applied_twice=None)
     print(f"recommender {pid} -> {back['replica']['pid']}: answers {hammer.codes}")
