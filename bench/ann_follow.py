@@ -43,19 +43,14 @@ from increc_ray.learn.learner import IncrementalLearner  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
 from increc_ray.serve.index import IndexSettings, ItemIndex  # noqa: E402
 from increc_ray.serve.scorer import Scorer  # noqa: E402
+from scoring_scale import timed  # noqa: E402
 from trainer_scale import _catalogue  # noqa: E402
 
 K = 10
 
 
 def _median_ms(fn, repeat: int) -> float:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times)) * 1e3
+    return timed(fn, repeat) * 1e3
 
 
 def _recall(got: list, want: list) -> float:
