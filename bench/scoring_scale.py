@@ -5,8 +5,11 @@ profile's shape with that many items, measured on this machine at one thread (as
 
 - ms per request for exact top-k, one request per forward pass and 16 per pass (the
   Recommender's ``@serve.batch``), split into the encoder and the scan of the item table;
-- what adopting a new version costs a replica (unpickle the published dict and build the model:
-  ``Scorer.from_weights``), and its size;
+- what adopting a version costs a replica (read the published dict as the object store hands it
+  over, out-of-band buffers without a copy, and ``Scorer.from_weights``), for a first version and
+  for the next one (1% more items) given the scorer it replaces; baselines in the same run: the
+  artifact before (row-major item table, transposed by each replica; vocabulary built whole) and,
+  before that, building the transformers model; and the artifact's size;
 - an ANN index over the item table (faiss IVF, inner product): build time, ms per request and
   recall@10 against exact top-k, at two probe counts.
 
@@ -32,8 +35,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from increc_ray.config import ModelConfig  # noqa: E402
 from increc_ray.evaluate.offline import write_result  # noqa: E402
+from increc_ray.learn.learner import ITEM_KEY, published_array  # noqa: E402
 from increc_ray.learn.model import SeqRecModel, left_pad  # noqa: E402
-from increc_ray.learn.vocab import ItemVocab  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
 from increc_ray.serve.scorer import Scorer  # noqa: E402
 
@@ -51,23 +54,49 @@ def timed(fn, repeat: int) -> float:
     return float(np.median(times))
 
 
+def publish(weights: dict) -> tuple[bytes, list]:
+    """``weights`` as the object store holds it: pickle 5 with the arrays' buffers out of band, so
+    that reading it back maps them without a copy (what ``ray.get`` does with numpy arrays)."""
+    buffers: list = []
+    return pickle.dumps(weights, protocol=5, buffer_callback=buffers.append), buffers
+
+
+def receive(published: tuple[bytes, list]) -> dict:
+    blob, buffers = published
+    return pickle.loads(blob, buffers=buffers)
+
+
 def one_size(n_items: int, cfg: ModelConfig, k: int, repeat: int, rng: np.random.Generator) -> dict:
     torch.manual_seed(0)
-    model = SeqRecModel(cfg, capacity=n_items + 1)
-    vocab = ItemVocab.from_list([f"i{j}" for j in range(n_items)])
-    weights = {"version": 1, "model_config": cfg.model_dump(), "vocab": vocab.to_list(),
-               "state_dict": {k_: v.detach().numpy().copy() for k_, v in model.state_dict().items()}}
-    blob = pickle.dumps(weights, protocol=5)
+    n_new = max(1, n_items // 100)  # the next version adds 1% new items
+    model = SeqRecModel(cfg, capacity=n_items + n_new + 1)
+    ids = [f"i{j}" for j in range(n_items + n_new)]
+
+    def artifact(version: int, vocab_ids: list, table_order: str) -> tuple[bytes, list]:
+        state = {k_: published_array(k_, v) for k_, v in model.state_dict().items()}
+        if table_order == "C":  # the artifact before (row-major table)
+            state[ITEM_KEY] = np.ascontiguousarray(state[ITEM_KEY])
+        return publish({"version": version, "model_config": cfg.model_dump(), "vocab": vocab_ids, "state_dict": state})
+
+    first, second, before = artifact(1, ids[:n_items], "F"), artifact(2, ids, "F"), artifact(1, ids[:n_items], "C")
     t = time.perf_counter()
-    scorer = Scorer.from_weights(pickle.loads(blob))
+    scorer = Scorer.from_weights(receive(first))
     adopt_s = time.perf_counter() - t
-    # the baseline, in the same run: adopting by building the transformers model (before the Encoder)
     t = time.perf_counter()
-    got = pickle.loads(blob)
-    old_model = SeqRecModel(cfg, capacity=n_items + 1)
+    Scorer.from_weights(receive(second), previous=scorer)
+    adopt_next_s = time.perf_counter() - t
+    # the baselines, in the same run: the artifact and adoption before (a row-major table the
+    # replica transposed, a vocabulary built whole), and before that, building the transformers model
+    t = time.perf_counter()
+    Scorer.from_weights(receive(before))
+    adopt_before_s = time.perf_counter() - t
+    t = time.perf_counter()
+    got = receive(before)
+    old_model = SeqRecModel(cfg, capacity=n_items + n_new + 1)
     old_model.load_state_dict({k_: torch.as_tensor(v) for k_, v in got["state_dict"].items()})
     old_model.eval()
     adopt_model_s = time.perf_counter() - t
+    published_bytes = len(first[0]) + sum(memoryview(b).nbytes for b in first[1])
     histories = [[f"i{j}" for j in rng.integers(0, n_items, size=cfg.max_len)] for _ in range(64)]
     hist16 = histories[:16]
 
@@ -83,9 +112,12 @@ def one_size(n_items: int, cfg: ModelConfig, k: int, repeat: int, rng: np.random
     table = scorer.table_t[:, 1: n_items + 1].t().contiguous().numpy()
     exact = np.argsort(-(hidden @ table.T), axis=1)[:, :k]
     row = {"items": n_items, "d_model": cfg.d_model,
-           "table_mib": round(table.nbytes / 2**20, 1), "published_mib": round(len(blob) / 2**20, 1),
+           "table_mib": round(table.nbytes / 2**20, 1), "published_mib": round(published_bytes / 2**20, 1),
            "bytes_per_item_in_replica": int(table.shape[1] * 4 + 2 * 64),  # a row plus its id in the vocab
            "adopt_version_s": round(adopt_s, 3),
+           "adopt_next_version_s": round(adopt_next_s, 3),  # 1% more items, given the scorer it replaces
+           "adopt_before": {"adopt_version_s": round(adopt_before_s, 3)},  # row-major table, vocab built whole
+           "adopt_next_speedup": round(adopt_before_s / adopt_next_s, 2),
            "exact_ms_batch1": round(b1 * 1e3, 2), "exact_ms_per_request_batch16": round(b16 * 1e3, 2),
            "encoder_ms_batch1": round(enc1 * 1e3, 2), "encoder_ms_per_request_batch16": round(enc16 * 1e3, 2),
            "baseline_model": {"adopt_version_s": round(adopt_model_s, 3), "encoder_ms_batch1": round(model1 * 1e3, 2),

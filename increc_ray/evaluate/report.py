@@ -253,13 +253,18 @@ def _learner_state_rows(r: dict) -> list[str]:
             f"| {b['users_kept']:,}, {b['sequence_items_kept']:,} | {ratio['sequence_items']:.2f}x |"]
 
 
+def _ms(seconds: float | None) -> str:
+    return "-" if seconds is None else f"{seconds * 1000:.0f} ms"
+
+
 def scoring_scale(results: str = RESULTS) -> str:
     """``bench/scoring_scale.py``: the Scorer's cost per answer and per version as the catalogue grows,
     against the transformers model it replaced (measured in the same run)."""
     r = _load("scoring_scale.json", results)
     rows = ["| items | exact top-10, batch 1 | per request, batch 16 | encoder, batch 1 (transformers model) "
-            "| encoder per request, batch 16 (model) | adopt a version (model) | published MiB "
-            "| ANN (faiss IVF) recall@10 at nprobe 8 / 32 |", "|---|---|---|---|---|---|---|---|"]
+            "| encoder per request, batch 16 (model) | adopt a first version (model) "
+            "| adopt the next version (before) | published MiB "
+            "| ANN (faiss IVF) recall@10 at nprobe 8 / 32 |", "|---|---|---|---|---|---|---|---|---|"]
     for s in (r or {}).get("sizes", []):
         ann = s["ann"]
         recall = " / ".join(_f(p["recall@10"], 2) for p in ann["probes"]) if isinstance(ann, dict) else "not run"
@@ -268,6 +273,7 @@ def scoring_scale(results: str = RESULTS) -> str:
                     f"| {s['encoder_ms_batch1']} ms ({base.get('encoder_ms_batch1', '-')} ms) "
                     f"| {s['encoder_ms_per_request_batch16']} ms ({base.get('encoder_ms_per_request_batch16', '-')} ms) "
                     f"| {s['adopt_version_s'] * 1000:.0f} ms ({base.get('adopt_version_s', 0) * 1000:.0f} ms) "
+                    f"| {_ms(s.get('adopt_next_version_s'))} ({_ms(s.get('adopt_before', {}).get('adopt_version_s'))}) "
                     f"| {s['published_mib']} | {recall} |")
     return "\n".join(rows)
 

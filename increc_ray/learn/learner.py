@@ -40,6 +40,17 @@ from increc_ray.learn.sampled import Negatives, sampled_softmax
 from increc_ray.learn.vocab import ItemVocab
 
 ITEM_KEY = "item_emb.weight"
+
+
+def published_array(key: str, tensor: torch.Tensor) -> np.ndarray:
+    """A CPU numpy copy of one weight for the published artifact. The item table is copied
+    column-major: a replica scans it transposed, ``(B, C) @ (C, n)``, at three times the speed of
+    a row-major gemv at batch 1 (``bench/scoring_scale.py``), and the object store hands every
+    replica a zero-copy view of this one, where it used to make a transposed copy of its own per
+    version (0.4 s at 1M items). Same values and shape; only the memory order differs."""
+    if key == ITEM_KEY:
+        return tensor.detach().cpu().t().contiguous().numpy().T  # F-contiguous (rows, C)
+    return tensor.detach().cpu().numpy().copy()
 EVAL_MAX_USERS = 1024  # users scored by evaluate_next per call (keeps it cheap on big slices)
 
 
@@ -259,7 +270,7 @@ class IncrementalLearner:
             "version": int(version),
             "model_config": self.model_cfg.model_dump(),
             "vocab": list(snapshot.vocab) if snapshot is not None else self.vocab.to_list(),
-            "state_dict": {k: v.detach().cpu().numpy().copy() for k, v in weights.items()},
+            "state_dict": {k: published_array(k, v) for k, v in weights.items()},
             "metrics": dict(metrics or {}),
             "created_at": time.time(),
         }

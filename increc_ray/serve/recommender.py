@@ -109,7 +109,9 @@ class Recommender:
                     continue
                 version, (ref,) = got
                 weights = ray.get(ref)
-                scorer = Scorer.from_published(weights, self._index)  # None: popularity answers (the gate demoted the live one)
+                # None: popularity answers (the gate demoted the live one); the scorer it replaces
+                # lends its vocabulary when the new one only extends it
+                scorer = Scorer.from_published(weights, self._index, self._scorer)
                 self._scorer, self._followed = scorer, version  # atomic swap: in-flight requests keep the old one
                 self._published_at = float(weights.get("created_at") or time.time())
                 self.swaps += 1

@@ -40,8 +40,11 @@ class Scorer:
         if index is not None and rows > index.settings.min_items:
             self.view = index.follow(encoder.item_emb, rows)  # None until its first graph is built
         if self.view is None:
-            # transposed once per version: a request's scores are one (B, C) @ (C, n + 1)
-            self.table_t = encoder.item_emb[:rows].t().contiguous()
+            # a request's scores are one (B, C) @ (C, n + 1). A published table is column-major
+            # (``learner.published_array``), so this is a view that BLAS reads as it is (its row
+            # stride is the table's capacity); only a row-major one (a rollback read from disk) is copied
+            table_t = encoder.item_emb[:rows].t()
+            self.table_t = table_t if table_t.stride(1) == 1 else table_t.contiguous()
         else:
             self.table = encoder.item_emb[:rows]
             self.dead = torch.zeros(rows, dtype=torch.bool)  # pad and holes: never an answer
@@ -49,19 +52,22 @@ class Scorer:
             self.dead[self.holes] = True
 
     @classmethod
-    def from_weights(cls, weights: dict, index: ItemIndex | None = None) -> "Scorer":
+    def from_weights(cls, weights: dict, index: ItemIndex | None = None,
+                     previous: "Scorer | None" = None) -> "Scorer":
         """The scorer of a published weights dict; ``index`` follows it when given (its tensors must
-        not change afterwards: the index may keep the item table as its base)."""
+        not change afterwards: the index may keep the item table as its base). ``previous``, the
+        scorer it replaces, lends its vocabulary's index when the new list only extends it."""
         cfg = ModelConfig(**weights["model_config"])
         state = {k: torch.as_tensor(np.asarray(v)) for k, v in weights["state_dict"].items()}
-        return cls(Encoder(state, cfg.n_heads), ItemVocab.from_list(weights["vocab"]), int(weights["version"]),
-                   weights.get("metrics"), index)
+        vocab = ItemVocab.from_list(weights["vocab"], base=previous.vocab if previous is not None else None)
+        return cls(Encoder(state, cfg.n_heads), vocab, int(weights["version"]), weights.get("metrics"), index)
 
     @classmethod
-    def from_published(cls, weights: dict, index: ItemIndex | None = None) -> "Scorer | None":
+    def from_published(cls, weights: dict, index: ItemIndex | None = None,
+                       previous: "Scorer | None" = None) -> "Scorer | None":
         """The scorer a published artifact asks for: None for the gate's fallback marker (it demoted
         the live version: popularity answers until a new version goes live)."""
-        return None if weights.get("fallback") else cls.from_weights(weights, index)
+        return None if weights.get("fallback") else cls.from_weights(weights, index, previous)
 
     def recommend(self, history: Sequence[str], k: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """Up to ``k`` (item_id, score), best first, for a history ordered oldest -> newest."""

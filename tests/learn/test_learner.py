@@ -189,6 +189,24 @@ def test_export_weights_matches_live_model():
     np.testing.assert_allclose([r[1] for r in recs], live[top].numpy(), rtol=1e-5, atol=1e-6)
     L.model.item_emb.weight.data.zero_()  # the export is a copy, not a view
     assert Scorer.from_weights(w).recommend(hist, 5) == recs
+    # the item table travels column-major, so a replica's scan table is a view of it, not a copy
+    table = w["state_dict"]["item_emb.weight"]
+    assert table.flags["F_CONTIGUOUS"] and not table.flags["C_CONTIGUOUS"]
+    assert scorer.table_t.data_ptr() == torch.as_tensor(table).data_ptr()
+
+
+def test_a_replica_adopting_the_next_version_answers_as_one_built_from_scratch():
+    L = IncrementalLearner(SMALL, TrainerConfig())
+    rows = planted_rows(n_users=30, length=6)
+    feed(L, rows[: len(rows) // 2], 3)
+    first = Scorer.from_weights(L.export_weights(1))
+    feed(L, rows[len(rows) // 2:] + [("u0", "brand-new", 10**9)], 3)
+    w = L.export_weights(2)
+    assert len(w["vocab"]) > len(first.vocab)
+    after, scratch = Scorer.from_weights(w, previous=first), Scorer.from_weights(w)
+    for hist in (["i3", "i4"], ["brand-new"], ["i1", "brand-new", "i2"]):
+        assert after.recommend(hist, 8) == scratch.recommend(hist, 8)
+    assert "brand-new" not in first.vocab  # the scorer it replaced, still answering, is unchanged
 
 
 def test_state_dict_round_trip_resumes_identically():

@@ -38,6 +38,25 @@ def test_vocab_semantics():
         ItemVocab.from_list(["a", "a"])
 
 
+def test_vocab_from_a_list_that_extends_a_base_shares_nothing_and_matches_a_full_build():
+    base = ItemVocab.from_list(["a", None, "c"])
+    grown = ["a", None, "c", "d", None, "e"]
+    fast, full = ItemVocab.from_list(grown, base=base), ItemVocab.from_list(grown)
+    assert fast.lookup(["a", "c", "d", "e", "b"]).tolist() == full.lookup(["a", "c", "d", "e", "b"]).tolist() \
+        == [1, 3, 4, 6, 0]
+    assert fast.holes().tolist() == full.holes().tolist() == [2, 5]
+    assert fast.to_list() == grown and fast.generation != base.generation
+    assert fast.add(["x", "y", "z"]).tolist() == [2, 5, 7]  # holes first, lowest first, as a full build
+    assert base.to_list() == ["a", None, "c"] and "d" not in base and "x" not in base  # base untouched
+    # not an extension (an item expired, a hole was refilled): built in full, the same answer
+    for changed in (["a", "b", "c", "d"], [None, None, "c"], ["a"]):
+        assert ItemVocab.from_list(changed, base=base).to_list() == changed
+        assert ItemVocab.from_list(changed, base=base).lookup(["a", "b", "c", "d"]).tolist() == \
+            ItemVocab.from_list(changed).lookup(["a", "b", "c", "d"]).tolist()
+    with pytest.raises(AssertionError):
+        ItemVocab.from_list(["a", None, "c", "a"], base=base)  # a duplicate in the tail
+
+
 def test_forward_is_causal_and_padding_invariant():
     torch.manual_seed(0)
     m = SeqRecModel(CFG).eval()
