@@ -437,6 +437,8 @@ def main() -> None:
                              '(written into the results)')
     parser.add_argument("--profile-connections", type=int, default=8, help="wrk connections in the profile phase")
     parser.add_argument("--profile-seconds", type=float, default=15.0)
+    parser.add_argument("--setup-timeout-s", type=float, default=900.0,
+                        help="wait this long after posting for a first served version, the backlog read")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     assert shutil.which("wrk"), "wrk not found: apt-get install wrk"
@@ -484,7 +486,8 @@ def main() -> None:
             posted_items.update(e["item_id"] for e in batch)
             c.post("/events", content=json.dumps(batch)).raise_for_status()
         s = wait(lambda: (st := status(c)) and st["served_version"] >= 1 and st["lag"]["pending_files"] == 0
-                 and st["lag"]["clean_parts_behind"] == 0 and st, 900, "a first served version", interval_s=2.0)
+                 and st["lag"]["clean_parts_behind"] == 0 and st, args.setup_timeout_s, "a first served version",
+                 interval_s=2.0)
     result["setup"] = {"events": n_events, "seconds": round(time.time() - t0, 1), "model_version": s["served_version"],
                        "n_items": s["trainer"]["progress"].get("n_items"), "history": s["history"]}
     print(f"setup: {n_events} events, model v{s['served_version']} with {result['setup']['n_items']} items "

@@ -24,6 +24,14 @@ LEGACY_CHECKPOINT_FILE = "trainer_state.pt"  # a torch pickle, before safetensor
 RUN_NAME = "increc-trainer"
 
 
+def checkpoint_due(tcfg, updates_since: int, seconds_since: float, last_seconds: float) -> bool:
+    """Whether the trainer checkpoints now: ``trainer.checkpoint_every`` updates since the last
+    one, and at least its duration x (1 / ``trainer.checkpoint_max_share`` - 1) since it ended,
+    so that checkpoints take at most that share of the trainer's time."""
+    rest_s = last_seconds * (1.0 / tcfg.checkpoint_max_share - 1.0)
+    return updates_since >= tcfg.checkpoint_every and seconds_since >= rest_s
+
+
 def save_checkpoint(learner, cursor: StreamCursor, version: int, n_updates: int, metrics: dict,
                      live: dict | None) -> None:
     import ray.train

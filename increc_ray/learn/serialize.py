@@ -31,26 +31,36 @@ from increc_ray.errors import ConfigError
 FORMAT = "increc-safetensors-1"
 
 
-def _flatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+def _flatten(obj: Any, tensors: dict[str, torch.Tensor], storages: set[int] | None = None) -> Any:
+    """``obj`` with each tensor and array replaced by a key into ``tensors``. A tensor is written
+    as it is, not copied (``save_tree`` writes before it returns), unless it shares memory with one
+    already taken (safetensors refuses those): at 1M items a checkpoint's item table and AdamW
+    moments are 1.5 GiB, a copy of which cost more than the write."""
+    storages = set() if storages is None else storages
     if isinstance(obj, torch.Tensor):
         key = f"t{len(tensors)}"
-        tensors[key] = obj.detach().cpu().contiguous().clone()
+        t = obj.detach().cpu().contiguous()
+        ptr = t.untyped_storage().data_ptr()
+        if ptr in storages or t.numel() * t.element_size() != t.untyped_storage().nbytes():
+            t = t.clone()  # a view, or memory another tensor holds: its own copy
+        storages.add(t.untyped_storage().data_ptr())
+        tensors[key] = t
         return {"__tensor__": key}
     if isinstance(obj, np.ndarray):
         key = f"t{len(tensors)}"
-        tensors[key] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        tensors[key] = torch.from_numpy(np.array(obj, order="C", copy=True))  # one copy, row-major
         return {"__ndarray__": key}
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
             if any(k.startswith("__") and k.endswith("__") for k in obj):
-                return {"__dict__": [[k, _flatten(v, tensors)] for k, v in obj.items()]}
-            return {k: _flatten(v, tensors) for k, v in obj.items()}
+                return {"__dict__": [[k, _flatten(v, tensors, storages)] for k, v in obj.items()]}
+            return {k: _flatten(v, tensors, storages) for k, v in obj.items()}
         for k in obj:
             if not isinstance(k, (str, int, float, bool)) and k is not None:
                 raise TypeError(f"cannot store a dict key of type {type(k).__name__}")
-        return {"__dict__": [[k, _flatten(v, tensors)] for k, v in obj.items()]}
+        return {"__dict__": [[k, _flatten(v, tensors, storages)] for k, v in obj.items()]}
     if isinstance(obj, (list, tuple)):
-        return [_flatten(v, tensors) for v in obj]
+        return [_flatten(v, tensors, storages) for v in obj]
     if isinstance(obj, np.generic):
         return obj.item()
     if obj is None or isinstance(obj, (str, int, float, bool)):

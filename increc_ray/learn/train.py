@@ -24,7 +24,7 @@ import uuid
 
 from increc_ray.config import Config
 from increc_ray.learn.cursor import StreamCursor
-from increc_ray.learn.resume import RUN_NAME, restore, save_checkpoint
+from increc_ray.learn.resume import RUN_NAME, checkpoint_due, restore, save_checkpoint
 
 logger = logging.getLogger("increc_ray.learn.train")
 
@@ -65,6 +65,7 @@ class _TrainWorker:
         self.registry = serve.get_deployment_handle(loop_config["registry_deployment"], loop_config["app_name"])
         self.stop_file = loop_config.get("stop_file")
         self.last_ckpt_updates = self.n_updates
+        self._ckpt_done, self._ckpt_s = time.monotonic(), 0.0  # when the last checkpoint ended, its seconds
         self.loop_seconds: dict[str, float] = {}
         self.gate = Gate(cfg.gate)
         self.phase, self.full_pass_progress, self.last_full_pass = "", None, None
@@ -234,9 +235,15 @@ class _TrainWorker:
         self.checkpoint({"full_pass": True})
 
     def checkpoint(self, metrics: dict) -> None:
+        t0 = time.monotonic()
         save_checkpoint(self.learner, self.cursor, self.versions.last, self.n_updates, metrics,
                          _live_artifact(self.learner, self.gate))
         self.last_ckpt_updates = self.n_updates
+        self._ckpt_done, self._ckpt_s = time.monotonic(), time.monotonic() - t0
+
+    def checkpoint_due(self) -> bool:
+        return checkpoint_due(self.cfg.trainer, self.n_updates - self.last_ckpt_updates,
+                              time.monotonic() - self._ckpt_done, self._ckpt_s)
 
     def run(self) -> None:
         from increc_ray import telemetry
@@ -318,7 +325,7 @@ class _TrainWorker:
                         self.publish(learner.export_weights(self.versions.next(), metrics))
                 else:
                     _log_decision(self.keeper.after_update())
-            if self.n_updates - self.last_ckpt_updates >= tcfg.checkpoint_every:
+            if self.checkpoint_due():
                 with self._timed("checkpoint"):
                     self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
             self.report_progress()

@@ -160,3 +160,31 @@ def test_with_no_checkpoint_registered_the_newest_whole_one_on_disk_is_used(tmp_
     assert [os.path.basename(p) for p in resume.checkpoints_on_disk(cfg)][:2] == [
         "checkpoint_v00000002_u00000001", "checkpoint_v00000001_u00000006"]
     assert resume._unregistered_checkpoint(cfg, "cpu") == {"version": 2}
+
+
+def test_tensors_that_share_memory_are_written_apart_and_the_rest_without_a_copy(tmp_path):
+    import numpy as np
+    import torch
+
+    from increc_ray.learn import serialize
+
+    w = torch.arange(12, dtype=torch.float32).reshape(3, 4)
+    tree = {"w": w, "same": w, "row": w[1], "t": w.t(), "col": np.asfortranarray(np.arange(6.0).reshape(2, 3))}
+    tensors: dict = {}
+    serialize._flatten(tree, tensors)
+    assert tensors["t0"].data_ptr() == w.data_ptr()  # written as it is
+    assert len({t.untyped_storage().data_ptr() for t in tensors.values()}) == len(tensors)  # none shared
+    serialize.save_tree(tree, str(tmp_path), "s")
+    back = serialize.load_tree(str(tmp_path), "s")
+    assert torch.equal(back["w"], w) and torch.equal(back["same"], w) and torch.equal(back["row"], w[1])
+    assert torch.equal(back["t"], w.t()) and np.array_equal(back["col"], tree["col"])
+
+
+def test_a_checkpoint_waits_until_checkpoints_would_take_at_most_their_share_of_the_time():
+    from increc_ray.learn.resume import checkpoint_due
+
+    tcfg = replace(TrainerConfig(), checkpoint_every=10, checkpoint_max_share=0.1)
+    assert not checkpoint_due(tcfg, 9, 1e9, 0.0)  # too few updates
+    assert checkpoint_due(tcfg, 10, 0.5, 0.05)  # a cheap checkpoint: every 10 updates, as before
+    assert not checkpoint_due(tcfg, 50, 80.0, 10.0)  # a 10 s one: 90 s of other work first
+    assert checkpoint_due(tcfg, 50, 90.0, 10.0)
