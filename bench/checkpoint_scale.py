@@ -80,10 +80,10 @@ def main() -> None:
         timing, learner, _ = _run(cfg, cfg.trainer, n_items, args)
         update_s = timing["seconds_per_update"] + timing["observe_seconds_per_update"]
         with tempfile.TemporaryDirectory() as tmp:
-            def now():
+            def now(learner=learner):
                 serialize.save_tree({"learner": learner.state_dict()}, tmp, "ckpt")
 
-            def before():
+            def before(learner=learner):
                 serialize.save_tree(_copied({"learner": learner.state_dict()}), tmp, "ckpt")
 
             ckpt_s, before_s = _wall(now, args.repeat), _wall(before, args.repeat)
