@@ -55,7 +55,10 @@ TEST_CONFIG = {
     "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 20, "dropout": 0.1,
               "initial_item_capacity": 64},
     "trainer": {"lr": 0.005, "batch_size": 64, "min_new_events": 20, "max_new_events": 250, "steps_per_update": 2,
-                "checkpoint_every": 5, "clean_store_poll_interval_s": 0.2},
+                "checkpoint_every": 5, "clean_store_poll_interval_s": 0.2,
+                # a trainer catching up after the fault tests promotes 5 versions in under a second:
+                # the rollback test reads its rollback's version after them
+                "keep_versions": 50},
     "bootstrap": {"min_events": 1000, "epochs": 4, "eval_every": 1, "patience": 2, "lr": 0.005, "batch_size": 64},
     "gate": {"min_events": 100},
     "serving": {"weight_poll_timeout_s": 2.0},

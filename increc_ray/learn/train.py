@@ -12,7 +12,6 @@ where it stopped; the offset is a ``increc_ray.learn.cursor.StreamCursor``'s.
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import logging
 import os
@@ -50,15 +49,14 @@ class _TrainWorker:
 
         from increc_ray.ingest.landing import CleanStore
         from increc_ray.learn.gate import Gate, GateKeeper, Snapshot
-        from increc_ray.learn.versions import VersionCounter, WeightArchive
+        from increc_ray.learn.versions import KeepNewest, VersionCounter, WeightArchive
 
         cfg = self.cfg = Config.from_dict(loop_config["config"])
         self.device = str(ray.train.torch.get_device())
         self.learner, offset, version, self.n_updates, saved_live = restore(cfg, self.device)
         self.versions = VersionCounter(cfg.version_file, at_least=version)
         self.archive = WeightArchive(cfg.published_dir, cfg.trainer.keep_versions)
-        self._archiver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="increc-archive")
-        self._archived: concurrent.futures.Future = self._archiver.submit(lambda: None)
+        self._archiver = KeepNewest(self._keep)
         self._rollback: dict | None = None  # a POST /admin/rollback the registry handed over
         self._rolled_back: str | None = None  # the id of the last one done
         self.cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
@@ -78,7 +76,7 @@ class _TrainWorker:
         live_weights = ray.get(got[1][0]) if got else saved_live
         if live_weights is not None and not got:
             live_weights = {**live_weights, "version": self.versions.next(), "created_at": time.time()}
-            self.publish(live_weights)
+            self.publish(live_weights, pin=True)
         if live_weights is not None and not live_weights.get("fallback"):  # a marker: popularity is live
             self.gate.live = Snapshot.from_weights(live_weights)
         self.keeper = GateKeeper(self.learner, self.gate, self.versions.next, self.publish)
@@ -94,13 +92,16 @@ class _TrainWorker:
     def stopping(self) -> bool:
         return bool(self.stop_file and os.path.exists(self.stop_file))
 
-    def publish(self, weights: dict) -> int:
+    def publish(self, weights: dict, pin: bool = False) -> int:
         from increc_ray import telemetry
 
         # Kept for rollback by a thread of its own (a safetensors write and an fsync per version,
         # which no longer stand between an event and its version going live); a rollback waits for
-        # the writes before it reads (``_archived``), so it can return to whatever serving had.
-        self._archived = self._archiver.submit(self._keep, weights)
+        # the writes before it reads (``KeepNewest.wait``), so it can return to whatever serving had.
+        # One version waits at most, the newest: a version published while the one before it
+        # still waits replaces it (``archive_skipped``). At 1M items a version is 500 MiB and its
+        # write takes longer than an update, and a queue of them grew without bound.
+        self._archiver.submit(weights, pin)  # pinned: kept even if newer versions follow at once
         self.registry.publish.remote(weights).result()
         telemetry.set_gauge("increc_model_version", weights["version"])
         return weights["version"]
@@ -121,7 +122,7 @@ class _TrainWorker:
         request, self._rollback = self._rollback, None
         self._rolled_back = request["id"]
         target = int(request["version"])
-        self._archived.result()  # the archive writes in flight (one thread: in publish order)
+        self._archiver.wait()  # the archive writes in flight
         try:
             weights = self.archive.load(target)
         except KeyError:  # the registry checked it was kept; it was dropped since
@@ -133,7 +134,7 @@ class _TrainWorker:
         rollback_weights(self.learner, live.state(), live.vocab)
         self.gate.live, self.gate.candidate = live, None
         self.keeper.distrust()  # an operator went back: updates wait for a candidate to pass again
-        self.publish(weights)
+        self.publish(weights, pin=True)
         logger.warning("rolled back to version %d, serving it as version %d", target, weights["version"])
         self.checkpoint({"rolled_back_to": target})
 
@@ -156,6 +157,7 @@ class _TrainWorker:
             "worker_pid": os.getpid(), "phase": self.phase,
             "unread_events": self._unread, "full_pass": self.full_pass_progress,
             "loop_seconds": {k: round(v, 2) for k, v in self.loop_seconds.items()},
+            "archive_skipped": self._archiver.skipped,
             "last_full_pass": self.last_full_pass}), self._report
         self._report = call
         if previous is None:
@@ -330,7 +332,7 @@ class _TrainWorker:
                     self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
             self.report_progress()
         self.checkpoint({"stopped": True})
-        self._archiver.shutdown(wait=True)  # the versions published last are kept before the worker exits
+        self._archiver.shutdown()  # the version published last is kept before the worker exits
 
 
 def lower_priority(nice: int) -> None:

@@ -8,7 +8,13 @@ gaps are fine, repeats are not.
 
 from __future__ import annotations
 
+import concurrent.futures
+import logging
 import os
+import threading
+from typing import Callable
+
+logger = logging.getLogger(__name__)
 
 
 class VersionCounter:
@@ -95,3 +101,70 @@ class WeightArchive:
         if version not in self.versions():
             raise KeyError(version)
         return serialize.load_tree(os.path.join(self.root, str(version)), self.NAME)
+
+
+class KeepNewest:
+    """Writes published versions in a thread of its own, the newest first: at most one version
+    waits, and one published while another waits replaces it (``skipped`` counts those). At 1M
+    items a version is 500 MiB and its write takes longer than an update: a queue of every
+    version would grow without bound, each entry holding its weights.
+
+    >>> import time
+    >>> kept = []
+    >>> k = KeepNewest(lambda w: (time.sleep(0.05), kept.append(w["version"])))
+    >>> for v in range(1, 6):
+    ...     k.submit({"version": v})
+    >>> k.wait(); kept[-1], len(kept) + k.skipped  # the newest is always written
+    (5, 5)
+    """
+
+    def __init__(self, write: Callable[[dict], None]) -> None:
+        self._write = write
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="increc-archive")
+        self._lock = threading.Lock()
+        self._next: dict | None = None  # the newest version submitted and not yet taken
+        self._pinned: list[dict] = []  # versions that wait whatever comes after them
+        self._busy = False  # a drain is queued or running
+        self._done: concurrent.futures.Future = self._pool.submit(lambda: None)
+        self.skipped = 0
+
+    def submit(self, weights: dict, pin: bool = False) -> None:
+        """Write ``weights`` soon; a pinned version (a rollback's) is never replaced."""
+        with self._lock:
+            if pin:
+                self._pinned.append(weights)
+            else:
+                if self._next is not None:
+                    self.skipped += 1
+                self._next = weights
+            if not self._busy:
+                self._busy = True
+                self._done = self._pool.submit(self._drain)
+
+    def wait(self) -> None:
+        """Until every version submitted so far is written or skipped."""
+        while True:
+            with self._lock:
+                done, busy = self._done, self._busy
+            done.result()
+            if not busy or done is self._done:
+                return
+
+    def shutdown(self) -> None:
+        self.wait()
+        self._pool.shutdown(wait=True)
+
+    def _drain(self) -> None:
+        while True:
+            with self._lock:
+                if self._pinned:
+                    weights = self._pinned.pop(0)
+                else:
+                    weights, self._next = self._next, None
+                if weights is None:
+                    self._busy = False
+                    return
+            try:
+                self._write(weights)
+            except Exception:  # the next version is still written
+                logger.exception("could not keep version %s", weights.get("version"))

@@ -188,3 +188,31 @@ def test_a_checkpoint_waits_until_checkpoints_would_take_at_most_their_share_of_
     assert checkpoint_due(tcfg, 10, 0.5, 0.05)  # a cheap checkpoint: every 10 updates, as before
     assert not checkpoint_due(tcfg, 50, 80.0, 10.0)  # a 10 s one: 90 s of other work first
     assert checkpoint_due(tcfg, 50, 90.0, 10.0)
+
+
+def test_the_archive_thread_writes_the_newest_version_and_skips_those_a_newer_one_replaced():
+    import threading
+
+    from increc_ray.learn.versions import KeepNewest
+
+    release, kept = threading.Event(), []
+
+    def write(w):
+        if w["version"] == 1:
+            release.wait(10)  # a slow write: versions 2..5 arrive meanwhile
+        kept.append(w["version"])
+
+    k = KeepNewest(write)
+    k.submit({"version": 1})
+    for _ in range(200):  # until the thread has taken version 1
+        if k._next is None:
+            break
+        threading.Event().wait(0.01)
+    for v in (2, 3, 4, 5):
+        k.submit({"version": v})
+    release.set()
+    k.wait()
+    assert kept == [1, 5] and k.skipped == 3  # at most one version waited: memory stays bounded
+    k.submit({"version": 6})
+    k.shutdown()
+    assert kept == [1, 5, 6]

@@ -4,6 +4,7 @@ number, and the trainer learns on from it. Runs on the session's deployment afte
 from __future__ import annotations
 
 import os
+import time
 
 import httpx
 import numpy as np
@@ -58,8 +59,15 @@ def test_rollback_serves_a_kept_version_again_and_learning_goes_on(client):
     assert new > before["model_version"] and (answer is None or answer["rolled_back_to"] == target)
     after = wait_until(lambda: (s := status(client)) and s["served_version"] >= new and s, 60, what="it served")
     assert after["trainer"]["gate"]["live_version"] >= new
-    # the new number serves exactly the old weights
-    old, again = _weights(target), _weights(new)
+    # the new number serves exactly the old weights (the version the rollback published: `new`
+    # may be a later one when the trainer answered 202 and published again before the poll)
+    deadline, rolled = time.time() + 30, []
+    while not rolled and time.time() < deadline:
+        kept_now = {v: _weights(v)["metrics"] for v in _kept(client)}
+        rolled = [v for v, m in kept_now.items() if v > target and m.get("rolled_back_to") == target]
+        time.sleep(0.5)
+    assert rolled, f"no kept version rolled back to {target}: new {new}, kept {kept_now}"
+    old, again = _weights(target), _weights(rolled[-1])
     assert again["vocab"] == old["vocab"]
     assert all(np.array_equal(again["state_dict"][k], old["state_dict"][k]) for k in old["state_dict"])
     user = next(iter(test_app.LAST_ITEM))
