@@ -128,7 +128,7 @@ def reliability(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-SERVE_LOAD_FILES = ("serve_load_10k.json",)
+SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_1m.json")
 
 
 def serve_load(results: str = RESULTS) -> str:
@@ -151,7 +151,8 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_10k_optimistic.json", "freshness, gate optimistic"),
                    ("serve_load_10k_fresh.json", "freshness, profile ml-100k-fresh"),
                    ("serve_load_10k_fresh_throughput.json", "load, profile ml-100k-fresh"),
-                   ("serve_load_10k_large-catalogue.json", "freshness, profile large-catalogue with 1,024 negatives"))
+                   ("serve_load_10k_large-catalogue.json", "freshness, profile large-catalogue with 1,024 negatives"),
+                   ("serve_load_1m.json", "all phases, profile large-catalogue, gate off"))
 
 
 def serve_goals(results: str = RESULTS) -> str:
@@ -168,12 +169,14 @@ def serve_goals(results: str = RESULTS) -> str:
             rows.append(f"| {goal} | {run} | {measured} | {target} | {'-' if met is None else 'yes' if met else 'no'} |")
 
         if t := r.get("throughput"):
-            sat = t["saturation_rps"]
+            sat, large = t["saturation_rps"], r["items"] >= 500_000  # the goals: 0.7x at 10k items, 0.5x at 1M
             row("throughput / do-nothing at saturation", f"{t['ratio_at_saturation']:.2f} ({sat['recommend']:.0f} / "
-                f"{sat['noop']:.0f} req/s)", ">= 0.7", t["ratio_at_saturation"] >= 0.7)
+                f"{sat['noop']:.0f} req/s)", ">= 0.5" if large else ">= 0.7",
+                t["ratio_at_saturation"] >= (0.5 if large else 0.7))
             half = t["half_saturation"]
             row("p99 at half saturation", f"{half['p99_ms']:.0f} ms ({half['connections']} connections, "
-                f"{half['rps']:.0f} req/s)", "< 50 ms", half["p99_ms"] < 50)
+                f"{half['rps']:.0f} req/s)", "< 50 ms (a 10k-item goal)" if large else "< 50 ms",
+                None if large else half["p99_ms"] < 50)
             share = t["model_share"]
             row("answers from the model, users with history", f"{share['model_share']:.1%} of {share['answers']}",
                 ">= 99%", share["model_share"] >= 0.99)
@@ -208,7 +211,8 @@ def hot_path(results: str = RESULTS) -> str:
         if r is None or "profile" not in r:
             continue
         noop, rec = r["profile"]["noop"], r["profile"]["recommend"]
-        rows.append(f"| (requests per second) | {noop['result']['rps']:.0f} | {rec['result']['rps']:.0f} |")
+        rows.append(f"| **{r['setup']['n_items']:,} items** (requests per second) | {noop['result']['rps']:.0f} "
+                    f"| {rec['result']['rps']:.0f} |")
         groups = sorted(set(noop["cpu_ms_per_request"]) | set(rec["cpu_ms_per_request"]),
                         key=lambda g: -rec["cpu_ms_per_request"].get(g, 0))
         for g in groups:
@@ -275,6 +279,21 @@ def scoring_scale(results: str = RESULTS) -> str:
                     f"| {s['adopt_version_s'] * 1000:.0f} ms ({base.get('adopt_version_s', 0) * 1000:.0f} ms) "
                     f"| {_ms(s.get('adopt_next_version_s'))} ({_ms(s.get('adopt_before', {}).get('adopt_version_s'))}) "
                     f"| {s['published_mib']} | {recall} |")
+    return "\n".join(rows)
+
+
+def checkpoint_scale(results: str = RESULTS) -> str:
+    """``bench/checkpoint_scale.py``: a trainer checkpoint's cost and its share of the trainer's time."""
+    r = _load("checkpoint_scale.json", results)
+    rows = ["| items | checkpoint | write (copying every tensor first, before) | one update | share of the trainer's "
+            f"time, a checkpoint every {(r or {}).get('checkpoint_every', 10)} updates | share with "
+            f"checkpoint_max_share {(r or {}).get('checkpoint_max_share', 0.1)} (updates between checkpoints) |",
+            "|---|---|---|---|---|---|"]
+    for s in (r or {}).get("sizes", []):
+        every = (r or {}).get("checkpoint_every", 10)
+        rows.append(f"| {s['items']:,} | {s['checkpoint_mib']:,} MiB | {s['checkpoint_s']} s ({s['checkpoint_before_s']} s) "
+                    f"| {s['update_s']} s | {s[f'share_every_{every}_updates']:.0%} | {s['share_with_bound']:.0%} "
+                    f"({s['updates_between_checkpoints_with_bound']}) |")
     return "\n".join(rows)
 
 
@@ -422,7 +441,7 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "state-size": state_size, "trainer-scale": trainer_scale, "trainer-loop": trainer_loop,
                                            "sampled-quality": sampled_quality, "freshness-runs": freshness_runs,
                                            "clean-store-tail": clean_store_tail, "ann-follow": ann_follow,
-                                           "rare-item-rows": rare_item_rows}
+                                           "rare-item-rows": rare_item_rows, "checkpoint-scale": checkpoint_scale}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
