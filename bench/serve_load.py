@@ -522,11 +522,14 @@ def main() -> None:
         if "swaps" in args.phases:
             v0 = status(httpx.Client(base_url=base, headers=auth, timeout=30))["model_version"]
             result["swaps"] = swaps_and_scaling(base, users, [(4, 20.0), (48, 40.0), (1, 45.0)])
-            result["swaps"]["published_during"] = status(httpx.Client(base_url=base, headers=auth, timeout=30))[
-                "model_version"] - v0
+            try:  # an overloaded app (1M items) may answer /status late: the phase's figures stand without it
+                result["swaps"]["published_during"] = status(httpx.Client(base_url=base, headers=auth, timeout=120))[
+                    "model_version"] - v0
+            except httpx.TransportError as e:
+                result["swaps"]["published_during_error"] = repr(e)
             print(f"swaps and scaling: {json.dumps({k: v for k, v in result['swaps'].items() if k != 'timeline'})}",
                   flush=True)
-        with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
+        with httpx.Client(base_url=base, headers=auth, timeout=120) as c:
             st = status(c)
             result["final_status"] = {k: v for k, v in st.items() if k in ("history", "replica", "counts", "ledger")}
             result["final_status"]["trainer_loop_seconds"] = st["trainer"]["progress"].get("loop_seconds")

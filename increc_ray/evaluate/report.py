@@ -193,9 +193,10 @@ def serve_goals(results: str = RESULTS) -> str:
                     f"{m.get('trainer_unread_events')})", "p50 < 1 s, p99 < 3 s", False)
         if w := r.get("swaps"):
             counts = [x["replicas"] for x in w["timeline"]]
+            published = (f"{w['published_during']} versions published" if "published_during" in w
+                         else f"{w['versions_seen']} versions answered")  # a run whose last /status timed out
             row("failed requests during swaps and scaling", f"{w['failed']} of {w['requests']:,} "
-                f"({w['published_during']} versions published, replicas {min(counts)} -> {max(counts)} -> "
-                f"{counts[-1]})", "0", w["failed"] == 0)
+                f"({published}, replicas {min(counts)} -> {max(counts)} -> {counts[-1]})", "0", w["failed"] == 0)
             if w.get("swap_p99_ratio") is not None:
                 row("p99 during swaps / between them", f"{w['swap_p99_ratio']:.2f}x ({w['p99_ms_during_swaps']:.0f} / "
                     f"{w['p99_ms_between_swaps']:.0f} ms; longest stall {w['longest_stall_ms']:.0f} ms)", "<= 2x",
