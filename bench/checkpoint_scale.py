@@ -15,6 +15,8 @@ softmax, the loss for a large catalogue) that knows that many items and has made
   the trainer's time checkpoints took at ``trainer.checkpoint_every`` updates, against the bound
   ``trainer.checkpoint_max_share`` now sets.
 
+Each write is timed ``--repeat`` times after one untimed write (``scoring_scale.timed``): the median.
+
     python bench/checkpoint_scale.py [--items 10000,100000,1000000] [--out bench/results/checkpoint_scale.json]
 """
 
@@ -23,10 +25,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
-import time
 
 import torch
 
@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.learn import serialize  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
+from scoring_scale import timed  # noqa: E402
 from trainer_scale import _run  # noqa: E402
 
 HERE = os.path.dirname(__file__)
@@ -50,15 +51,6 @@ def _copied(obj):
     if isinstance(obj, (list, tuple)):
         return [_copied(v) for v in obj]
     return obj
-
-
-def _wall(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -86,7 +78,7 @@ def main() -> None:
             def before(learner=learner):
                 serialize.save_tree(_copied({"learner": learner.state_dict()}), tmp, "ckpt")
 
-            ckpt_s, before_s = _wall(now, args.repeat), _wall(before, args.repeat)
+            ckpt_s, before_s = timed(now, args.repeat), timed(before, args.repeat)
             size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
         row = {"items": n_items, "checkpoint_mib": round(size / 2**20, 1), "checkpoint_s": round(ckpt_s, 3),
                "checkpoint_before_s": round(before_s, 3), "speedup": round(before_s / ckpt_s, 2),

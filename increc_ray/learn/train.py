@@ -241,7 +241,8 @@ class _TrainWorker:
         save_checkpoint(self.learner, self.cursor, self.versions.last, self.n_updates, metrics,
                          _live_artifact(self.learner, self.gate))
         self.last_ckpt_updates = self.n_updates
-        self._ckpt_done, self._ckpt_s = time.monotonic(), time.monotonic() - t0
+        self._ckpt_done = time.monotonic()
+        self._ckpt_s = self._ckpt_done - t0
 
     def checkpoint_due(self) -> bool:
         return checkpoint_due(self.cfg.trainer, self.n_updates - self.last_ckpt_updates,

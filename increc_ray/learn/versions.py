@@ -8,6 +8,7 @@ gaps are fine, repeats are not.
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import logging
 import os
@@ -123,7 +124,7 @@ class KeepNewest:
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="increc-archive")
         self._lock = threading.Lock()
         self._next: dict | None = None  # the newest version submitted and not yet taken
-        self._pinned: list[dict] = []  # versions that wait whatever comes after them
+        self._pinned: collections.deque[dict] = collections.deque()  # wait whatever comes after them
         self._busy = False  # a drain is queued or running
         self._done: concurrent.futures.Future = self._pool.submit(lambda: None)
         self.skipped = 0
@@ -158,7 +159,7 @@ class KeepNewest:
         while True:
             with self._lock:
                 if self._pinned:
-                    weights = self._pinned.pop(0)
+                    weights = self._pinned.popleft()
                 else:
                     weights, self._next = self._next, None
                 if weights is None:
