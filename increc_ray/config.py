@@ -96,6 +96,12 @@ class IngestConfig(_Section):
     max_events_per_request: int = Field(10_000, gt=0)
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_files_per_batch: int = Field(64, gt=0)  # files cleaned together in one Ray Data job
+    # Disk and de-duplication memory bounded in event time (increc_ray/ingest/retention.py): a new
+    # event older than the newest accepted one by more than this is quarantined (reason
+    # "retention"), and clean parts wholly older than that, behind the trainer's checkpoint, are
+    # deleted with their landing files, their counts folded into the ledger. None = keep everything.
+    retention_s: float | None = Field(None, gt=0)
+    prune_interval_s: float = Field(300.0, gt=0)  # how often the cleaning thread looks for parts to prune
 
 
 class CleaningConfig(_Section):
@@ -405,6 +411,17 @@ class Config(_Section):
     serving: ServingConfig = Field(default_factory=ServingConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+
+    @model_validator(mode="after")
+    def _retention_keeps_what_serving_keeps(self) -> "Config":
+        # A restarted UserHistory rebuilds from the clean store: it must still hold what the ttls keep.
+        keep = self.ingest.retention_s
+        for key in ("user_ttl_s", "item_ttl_s"):
+            ttl = getattr(self.serving, key)
+            if keep is not None and (ttl is None or ttl > keep):
+                raise SectionError("ingest.retention_s", keep,
+                                   f"must be at least serving.{key} ({ttl}): a restarted history rebuilds from the clean store")
+        return self
 
     @model_validator(mode="after")
     def _variants_are_trainer_overrides(self) -> "Config":

@@ -6,8 +6,8 @@ its own subset:
 
 ingest / cleaning  increc_events_accepted_total, increc_events_duplicate_total,
                    increc_events_quarantined_total, increc_events_cleaned_total,
-                   increc_events_refused_total{rule=rate|cardinality} (also quarantined),
-                   increc_clean_pass_failures_total,
+                   increc_events_refused_total{rule=rate|cardinality|retention} (also quarantined),
+                   increc_clean_pass_failures_total, increc_pruned_events_total,
                    increc_ingest_lag_seconds (landing -> clean store),
                    increc_ledger_events{kind=received|applied|quarantined|duplicates|pending|applied_twice}
 trainer            increc_events_applied_total, increc_model_version (the live one),
@@ -43,6 +43,7 @@ _DEFS = {
     "increc_events_refused_total": ("counter", "Clean, new events quarantined by a stateful rule (ingest/rate.py).", ("rule",)),
     "increc_events_cleaned_total": ("counter", "Events written to the clean store.", ()),
     "increc_clean_pass_failures_total": ("counter", "Cleaning passes that failed before their clean part was written (retried).", ()),
+    "increc_pruned_events_total": ("counter", "Events whose files retention pruned, their counts folded into the ledger (ingest.retention_s).", ()),
     "increc_ledger_events": ("gauge", "The event ledger: received = applied + quarantined + duplicates + pending; applied_twice apart (goal 0).", ("kind",)),
     "increc_ingest_lag_seconds": ("gauge", "Seconds from landing to clean store, newest batch.", ()),
     "increc_events_applied_total": ("counter", "Clean events applied to the model by the trainer.", ()),

@@ -51,7 +51,10 @@ AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 
 # Small and fast settings for tests: the same code paths as serve_config.yaml.
 TEST_CONFIG = {
-    "ingest": {"landing_poll_interval_s": 0.2, "max_body_bytes": 1_000_000},
+    # retention on (a year, the test stream spans hours: nothing is old enough) so the deployed
+    # prune loop runs; tests/ingest/test_retention.py prunes
+    "ingest": {"landing_poll_interval_s": 0.2, "max_body_bytes": 1_000_000, "retention_s": 365 * 86400.0,
+               "prune_interval_s": 1.0},
     "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 20, "dropout": 0.1,
               "initial_item_capacity": 64},
     "trainer": {"lr": 0.005, "batch_size": 64, "min_new_events": 20, "max_new_events": 250, "steps_per_update": 2,

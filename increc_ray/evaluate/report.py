@@ -384,6 +384,39 @@ def freshness_runs(results: str = RESULTS) -> str:
                     f"| {loop.get('update', 0) / total:.0%} / {loop.get('idle', 0) / total:.0%} |")
     return "\n".join(rows)
 
+def retention(results: str = RESULTS) -> str:
+    """``bench/retention.py``: the ingest's disk and de-duplication keys over a long stream,
+    without and with ``ingest.retention_s`` (same run), at each snapshot day."""
+    r = _load("retention.json", results)
+    rows = ["| day of stream | events posted | clean store | processed landing files | quarantine | ledger files "
+            "| de-duplication keys | known users / items |", "|---|---|---|---|---|---|---|---|"]
+    if r is None:
+        return "\n".join(rows)
+    keep = r["with"]["retention_days"]
+
+    def cell(a: dict, b: dict, key: str) -> str:
+        return f"{a[key]['mib']} -> {b[key]['mib']} MiB ({a[key]['files']:,} -> {b[key]['files']:,} files)"
+
+    for a, b in zip(r["without"]["series"], r["with"]["series"]):
+        rows.append(f"| {a['day']} | {a['posted']:,} | {cell(a, b, 'clean')} | {cell(a, b, 'landing')} "
+                    f"| {cell(a, b, 'quarantine')} | {a['ledger']['files']} -> {b['ledger']['files']} "
+                    f"| {a['seen_keys']:,} -> {b['seen_keys']:,} | {a['known_users']:,} / {a['known_items']:,} -> "
+                    f"{b['known_users']:,} / {b['known_items']:,} |")
+    w, wo = r["with"], r["without"]
+    rows.append(f"| restart (rebuild from disk) | | {wo['restart_s']} s -> {w['restart_s']} s | | | | | |")
+    rows.append(f"| ledger balanced, every event accounted for, same after a restart | | "
+                f"{wo['ledger_accounts_for_every_event'] and wo['restart_ledger_matches']} -> "
+                f"{w['ledger_accounts_for_every_event'] and w['restart_ledger_matches']} | | | | | |")
+    rows.append(f"| a retry of day 0's first event | | {_retry(wo['retry_of_day_0'])} -> {_retry(w['retry_of_day_0'])} "
+                f"(retention {keep:g} days) | | | | | |")
+    return "\n".join(rows)
+
+
+def _retry(x: dict) -> str:
+    if x["accepted"]:
+        return "applied again"
+    return "duplicate" if x["duplicates"] else "quarantined: " + ", ".join(x["rejected"])
+
 
 def clean_store_tail(results: str = RESULTS) -> str:
     """``bench/clean_store_tail.py``: a look for new clean parts against the folder listing it
@@ -442,7 +475,8 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "state-size": state_size, "trainer-scale": trainer_scale, "trainer-loop": trainer_loop,
                                            "sampled-quality": sampled_quality, "freshness-runs": freshness_runs,
                                            "clean-store-tail": clean_store_tail, "ann-follow": ann_follow,
-                                           "rare-item-rows": rare_item_rows, "checkpoint-scale": checkpoint_scale}
+                                           "rare-item-rows": rare_item_rows, "checkpoint-scale": checkpoint_scale,
+                                           "retention": retention}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 

@@ -19,7 +19,8 @@ def drop_batch_duplicates(table: pa.Table) -> tuple[pa.Table, int]:
 
 
 class SeenKeys:
-    """Every ``dedup_key`` ever accepted: de-duplication across the whole history."""
+    """Every ``dedup_key`` accepted (with ``ingest.retention_s``, those not pruned yet: an event old
+    enough to repeat a pruned one is refused by age instead)."""
 
     def __init__(self, keys: Iterable[str] = ()) -> None:
         self._keys: set[str] = set()
@@ -36,6 +37,11 @@ class SeenKeys:
         if isinstance(keys, (pa.Array, pa.ChunkedArray)):
             keys = keys.to_pylist()
         self._keys.update(keys)
+
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop ``keys`` (their events were pruned: ``increc_ray.ingest.retention``)."""
+        for k in keys:
+            self._keys.discard(k)
 
     def filter_new(self, table: pa.Table) -> tuple[pa.Table, int]:
         """Keep rows whose key is new (first one wins within ``table``); remember them."""

@@ -22,6 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 _PROCESSED = "_processed"
+_CONSUMED = "_trainer_offset.json"  # in the clean store: the trainer's checkpointed offset
 _PART_RE = re.compile(r"^part-(\d{12})\.parquet$")
 
 
@@ -165,6 +166,45 @@ class CleanStore:
         return pq.read_table(path, filesystem=self.fs, columns=columns)
 
     def read_all(self, columns: list[str] | None = None, after: int = -1) -> pa.Table | None:
-        """All parts after ``after`` as one table, or None when there are none."""
-        tables = [self.read(p, columns) for _, p in self.parts(after)]
+        """All parts after ``after`` as one table, or None when there are none. A part pruned
+        between the listing and its read (``increc_ray.ingest.retention``) is left out."""
+        tables = [t for _, p in self.parts(after) if (t := self.read_if_there(p, columns)) is not None]
         return pa.concat_tables(tables) if tables else None
+
+    def read_if_there(self, path: str, columns: list[str] | None = None) -> pa.Table | None:
+        try:
+            return self.read(path, columns)
+        except FileNotFoundError:
+            return None
+
+    # ---- retention (increc_ray.ingest.retention) -------------------------------------------------
+
+    def newest_event_ms(self, path: str) -> int | None:
+        """The newest ``timestamp`` in part ``path``, from its footer's statistics (no row read)."""
+        meta = pq.read_metadata(path, filesystem=self.fs)
+        col = meta.schema.to_arrow_schema().get_field_index("timestamp")
+        newest = None
+        for rg in range(meta.num_row_groups):
+            stats = meta.row_group(rg).column(col).statistics
+            if stats is None or not stats.has_min_max:
+                return None
+            top = stats.max
+            top = int(top.timestamp() * 1000) if hasattr(top, "timestamp") else int(top)
+            newest = top if newest is None else max(newest, top)
+        return newest
+
+    def write_consumed(self, offset: dict) -> None:
+        """The trainer's checkpointed read position: parts before its ``seq`` are never read again."""
+        import json
+
+        write_bytes_atomic(self.fs, f"{self.root}/{_CONSUMED}", json.dumps(offset).encode())
+
+    def consumed(self) -> dict | None:
+        """What ``write_consumed`` last wrote, or None (no checkpoint yet: nothing may be pruned)."""
+        import json
+
+        try:
+            with self.fs.open_input_stream(f"{self.root}/{_CONSUMED}") as f:
+                return json.loads(f.read())
+        except FileNotFoundError:
+            return None

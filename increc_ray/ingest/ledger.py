@@ -23,6 +23,11 @@ a count without its rows or rows without their count:
 A landing file cleaned twice (a crash after its part was written, before the file was moved)
 is counted by its first pass only. The totals are rebuilt at start from file footers and the
 small ledger files: no event row is read.
+
+With ``ingest.retention_s`` old parts, the landing files they name and old ledger files are
+pruned (``increc_ray.ingest.retention``). Their counts are folded first into ``compacted-<at>.json``,
+which holds the totals of everything pruned so far and names the files of its own round; a
+crash before those files are gone leaves them to the next start, which deletes them uncounted.
 """
 
 from __future__ import annotations
@@ -40,6 +45,7 @@ from increc_ray.ingest.landing import CleanStore, LandingZone, open_uri, write_b
 RECEIPT_KEY = b"increc_receipt"  # in a landing file: the request that wrote it
 PASS_KEY = b"increc_pass"  # in a clean part: the pass that wrote it, per landing file
 TOTALS = ("received", "applied", "quarantined", "duplicates")
+COMPACTED = "compacted-"  # ledger/compacted-<at>.json: the counts of everything pruned so far
 
 
 def stamp(table: pa.Table, key: bytes, record: dict) -> pa.Table:
@@ -68,7 +74,8 @@ class EventLedger:
         self.applied_twice = 0
         self._pending: dict[str, int] = {}  # HTTP landing file -> events accepted, not cleaned yet
         self._receipted: set[str] = set()  # landing files whose receipt counted their events received
-        self._cleaned: set[str] = set()  # landing files a pass has counted
+        self._cleaned: dict[str, int] = {}  # landing files a pass has counted -> records naming them
+        self.compacted: dict = {"at": 0, "totals": dict.fromkeys(TOTALS, 0), "covers": {}}  # what pruning folded in
         self._lock = threading.Lock()
         self._load()
 
@@ -102,6 +109,11 @@ class EventLedger:
         with self._lock:
             self._count_pass(record)
 
+    def records_naming(self, name: str) -> int:
+        """How many pass records counted so far name landing file ``name``."""
+        with self._lock:
+            return self._cleaned.get(name, 0)
+
     def snapshot(self) -> dict:
         with self._lock:
             out = {**self.totals, "pending": sum(self._pending.values()), "applied_twice": self.applied_twice}
@@ -122,8 +134,9 @@ class EventLedger:
     def _count_pass(self, record: dict) -> None:
         for name, c in record["files"].items():
             if name in self._cleaned:  # a re-read after a crash: its first pass counted it
+                self._cleaned[name] += 1
                 continue
-            self._cleaned.add(name)
+            self._cleaned[name] = 1
             self._pending.pop(name, None)
             self.totals["applied"] += c["applied"]
             self.totals["duplicates"] += c["duplicates"]
@@ -132,19 +145,28 @@ class EventLedger:
                 self.totals["received"] += c["applied"] + c["duplicates"] + c["quarantined"]
 
     def _load(self) -> None:
+        self._load_compacted()
+        covered = {k: set(v) for k, v in self.compacted["covers"].items()}
         receipts, passes = [], []
-        for path, pending in [(p, True) for p in self.landing.pending()] + [(p, False) for p in self.landing.processed()]:
+        landing = [(p, True) for p in self.landing.pending()] + [(p, False) for p in self.landing.processed()]
+        for path, pending in landing:
+            if self._name(path) in covered.get("landing", ()):
+                continue
             if (r := read_stamp(self.landing.fs, path, RECEIPT_KEY)) is not None:
                 receipts.append((self._name(path), r, pending))
         for info in self.fs.get_file_info(pafs.FileSelector(self.root)):
-            if info.base_name.endswith(".json") and not info.base_name.startswith("_"):
-                with self.fs.open_input_stream(info.path) as f:
-                    record = json.loads(f.read())
-                if info.base_name.startswith("http-"):
-                    receipts.append((None, record, False))
-                else:
-                    passes.append(record)
+            name = info.base_name
+            if not name.endswith(".json") or name.startswith(("_", COMPACTED)) or name in covered.get("ledger", ()):
+                continue
+            with self.fs.open_input_stream(info.path) as f:
+                record = json.loads(f.read())
+            if name.startswith("http-"):
+                receipts.append((None, record, False))
+            else:
+                passes.append(record)
         for _, part in self.store.parts():
+            if part.rsplit("/", 1)[-1] in covered.get("parts", ()):
+                continue
             if (record := read_stamp(self.store.fs, part, PASS_KEY)) is not None:
                 passes.append(record)
         for name, r, pending in receipts:
@@ -154,6 +176,71 @@ class EventLedger:
             self._count_pass(record)
         for name, r, pending in receipts:
             self._count_receipt(name, r, pending)
+        self.finish_compaction()
+
+    # ---- retention: folding pruned files into the ledger ------------------------------------------
+
+    def compact(self, part_paths: list[str], landing_paths: list[str], ledger_names: list[str]) -> dict:
+        """Fold the counts of the clean parts ``part_paths``, the processed landing files
+        ``landing_paths`` and the ledger files ``ledger_names`` into a new ``compacted-*.json``,
+        then delete them. The caller (``increc_ray.ingest.retention``) hands in a closed set:
+        every landing file a pruned record names is pruned with it and named by no record kept,
+        so the totals are unchanged. Returns the counts folded in."""
+        receipted = {self._name(p) for p in landing_paths}
+        scratch = EventLedger.__new__(EventLedger)
+        scratch.totals, scratch._pending = dict.fromkeys(TOTALS, 0), {}
+        scratch._receipted, scratch._cleaned = set(), {}
+        records, receipts = [], []
+        for part in part_paths:
+            if (record := read_stamp(self.store.fs, part, PASS_KEY)) is not None:
+                records.append(record)
+        for name in ledger_names:
+            with self.fs.open_input_stream(f"{self.root}/{name}") as f:
+                record = json.loads(f.read())
+            (receipts.append((None, record)) if name.startswith("http-") else records.append(record))
+        for path in landing_paths:
+            if (r := read_stamp(self.landing.fs, path, RECEIPT_KEY)) is not None:
+                receipts.append((self._name(path), r))
+        scratch._receipted = {name for name, _ in receipts if name is not None}
+        for record in sorted(records, key=lambda r: r["at"]):
+            scratch._count_pass(record)
+        for name, r in receipts:
+            scratch._count_receipt(name, r, pending=False)
+        at = time.time_ns()
+        totals = {k: self.compacted["totals"][k] + scratch.totals[k] for k in TOTALS}
+        covers = {"parts": [p.rsplit("/", 1)[-1] for p in part_paths],
+                  "landing": sorted(receipted | set(scratch._cleaned)), "ledger": list(ledger_names)}
+        self._write(f"{COMPACTED}{at:020d}.json", {"at": at, "totals": totals, "covers": covers})
+        with self._lock:
+            self.compacted = {"at": at, "totals": totals, "covers": covers}
+            for name in covers["landing"]:
+                self._cleaned.pop(name, None)
+                self._receipted.discard(name)
+        self.finish_compaction()
+        return scratch.totals
+
+    def _load_compacted(self) -> None:
+        names = sorted(i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root))
+                       if i.base_name.startswith(COMPACTED) and i.base_name.endswith(".json"))
+        if names:
+            with self.fs.open_input_stream(f"{self.root}/{names[-1]}") as f:
+                self.compacted = json.loads(f.read())
+            self.totals = dict(self.compacted["totals"])
+
+    def finish_compaction(self) -> None:
+        """Delete what the newest compaction covers, and the compactions before it (a crash
+        may have cut a round short: its files are gone, or counted only in it)."""
+        covers, done = self.compacted["covers"], f"{self.landing.root}/_processed"
+        paths = ([(self.store.fs, f"{self.store.root}/{n}") for n in covers.get("parts", ())]
+                 + [(self.landing.fs, f"{done}/{n}") for n in covers.get("landing", ())]
+                 + [(self.fs, f"{self.root}/{n}") for n in covers.get("ledger", ())])
+        paths += [(self.fs, i.path) for i in self.fs.get_file_info(pafs.FileSelector(self.root))
+                  if i.base_name.startswith(COMPACTED) and i.base_name < f"{COMPACTED}{self.compacted['at']:020d}.json"]
+        for fs, path in paths:
+            try:
+                fs.delete_file(path)
+            except FileNotFoundError:
+                pass
 
     def _name(self, path: str) -> str:
         """A landing file's name, the same before and after it is moved to ``_processed/``."""

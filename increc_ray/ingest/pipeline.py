@@ -16,8 +16,11 @@ recognised as duplicates: nothing is lost or applied twice. The ledger
 (``increc_ray.ingest.ledger``) proves it: every event received is counted once as applied,
 quarantined, duplicate or pending, in counts written atomically with the rows they count.
 
-Clean events that are new then pass the stateful rules (``increc_ray.ingest.rate``: id
-cardinality, then the per-user rate), once: at HTTP ingest, or in the pass for rows of dropped
+With ``ingest.retention_s`` it spans the retained stream: old parts are pruned
+(``increc_ray.ingest.retention``) and an event older than the retention is refused.
+
+Clean events that are new then pass the stateful rules (``increc_ray.ingest.rate``: retention,
+id cardinality, then the per-user rate), once: at HTTP ingest, or in the pass for rows of dropped
 files. A refused event is quarantined with its reason and never reaches the clean store.
 """
 
@@ -38,11 +41,11 @@ from increc_ray.ingest.dedup import KeyLedger, drop_batch_duplicates
 from increc_ray.ingest.events import RAW_COLUMNS, raw_table_from_records, rows_as_json
 from increc_ray.ingest.landing import CleanStore, LandingZone, open_uri, write_parquet_atomic
 from increc_ray.ingest.ledger import PASS_KEY, RECEIPT_KEY, EventLedger, stamp
-from increc_ray.ingest.rate import CARDINALITY, RATE, Admission, rule_of
+from increc_ray.ingest.rate import CARDINALITY, RATE, RETENTION, Admission, rule_of
 from increc_ray.ingest.ray_job import clean_files_locally, clean_files_with_ray_data
 
 MAX_REASONS_IN_ANSWER = 100  # a huge bad batch should not produce a huge answer
-REFUSED_COUNTS = {RATE: "rate_limited", CARDINALITY: "cardinality_refused"}  # rule -> key in status()
+REFUSED_COUNTS = {RATE: "rate_limited", CARDINALITY: "cardinality_refused", RETENTION: "too_old"}  # rule -> key in status()
 
 
 @dataclass
@@ -70,9 +73,9 @@ class EventPipeline:
         self.store = CleanStore(cfg.clean_dir)
         self.q_fs, self.q_root = open_uri(cfg.quarantine_dir)
         self._lock = threading.Lock()
+        self.ledger = EventLedger(self.landing, self.store, cfg.ledger_dir)  # first: it ends a cut-short prune
         existing = self.store.read_all(columns=["dedup_key", "user_id", "item_id", "timestamp"])
         self.keys = KeyLedger(existing.column("dedup_key").to_pylist() if existing is not None else ())
-        self.ledger = EventLedger(self.landing, self.store, cfg.ledger_dir)
         self.ledger.applied_twice = (existing.num_rows if existing is not None else 0) - len(self.keys.seen)
         self._next_seq = self.store.last_seq() + 1
         accepted = [existing] if existing is not None else []
@@ -83,11 +86,14 @@ class EventPipeline:
             self.keys.adopt(path, keys)
             # rows already in the store (a crash before the file was moved) are counted once
             accepted.append(rows.filter(pa.array([k not in self.keys.seen for k in keys], pa.bool_())))
-        self.admission = Admission(cfg.cleaning)  # knows every accepted event's ids and its user's last minute
+        # knows every accepted event's ids, its user's last minute and the newest event time
+        self.admission = Admission(cfg.cleaning, cfg.ingest.retention_s)
         if accepted:
             self.admission.seed(pa.concat_tables([t.select(["user_id", "item_id", "timestamp"]) for t in accepted]))
         self.counts = {"accepted": 0, "duplicates": 0, "quarantined": 0, "cleaned": 0, "files": 0,
                        **{key: 0 for key in REFUSED_COUNTS.values()}}
+        self.pruned = {"passes": 0, "parts": 0, "landing_files": 0, "ledger_files": 0, "quarantine_files": 0,
+                       "keys": 0, "ids": 0, "events": 0, "last": None}  # retention, summed
         self.last_clean_time: float | None = None
         self.pass_started_at: float | None = None  # while a cleaning pass runs
 
@@ -243,6 +249,41 @@ class EventPipeline:
                 split_tagged(kept.filter(pa.array([f and a for f, a in zip(fresh, admitted)], pa.bool_()))).clean,
                 refused_rows(kept, reasons), ok.num_rows - kept.num_rows)
 
+    # ---- retention (increc_ray.ingest.retention) ------------------------------------------------------
+
+    def prune(self) -> dict:
+        """One retention pass (nothing without ``ingest.retention_s``); call it between passes."""
+        from increc_ray.ingest.retention import prune
+
+        if self.cfg.ingest.retention_s is None:
+            return {}
+        out = prune(self)
+        if out["parts"]:
+            self.pruned["passes"] += 1
+            for k in ("parts", "landing_files", "ledger_files", "quarantine_files", "keys", "ids", "events"):
+                self.pruned[k] += out[k]
+            self.pruned["last"] = {**out, "at": time.time()}
+            telemetry.inc("increc_pruned_events_total", out["events"])
+        return out
+
+    def prune_quarantine(self, landing_names: list[str], before_ns: int) -> int:
+        """Delete the quarantine files of the pruned landing files ``landing_names`` and those
+        HTTP ingest wrote before ``before_ns``; returns how many went."""
+        import pyarrow.fs as pafs
+
+        doomed = {f"file-{n.rsplit('.', 1)[0]}.parquet" for n in landing_names}
+        gone = 0
+        for info in self.q_fs.get_file_info(pafs.FileSelector(self.q_root, allow_not_found=True)):
+            name = info.base_name
+            old_http = name.startswith("http-") and name[5:-8].isdigit() and int(name[5:-8]) <= before_ns
+            if name in doomed or old_http:
+                try:
+                    self.q_fs.delete_file(info.path)
+                    gone += 1
+                except FileNotFoundError:
+                    pass
+        return gone
+
     def _count_refused(self, by_rule: Counter) -> None:
         for rule, n in by_rule.items():
             self.counts[REFUSED_COUNTS[rule]] += n
@@ -256,7 +297,8 @@ class EventPipeline:
     def status(self) -> dict:
         return {**self.counts, "clean_parts": self._next_seq, "pending_files": len(self.landing.pending()),
                 "seen_keys": len(self.keys.seen), "reserved_keys": self.keys.n_reserved,
-                "last_clean_time": self.last_clean_time, "pass_started_at": self.pass_started_at, **self.admission.status(), "ledger": self.ledger.snapshot()}
+                "last_clean_time": self.last_clean_time, "pass_started_at": self.pass_started_at, **self.admission.status(), "ledger": self.ledger.snapshot(),
+                "pruned": self.pruned}
 
 
 def refused_rows(rows: pa.Table, reasons: list[str | None], raw: pa.ChunkedArray | None = None) -> pa.Table:

@@ -8,6 +8,9 @@ accepted before it, so they live in the pipeline (``EventPipeline``), not in the
 * ``RateLimiter`` (reason ``rate: ...``): a user's event is refused when that user already has
   ``cleaning.rate_limit_per_minute`` accepted events within a minute of it, so a bot cannot
   steer the model with a flood of plausible events.
+* the retention horizon (reason ``retention: ...``, with ``ingest.retention_s``): an event older
+  than the newest accepted one by more than the retention is refused, since the events it could
+  repeat may be pruned (``increc_ray.ingest.retention``) and it could not be told from a duplicate.
 
 Time is *event* time (the clean ``timestamp``), so a replay or a restart decides alike; a bot
 that forges timestamps spread over many minutes is not caught by the rate rule. Both rules
@@ -23,6 +26,7 @@ are rebuilt on start from the clean store (``Admission.seed``).
 from __future__ import annotations
 
 import threading
+from datetime import datetime, timezone
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
 from typing import Iterable, Sequence
@@ -33,11 +37,11 @@ import pyarrow.compute as pc
 from increc_ray.config import CleaningConfig
 
 WINDOW_MS = 60_000
-RATE, CARDINALITY = "rate", "cardinality"  # the rules, as reasons begin
+RATE, CARDINALITY, RETENTION = "rate", "cardinality", "retention"  # the rules, as reasons begin
 
 
 def rule_of(reason: str) -> str:
-    """The rule a refusal reason names (``rate`` or ``cardinality``)."""
+    """The rule a refusal reason names (``rate``, ``cardinality`` or ``retention``)."""
     return reason.split(":", 1)[0]
 
 
@@ -110,13 +114,15 @@ class RateLimiter:
 
 
 class IdCardinality:
-    """The known user and item ids; a new id is refused once ``max_users`` / ``max_items`` are
-    known (``None``: no limit, and that set is not kept). Not thread-safe (``Admission`` locks)."""
+    """The known user and item ids, each with the event time (ms) it was last seen; a new id is
+    refused once ``max_users`` / ``max_items`` are known (``None``: no limit, and that map is not
+    kept). ``expire`` forgets ids unseen since a time, so the limit counts ids of the retained
+    stream, not every id ever seen. Not thread-safe (``Admission`` locks)."""
 
     def __init__(self, max_users: int | None, max_items: int | None) -> None:
         self.max_users, self.max_items = max_users, max_items
-        self.users: set[str] | None = set() if max_users is not None else None
-        self.items: set[str] | None = set() if max_items is not None else None
+        self.users: dict[str, int] | None = {} if max_users is not None else None
+        self.items: dict[str, int] | None = {} if max_items is not None else None
 
     def refusal(self, user: str, item: str) -> str | None:
         """Why an event of ``user`` on ``item`` would exceed a limit (None: it would not)."""
@@ -124,47 +130,82 @@ class IdCardinality:
                _over("item_id", item, self.items, "max_items", self.max_items))
         return "; ".join(w for w in why if w) or None
 
-    def add(self, user: str, item: str) -> None:
-        """Know ``user`` and ``item`` from now on (an accepted event)."""
-        self.seed([user], [item])
+    def add(self, user: str, item: str, ts_ms: int = 0) -> None:
+        """Know ``user`` and ``item`` from now on (an accepted event at ``ts_ms``)."""
+        for known, key in ((self.users, user), (self.items, item)):
+            if known is not None and known.get(key, ts_ms - 1) < ts_ms:
+                known[key] = ts_ms
 
-    def check(self, users: Sequence[str], items: Sequence[str]) -> list[str | None]:
+    def check(self, users: Sequence[str], items: Sequence[str], times_ms: Sequence[int] | None = None) -> list[str | None]:
         """``refusal`` for each event in order; the ids of a passing one become known."""
         out = []
-        for u, i in zip(users, items):
+        for k, (u, i) in enumerate(zip(users, items)):
             out.append(self.refusal(u, i))
             if out[-1] is None:
-                self.add(u, i)
+                self.add(u, i, times_ms[k] if times_ms is not None else 0)
         return out
 
-    def seed(self, users: Iterable[str], items: Iterable[str]) -> None:
-        """Know these ids, whatever the limits (the clean store's ids are all known)."""
-        if self.users is not None:
-            self.users.update(users)
-        if self.items is not None:
-            self.items.update(items)
+    def seed(self, users: Iterable[str], items: Iterable[str], times_ms: Iterable[int] | None = None) -> None:
+        """Know these ids, whatever the limits (the clean store's ids are all known); with
+        ``times_ms``, each id's newest event time (ids repeated: the newest wins)."""
+        users, items = list(users), list(items)
+        times = list(times_ms) if times_ms is not None else [0] * max(len(users), len(items))
+        for known, ids in ((self.users, users), (self.items, items)):
+            if known is not None:
+                for key, t in zip(ids, times):
+                    if known.get(key, t - 1) < t:
+                        known[key] = t
+
+    def expire(self, before_ms: int) -> int:
+        """Forget ids last seen before ``before_ms``; returns how many."""
+        gone = 0
+        for known in (self.users, self.items):
+            if known is not None:
+                old = [k for k, t in known.items() if t < before_ms]
+                for k in old:
+                    del known[k]
+                gone += len(old)
+        return gone
 
 
-def _over(name: str, value: str, known: set[str] | None, key: str, limit: int | None) -> str | None:
+def _over(name: str, value: str, known: dict[str, int] | None, key: str, limit: int | None) -> str | None:
     if known is None or value in known or len(known) < limit:
         return None
     return f"{CARDINALITY}: {name} {value!r} would exceed cleaning.{key}={limit}"
 
 
 class Admission:
-    """Both rules over clean events (``CLEAN_SCHEMA`` columns), cardinality then rate, under one
-    lock: an event refused by either rule leaves no trace in the other."""
+    """The rules over clean events (``CLEAN_SCHEMA`` columns), retention, cardinality then rate,
+    under one lock: an event refused by one rule leaves no trace in the others."""
 
-    def __init__(self, cfg: CleaningConfig) -> None:
+    def __init__(self, cfg: CleaningConfig, retention_s: float | None = None) -> None:
         self.ids = IdCardinality(cfg.max_users, cfg.max_items)
         self.rate = RateLimiter(cfg.rate_limit_per_minute, cfg.rate_users_tracked)
+        self.retention_ms = None if retention_s is None else int(retention_s * 1000)
+        self.newest_ms: int | None = None  # the newest accepted event's time
         self._lock = threading.Lock()
+
+    def horizon_ms(self) -> int | None:
+        """Events before this time are refused (reason ``retention``); None: no retention, or no
+        event yet. It only moves forward: the newest accepted event time only grows."""
+        if self.retention_ms is None or self.newest_ms is None:
+            return None
+        return self.newest_ms - self.retention_ms
 
     def seed(self, events: pa.Table) -> None:
         """Rebuild the state from accepted events (the clean store, pending HTTP files)."""
+        if not events.num_rows:
+            return
         with self._lock:
-            self.ids.seed(pc.unique(events.column("user_id")).to_pylist(),
-                          pc.unique(events.column("item_id")).to_pylist())
+            for col, known in (("user_id", self.ids.users), ("item_id", self.ids.items)):
+                if known is not None:  # each id's newest event time, one entry per id
+                    last = pa.table({"id": events.column(col), "ts": events.column("timestamp").cast(pa.int64())}) \
+                        .group_by("id").aggregate([("ts", "max")])
+                    for key, t in zip(last.column("id").to_pylist(), last.column("ts_max").to_pylist()):
+                        if known.get(key, t - 1) < t:
+                            known[key] = t
+            newest = pc.max(events.column("timestamp").cast(pa.int64())).as_py()
+            self.newest_ms = newest if self.newest_ms is None else max(self.newest_ms, newest)
             if self.rate.max_per_minute is None:
                 return
             recent = last_minute_per_user(events)
@@ -172,20 +213,32 @@ class Admission:
 
     def check(self, events: pa.Table, new: Sequence[bool]) -> list[str | None]:
         """The refusal reason of each event where ``new`` holds (None: admitted, and recorded);
-        None for the others, which the rules do not see."""
+        None for the others, which the rules do not see. The retention horizon is the one
+        before this batch: a file's own events never make each other too old."""
         users = events.column("user_id").to_pylist()
         items = events.column("item_id").to_pylist()
         times = events.column("timestamp").cast(pa.int64()).to_pylist()
         reasons: list[str | None] = [None] * events.num_rows
         with self._lock:
+            horizon = self.horizon_ms()
             for i in (i for i, fresh in enumerate(new) if fresh):
-                why = self.ids.refusal(users[i], items[i])
+                why = None
+                if horizon is not None and times[i] < horizon:
+                    why = self._too_old(times[i], horizon)
+                if why is None:
+                    why = self.ids.refusal(users[i], items[i])
                 if why is None and not self.rate.allow(users[i], times[i]):
                     why = self.rate.reason(users[i])
                 if why is None:
-                    self.ids.add(users[i], items[i])
+                    self.ids.add(users[i], items[i], times[i])
+                    self.newest_ms = times[i] if self.newest_ms is None else max(self.newest_ms, times[i])
                 reasons[i] = why
         return reasons
+
+    def _too_old(self, ts_ms: int, horizon_ms: int) -> str:
+        return (f"{RETENTION}: event time {_iso(ts_ms)} is more than ingest.retention_s="
+                f"{self.retention_ms / 1000:g} before the newest accepted event ({_iso(horizon_ms + self.retention_ms)}); "
+                "events that old are pruned, so it cannot be told from a duplicate")
 
     def forget(self, events: pa.Table) -> None:
         """Admitted events that were never written leave the rate window; their ids stay known
@@ -194,10 +247,20 @@ class Admission:
             self.rate.forget(events.column("user_id").to_pylist(),
                              events.column("timestamp").cast(pa.int64()).to_pylist())
 
+    def expire(self, before_ms: int) -> int:
+        """Forget ids last seen before ``before_ms`` (their events are pruned); returns how many."""
+        with self._lock:
+            return self.ids.expire(before_ms)
+
     def status(self) -> dict:
         return {"rate_users_tracked": len(self.rate),
                 "known_users": None if self.ids.users is None else len(self.ids.users),
-                "known_items": None if self.ids.items is None else len(self.ids.items)}
+                "known_items": None if self.ids.items is None else len(self.ids.items),
+                "retention_horizon": None if (h := self.horizon_ms()) is None else _iso(h)}
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, tz=timezone.utc).isoformat(timespec="seconds")
 
 
 def last_minute_per_user(events: pa.Table) -> pa.Table:

@@ -95,7 +95,8 @@ class StreamCursor:
         each part, for ``offset_of``; the cursor does not move."""
         tables, starts, n = [], [], 0
         for seq, path in self.store.parts():
-            t = self.store.read(path)
+            if (t := self.store.read_if_there(path)) is None:  # pruned meanwhile
+                continue
             tables.append(t)
             starts.append((seq, n))
             n += t.num_rows

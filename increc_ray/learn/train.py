@@ -240,6 +240,8 @@ class _TrainWorker:
         t0 = time.monotonic()
         save_checkpoint(self.learner, self.cursor, self.versions.last, self.n_updates, metrics,
                          _live_artifact(self.learner, self.gate))
+        # Registered: the parts before this offset are never read again (the ingest may prune them).
+        self.cursor.store.write_consumed(self.cursor.offset())
         self.last_ckpt_updates = self.n_updates
         self._ckpt_done = time.monotonic()
         self._ckpt_s = self._ckpt_done - t0

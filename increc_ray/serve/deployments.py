@@ -134,8 +134,12 @@ class EventIngest:
 
     def _clean_forever(self) -> None:
         self._hand_over_last_part()
+        pruned_at = -float("inf")
         while not self._stop.is_set():
             try:
+                if time.monotonic() - pruned_at >= self.cfg.ingest.prune_interval_s:
+                    pruned_at = time.monotonic()  # a failing prune waits for the next interval too
+                    self._prune()
                 summary, fresh = self.pipeline.process_pending()
                 if fresh is not None and fresh.num_rows:
                     self.history.append.remote(fresh).result()
@@ -149,6 +153,15 @@ class EventIngest:
             # dropped files are found at the next poll; an HTTP ingest wakes the loop at once
             self._wake.wait(self.cfg.ingest.landing_poll_interval_s)
             self._wake.clear()
+
+    def _prune(self) -> None:
+        """A retention pass (``increc_ray.ingest.retention``), between cleaning passes: no part is
+        being written. A failure is logged and shown in ``/status``; the cleaning goes on."""
+        try:
+            self.pipeline.prune()
+        except Exception as e:
+            self.last_error = f"prune: {type(e).__name__}: {e}"
+            logger.exception("retention pass failed")
 
     def _hand_over_last_part(self) -> None:
         """A replica killed between writing a clean part and handing its rows to user history

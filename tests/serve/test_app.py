@@ -375,6 +375,19 @@ def test_trainer_checkpoints_model_optimizer_vocab_and_offsets(app, client):
     state = read_checkpoint(latest)  # safetensors + JSON: nothing is unpickled
     assert state["version"] >= 1 and state["offset"]["seq"] >= 0
     assert {"learner", "offset", "version", "n_updates"} <= set(state)
+    # the checkpointed offset is where the ingest's retention may prune up to (ingest.retention)
+    with open(os.path.join(data_dir, "clean", "_trainer_offset.json")) as f:
+        assert 0 <= json.load(f)["seq"] <= _newest_offset(data_dir)["seq"]
+    ingest = status(client)["ingest"]
+    assert ingest["retention_horizon"] and ingest["pruned"]["parts"] == 0, "a year of retention prunes nothing here"
+    assert not (ingest["last_error"] or "").startswith("prune"), ingest["last_error"]
+
+
+def _newest_offset(data_dir: str) -> dict:
+    from increc_ray.learn.resume import read_checkpoint
+
+    ckpts = glob.glob(os.path.join(data_dir, "checkpoints", "**", "trainer_state.json"), recursive=True)
+    return read_checkpoint(os.path.dirname(sorted(ckpts)[-1]))["offset"]
 
 
 def test_custom_metrics_reach_the_ray_metrics_export(app, client):
