@@ -53,8 +53,9 @@ AUTH = {"Authorization": f"Bearer {TEST_TOKEN}"}
 TEST_CONFIG = {
     # retention on (a year, the test stream spans hours: nothing is old enough) so the deployed
     # prune loop runs; tests/ingest/test_retention.py prunes
+    # 4 KiB: small posts are cleaned inline, the 1,500-event ones by the Ray Data job (both are tested)
     "ingest": {"landing_poll_interval_s": 0.2, "max_body_bytes": 1_000_000, "retention_s": 365 * 86400.0,
-               "prune_interval_s": 1.0},
+               "prune_interval_s": 1.0, "inline_clean_max_bytes": 4096},
     "model": {"d_model": 32, "n_layers": 1, "n_heads": 2, "max_len": 20, "dropout": 0.1,
               "initial_item_capacity": 64},
     "trainer": {"lr": 0.005, "batch_size": 64, "min_new_events": 20, "max_new_events": 250, "steps_per_update": 2,

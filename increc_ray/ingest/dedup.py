@@ -134,6 +134,11 @@ class KeyLedger:
                 self._drop(path, self._reserved_in.pop(path, ()))
                 self._drop(path, self._claimed.pop(path, ()))
 
+    def forget(self, keys: Iterable[str]) -> None:
+        """Drop seen ``keys`` (their parts were pruned: ``increc_ray.ingest.retention``)."""
+        with self._lock:
+            self.seen.forget(keys)
+
     def abort(self, paths: Iterable[str]) -> None:
         """The pass over ``paths`` failed before its part was written: forget what it claimed,
         keep what HTTP ingest reserved (those files are still pending, and still hold the keys)."""

@@ -102,6 +102,10 @@ class LandingZone:
             files.append((info.mtime_ns or 0, info.path))
         return [path for _, path in sorted(files)]
 
+    def sizes(self, paths: list[str]) -> list[int]:
+        """The byte size of each of ``paths`` (0 for one gone meanwhile)."""
+        return [info.size or 0 for info in self.fs.get_file_info(paths)] if paths else []
+
     def mark_processed(self, paths: list[str]) -> None:
         """Move processed files under ``_processed/`` so they are not picked up again."""
         done = f"{self.root}/{_PROCESSED}"
@@ -189,7 +193,7 @@ class CleanStore:
             if stats is None or not stats.has_min_max:
                 return None
             top = stats.max
-            top = int(top.timestamp() * 1000) if hasattr(top, "timestamp") else int(top)
+            top = round(top.timestamp() * 1000) if hasattr(top, "timestamp") else int(top)  # ms: exact
             newest = top if newest is None else max(newest, top)
         return newest
 

@@ -7,7 +7,9 @@ Two shells run the same cleaning rules (``increc_ray.ingest.clean``):
   durably written to the landing zone before the answer is sent.
 * ``process_pending`` (Ray Data): every landing file, whether written by HTTP
   ingest or dropped into the folder by anyone, is read and cleaned in a Ray
-  Data job and appended to the clean store as one numbered part.
+  Data job and appended to the clean store as one numbered part. A pass over
+  at most ``ingest.inline_clean_max_bytes`` runs the same cleaning function in
+  this process instead: a job's fixed cost (about 90 ms) is most of a small pass.
 
 De-duplication spans the whole history (``increc_ray.ingest.dedup``). Keys of
 the clean store are reloaded on start, so a crash between writing a clean part
@@ -65,8 +67,9 @@ class EventPipeline:
     """Ingest, clean and de-duplicate events; owns the landing zone and the clean store."""
 
     def __init__(self, cfg: Config, clean_files=None) -> None:
-        """``clean_files(files, fs, cfg) -> tagged table`` defaults to the Ray Data job;
-        unit tests hand in ``ray_job.clean_files_locally`` to test the bookkeeping without Ray."""
+        """``clean_files(files, fs, cfg) -> tagged table`` defaults to the Ray Data job (a pass
+        over at most ``ingest.inline_clean_max_bytes`` runs ``ray_job.clean_files_locally``);
+        unit tests hand in ``clean_files_locally`` to test the bookkeeping without Ray."""
         self.cfg = cfg
         self.clean_files = clean_files or clean_files_with_ray_data
         self.landing = LandingZone(cfg.landing_uri)
@@ -91,6 +94,7 @@ class EventPipeline:
         if accepted:
             self.admission.seed(pa.concat_tables([t.select(["user_id", "item_id", "timestamp"]) for t in accepted]))
         self.counts = {"accepted": 0, "duplicates": 0, "quarantined": 0, "cleaned": 0, "files": 0,
+                       "passes_ray_data": 0, "passes_inline": 0,
                        **{key: 0 for key in REFUSED_COUNTS.values()}}
         self.pruned = {"passes": 0, "parts": 0, "landing_files": 0, "ledger_files": 0, "quarantine_files": 0,
                        "keys": 0, "ids": 0, "events": 0, "last": None}  # retention, summed
@@ -172,7 +176,8 @@ class EventPipeline:
             self.pass_started_at = None
 
     def _process(self, files: list[str], started: float) -> tuple[dict, pa.Table | None]:
-        tagged = self.clean_files(files, self.landing.fs, self.cfg)
+        inline = sum(self.landing.sizes(files)) <= self.cfg.ingest.inline_clean_max_bytes
+        tagged = (clean_files_locally if inline else self.clean_files)(files, self.landing.fs, self.cfg)
         clean_parts, fresh_parts, bad_parts, n_dup, n_bad, refused = [], [], [], 0, 0, Counter()
         per_file: dict[str, dict] = {}  # the ledger's counts of each file
         by_source = pc.fill_null(tagged.column("source"), "")
@@ -220,6 +225,7 @@ class EventPipeline:
         self.landing.mark_processed(files)
         self.last_clean_time = time.time()
         self.counts["files"] += len(files)
+        self.counts["passes_inline" if inline else "passes_ray_data"] += 1
         self.counts["cleaned"] += clean.num_rows
         self.counts["quarantined"] += n_bad
         self.counts["duplicates"] += n_dup
@@ -232,6 +238,7 @@ class EventPipeline:
         fresh = pa.concat_tables(fresh_parts)
         self.counts["accepted"] += sum(t.num_rows for f, t in zip(files, fresh_parts) if not _is_http_file(f))
         summary = {"files": len(files), "from_folder": from_files, "cleaned": clean.num_rows,
+                   "cleaned_by": "inline" if inline else "ray_data",
                    "duplicates": n_dup, "quarantined": n_bad, "seconds": round(time.time() - started, 3)}
         return summary, fresh
 

@@ -88,7 +88,7 @@ def prune(pipeline) -> dict:
     keys = [k for p in part_paths if (t := store.read_if_there(p, ["dedup_key"])) is not None
             for k in t.column("dedup_key").to_pylist()]
     folded = ledger.compact(part_paths, [processed[n] for n in names], ledger_names)
-    pipeline.keys.seen.forget(keys)
+    pipeline.keys.forget(keys)
     out["quarantine_files"] = pipeline.prune_quarantine(names, cutoff)
     out["ids"] = pipeline.admission.expire(horizon)
     out.update(parts=len(part_paths), landing_files=len(names), ledger_files=len(ledger_names), keys=len(keys),

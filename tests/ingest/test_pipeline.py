@@ -193,3 +193,23 @@ def test_the_ledger_accounts_for_every_event_through_refusals_failures_and_resta
     assert snap == {"received": 8, "applied": 4, "quarantined": 1, "duplicates": 3, "pending": 0,
                     "applied_twice": 0, "balanced": True}
     assert p.status()["ledger"] == snap
+
+
+def test_a_small_pass_is_cleaned_inline_and_a_large_one_by_the_job(tmp_path):
+    """``ingest.inline_clean_max_bytes``: the injected job (here a spy around the local cleaner)
+    runs only for passes over the bound; both give the same rows and bookkeeping."""
+    cfg = Config.from_dict({"data_dir": str(tmp_path), "ingest": {"inline_clean_max_bytes": 4096}})
+    calls = []
+
+    def job(files, fs, c):
+        calls.append(len(files))
+        return clean_files_locally(files, fs, c)
+
+    p = EventPipeline(cfg, clean_files=job)
+    p.ingest([ev(1)])
+    assert p.process_pending()[0]["cleaned_by"] == "inline" and calls == []
+    p.ingest([ev(i, item_pad="x" * 100) for i in range(2, 102)])
+    summary, _ = p.process_pending()
+    assert summary["cleaned_by"] == "ray_data" and calls == [1] and summary["cleaned"] == 100
+    assert (p.status()["passes_inline"], p.status()["passes_ray_data"]) == (1, 1)
+    balanced(p)
