@@ -152,7 +152,9 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_10k_fresh.json", "freshness, profile ml-100k-fresh"),
                    ("serve_load_10k_fresh_throughput.json", "load, profile ml-100k-fresh"),
                    ("serve_load_10k_large-catalogue.json", "freshness, profile large-catalogue with 1,024 negatives"),
-                   ("serve_load_1m.json", "all phases, profile large-catalogue, gate off"))
+                   ("serve_load_1m.json", "all phases, profile large-catalogue, gate off"),
+                   ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
+                   ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"))
 
 
 def serve_goals(results: str = RESULTS) -> str:
@@ -370,10 +372,10 @@ def sampled_quality(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-def freshness_runs(results: str = RESULTS) -> str:
+def freshness_runs(results: str = RESULTS, name: str = "serve_load_10k_freshness_runs.json") -> str:
     """``serve_load_10k_freshness_runs.json``: model-freshness runs of ``bench/serve_load.py`` one
     after another on one machine (the code, the profile), with where the time went."""
-    r = _load("serve_load_10k_freshness_runs.json", results)
+    r = _load(name, results)
     rows = ["| run | code | profile | p50 / p99 s | cleaned / read / live / on every replica, p50 s | trainer: update / idle |",
             "|---|---|---|---|---|---|"]
     for i, run in enumerate((r or {}).get("runs", []), 1):
@@ -383,6 +385,25 @@ def freshness_runs(results: str = RESULTS) -> str:
                     f"| {' / '.join(f'{st[k]:.2f}' for k in ('cleaned', 'read', 'live', 'on_every_replica'))} "
                     f"| {loop.get('update', 0) / total:.0%} / {loop.get('idle', 0) / total:.0%} |")
     return "\n".join(rows)
+
+
+def inline_clean_runs(results: str = RESULTS) -> str:
+    """``serve_load_10k_inline_clean_runs.json``: freshness runs alternating small cleaning passes
+    in-process (the default) and every pass a Ray Data job (``inline_clean_max_bytes: 0``)."""
+    return freshness_runs(results, "serve_load_10k_inline_clean_runs.json")
+
+
+def clean_pass(results: str = RESULTS) -> str:
+    """``bench/clean_pass.py``: one cleaning pass by a Ray Data job against the same function
+    in-process, by the size of the pass (same run)."""
+    r = _load("clean_pass.json", results)
+    rows = ["| events in the pass | file | Ray Data job: wall / machine CPU | in-process: wall / machine CPU "
+            "| wall ratio | same rows |", "|---|---|---|---|---|---|"]
+    for x in (r or {}).get("rows", []):
+        rows.append(f"| {x['events']:,} | {x['file_kib']} KiB | {x['ray_data_wall_ms']} / {x['ray_data_cpu_ms']} ms "
+                    f"| {x['local_wall_ms']} / {x['local_cpu_ms']} ms | {x['wall_ratio']}x | {x['same_rows']} |")
+    return "\n".join(rows)
+
 
 def retention(results: str = RESULTS) -> str:
     """``bench/retention.py``: the ingest's disk and de-duplication keys over a long stream,
@@ -497,7 +518,8 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "sampled-quality": sampled_quality, "freshness-runs": freshness_runs,
                                            "clean-store-tail": clean_store_tail, "ann-follow": ann_follow,
                                            "rare-item-rows": rare_item_rows, "checkpoint-scale": checkpoint_scale,
-                                           "retention": retention, "retention-deployed": retention_deployed}
+                                           "retention": retention, "retention-deployed": retention_deployed,
+                                           "clean-pass": clean_pass, "inline-clean-runs": inline_clean_runs}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
