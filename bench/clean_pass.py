@@ -7,7 +7,7 @@ time of ``clean_files_with_ray_data`` and of ``clean_files_locally`` (the same `
 medians, and the CPU the whole machine spent meanwhile, means (``psutil.cpu_times``, all processes: a Ray Data
 job's work runs in other workers). Both return the same rows (checked).
 
-    python bench/clean_pass.py [--sizes 1 10 100 1000 10000] [--out bench/results/clean_pass.json]
+    python bench/clean_pass.py [--sizes 1 10 100 1000 10000 100000] [--out bench/results/clean_pass.json]
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def timed(fn, *a) -> tuple[float, float, object]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100, 1000, 10000])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[1, 10, 100, 1000, 10000, 100000])
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "clean_pass.json"))
     args = ap.parse_args()

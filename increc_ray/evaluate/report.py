@@ -154,7 +154,9 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_10k_large-catalogue.json", "freshness, profile large-catalogue with 1,024 negatives"),
                    ("serve_load_1m.json", "all phases, profile large-catalogue, gate off"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
-                   ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"))
+                   ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
+                   ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
+                   ("serve_load_10k_job_clean_throughput.json", "load, profile ml-100k-fresh, every pass a Ray Data job"))
 
 
 def serve_goals(results: str = RESULTS) -> str:

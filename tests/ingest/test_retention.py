@@ -110,23 +110,31 @@ def test_a_dropped_file_is_judged_against_the_horizon_before_it_not_its_own_newe
     assert summary["cleaned"] == 10 and summary["quarantined"] == 0
 
 
-def test_a_prune_cut_short_after_its_ledger_write_is_finished_by_the_next_start(cfg, monkeypatch):
+def interrupted_prune(cfg, monkeypatch, error: BaseException):
+    """(pipeline, ledger totals before): a prune over 30 days of parts raised ``error`` once it had
+    written its compacted file, before it deleted what that covers (its first call of
+    ``finish_compaction`` ends an earlier round: there is none)."""
     p = make(cfg)
     stream(p, range(0, 30, 2))
     before = totals(p)
     p.store.write_consumed({"seq": 10, "row": 0})
     real, calls = EventLedger.finish_compaction, []
 
-    def killed(self):  # the process dies right after the compacted file is written
+    def interrupted(self):
         calls.append(1)
-        if len(calls) > 1:  # (the first call ends an earlier round: there is none)
-            raise KeyboardInterrupt("killed mid-prune")
+        if len(calls) > 1:
+            raise error
         real(self)
 
-    monkeypatch.setattr(EventLedger, "finish_compaction", killed)
-    with pytest.raises(KeyboardInterrupt):
+    monkeypatch.setattr(EventLedger, "finish_compaction", interrupted)
+    with pytest.raises(type(error)):
         p.prune()
     monkeypatch.undo()
+    return p, before
+
+
+def test_a_prune_cut_short_after_its_ledger_write_is_finished_by_the_next_start(cfg, monkeypatch):
+    p, before = interrupted_prune(cfg, monkeypatch, KeyboardInterrupt("killed"))
     assert len(p.store.parts()) == 15
     for _, path in p.store.parts()[:2]:  # ...or a little later, two parts deleted
         os.remove(path)
@@ -139,22 +147,7 @@ def test_a_prune_cut_short_after_its_ledger_write_is_finished_by_the_next_start(
 
 def test_a_prune_whose_deletes_failed_ends_that_round_before_it_chooses_again(cfg, monkeypatch):
     """In a live process: the next prune deletes the last round's files; it never folds them twice."""
-    p = make(cfg)
-    stream(p, range(0, 30, 2))
-    before = totals(p)
-    p.store.write_consumed({"seq": 10, "row": 0})
-    real, calls = EventLedger.finish_compaction, []
-
-    def disk_error(self):
-        calls.append(1)
-        if len(calls) > 1:
-            raise OSError("disk")
-        real(self)
-
-    monkeypatch.setattr(EventLedger, "finish_compaction", disk_error)
-    with pytest.raises(OSError):
-        p.prune()
-    monkeypatch.setattr(EventLedger, "finish_compaction", real)
+    p, before = interrupted_prune(cfg, monkeypatch, OSError("disk"))
     assert p.prune()["parts"] == 0 and len(p.store.parts()) == 5
     assert totals(p) == before and make(cfg).ledger.snapshot() == before
 
