@@ -204,7 +204,8 @@ class ModelTrainer:
     async def publish(self, weights: dict) -> int:
         version = await self.registry.publish(weights)
         if self._rollback and weights.get("metrics", {}).get("rollback_id") == self._rollback["id"]:
-            self._rollback, self._rolled_back[self._rollback["id"]] = None, version  # done
+            self._rolled_back[self._rollback["id"]] = version  # done (then cleared: the key reads it)
+            self._rollback = None
         return version
 
     async def wait_newer(self, after: int, timeout_s: float):

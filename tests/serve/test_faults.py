@@ -201,6 +201,7 @@ class _Hammer:
         self.url, self.users = url, users
         self.codes: dict[int | str, int] = {}
         self.degraded = 0
+        self.not_json: list[tuple[int, str]] = []  # failed answers without a JSON reason
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -222,8 +223,8 @@ class _Hammer:
                     code = r.status_code
                     if code == 200 and r.json()["degraded"]:
                         self.degraded += 1
-                    elif code != 200:
-                        assert r.headers["content-type"].startswith("application/json"), r.text  # a JSON reason
+                    elif code != 200 and not r.headers["content-type"].startswith("application/json"):
+                        self.not_json.append((code, r.text[:200]))  # not our JSON reason: the test judges it
                 except httpx.TransportError as e:
                     code = type(e).__name__
                 self.codes[code] = self.codes.get(code, 0) + 1
@@ -257,13 +258,15 @@ def test_recommend_answers_degraded_while_the_history_replica_is_down(client):
     record("SIGKILL history replica under recommend load", trials=1, requests=sum(hammer.codes.values()),
            failed_requests=hammer.failed, degraded_answers=hammer.degraded, lost=None, applied_twice=None)
     print(f"history {pid} -> {back['history']['pid']}: answers {hammer.codes}, degraded {hammer.degraded}")
-    assert hammer.failed == 0, hammer.codes
+    assert hammer.failed == 0 and not hammer.not_json, (hammer.codes, hammer.not_json)
     assert after > 0, "the answers while the replica was down are marked degraded"
 
 
 def test_sigkill_of_a_recommender_replica_is_replaced_and_answers_again(client):
-    """SIGKILL of the (only) Recommender replica under load: Serve replaces it; the requests that
-    fail meanwhile are counted (each with a JSON reason or a dropped connection, never a hang)."""
+    """SIGKILL of a Recommender replica under load: Serve replaces it; the requests that fail
+    meanwhile are counted (each with a JSON reason or a dropped connection, never a hang), except
+    the one the killed replica was answering: Ray Serve's proxy answers it with its own 500
+    ("Internal Server Error", text/plain; the hammer has one request in flight at a time)."""
     pid = status(client)["replica"]["pid"]
     with _Hammer(str(client.base_url), _users()) as hammer:
         wait_until(lambda: sum(hammer.codes.values()) >= 20, 60, what="recommend load")
@@ -275,4 +278,5 @@ def test_sigkill_of_a_recommender_replica_is_replaced_and_answers_again(client):
         wait_until(lambda: hammer.codes.get(200, 0) >= served + 20, 120, what="answers from the new replica")
     record("SIGKILL recommender replica under load", trials=1, requests=sum(hammer.codes.values()),
            failed_requests=hammer.failed, lost=None, applied_twice=None)
-    print(f"recommender {pid} -> {back['replica']['pid']}: answers {hammer.codes}")
+    print(f"recommender {pid} -> {back['replica']['pid']}: answers {hammer.codes}, not JSON {hammer.not_json}")
+    assert len(hammer.not_json) <= 1 and all(code == 500 for code, _ in hammer.not_json), hammer.not_json
