@@ -28,6 +28,7 @@ files. A refused event is quarantined with its reason and never reaches the clea
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter
@@ -278,12 +279,11 @@ class EventPipeline:
         HTTP ingest wrote before ``before_ns``; returns how many went."""
         import pyarrow.fs as pafs
 
-        doomed = {f"file-{n.rsplit('.', 1)[0]}.parquet" for n in landing_names}
+        doomed = {_quarantine_name("file", n) for n in landing_names}
         gone = 0
         for info in self.q_fs.get_file_info(pafs.FileSelector(self.q_root, allow_not_found=True)):
-            name = info.base_name
-            old_http = name.startswith("http-") and name[5:-8].isdigit() and int(name[5:-8]) <= before_ns
-            if name in doomed or old_http:
+            m = _HTTP_QUARANTINE.fullmatch(info.base_name)
+            if info.base_name in doomed or (m and int(m.group(1)) <= before_ns):
                 try:
                     self.q_fs.delete_file(info.path)
                     gone += 1
@@ -298,14 +298,22 @@ class EventPipeline:
 
     def _quarantine(self, table: pa.Table, origin: str, name: str | None = None) -> None:
         if table.num_rows:
-            name = f"{origin}-{name.rsplit('.', 1)[0] if name else f'{time.time_ns():020d}'}.parquet"
-            write_parquet_atomic(self.q_fs, f"{self.q_root}/{name}", table)
+            write_parquet_atomic(self.q_fs, f"{self.q_root}/{_quarantine_name(origin, name)}", table)
 
     def status(self) -> dict:
         return {**self.counts, "clean_parts": self._next_seq, "pending_files": len(self.landing.pending()),
                 "seen_keys": len(self.keys.seen), "reserved_keys": self.keys.n_reserved,
                 "last_clean_time": self.last_clean_time, "pass_started_at": self.pass_started_at, **self.admission.status(), "ledger": self.ledger.snapshot(),
                 "pruned": self.pruned}
+
+
+_HTTP_QUARANTINE = re.compile(r"http-(\d{20})\.parquet")  # _quarantine_name("http"): when it was written
+
+
+def _quarantine_name(origin: str, landing_name: str | None = None) -> str:
+    """The quarantine file of a landing file (one per file: a re-read overwrites it), or of an
+    HTTP request (named by the time it was written)."""
+    return f"{origin}-{landing_name.rsplit('.', 1)[0] if landing_name else f'{time.time_ns():020d}'}.parquet"
 
 
 def refused_rows(rows: pa.Table, reasons: list[str | None], raw: pa.ChunkedArray | None = None) -> pa.Table:
