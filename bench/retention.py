@@ -59,13 +59,15 @@ def daily_requests(args, seed: int = 0):
                     for chunk in chunks]
 
 
-def folder(path: str) -> dict:
+def folder(path: str, digits: int = 2) -> dict:
+    """Files and MiB under ``path`` (a writer's ``_tmp-*`` file not counted)."""
     n, size = 0, 0
     for root, _, names in os.walk(path):
         for name in names:
-            n += 1
-            size += os.path.getsize(os.path.join(root, name))
-    return {"files": n, "mib": round(size / 2**20, 2)}
+            if not name.startswith("_tmp"):
+                n += 1
+                size += os.path.getsize(os.path.join(root, name))
+    return {"files": n, "mib": round(size / 2**20, digits)}
 
 
 def snapshot(p: EventPipeline, cfg: Config, day: int, posted: int) -> dict:

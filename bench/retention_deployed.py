@@ -32,20 +32,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 
 from increc_ray.evaluate.offline import write_result  # noqa: E402
+from increc_ray.ingest.landing import CleanStore  # noqa: E402
+from retention import folder  # noqa: E402
 from serve_load import _merge, status, wait  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DAY = 86400
-
-
-def folder(path: str) -> dict:
-    n, size = 0, 0
-    for root, _, names in os.walk(path):
-        for name in names:
-            if not name.startswith("_tmp"):
-                n += 1
-                size += os.path.getsize(os.path.join(root, name))
-    return {"files": n, "mib": round(size / 2**20, 3)}
 
 
 def main() -> None:
@@ -122,8 +114,7 @@ def main() -> None:
     result.update({
         "seconds": round(time.time() - t0, 1),
         "clean_parts_written": written_parts, "pruned": ingest["pruned"],
-        "disk": {"clean": folder(os.path.join(data_dir, "clean")), "landing": folder(os.path.join(data_dir, "landing")),
-                 "quarantine": folder(os.path.join(data_dir, "quarantine")), "ledger": folder(os.path.join(data_dir, "ledger"))},
+        "disk": {k: folder(os.path.join(data_dir, k), digits=3) for k in ("clean", "landing", "quarantine", "ledger")},
         "seen_keys": ingest["seen_keys"], "retention_horizon": ingest["retention_horizon"],
         "ledger": s["ingest"]["ledger"], "ledger_after_retry": s_after["ingest"]["ledger"],
         "ledger_accounts_for_every_event": s["ingest"]["ledger"]["balanced"] and s["ingest"]["ledger"]["received"] == args.events,
@@ -131,7 +122,7 @@ def main() -> None:
                                  "rejected": [r["reason"] for r in retry["rejected"]]},
         "recommend_after": {"source": rec.get("source"), "items": len(rec.get("items", [])),
                             "model_version": rec.get("model_version")},
-        "trainer_offset": json.load(open(os.path.join(data_dir, "clean", "_trainer_offset.json"))),
+        "trainer_offset": CleanStore(os.path.join(data_dir, "clean")).consumed(),
         "last_error": ingest.get("last_error"),
     })
     print(json.dumps({k: v for k, v in result.items() if k not in ("machine",)}, indent=1))

@@ -97,9 +97,9 @@ class IngestConfig(_Section):
     max_body_bytes: int = Field(16 * 1024 * 1024, gt=0)
     max_files_per_batch: int = Field(64, gt=0)  # files cleaned together in one Ray Data job
     # A pass whose pending files total at most this many bytes is cleaned in the ingest replica's
-    # own process, by the function the Ray Data job maps: a job costs about 90 ms of wall and CPU
-    # time whatever its size, the same pass in-process 6 ms at 100 events (bench/clean_pass.py).
-    # Bulk files (a dropped dataset, a backlog) still go to Ray Data. 0 = always Ray Data.
+    # own process, by the function the Ray Data job maps: a job's fixed cost is most of a small
+    # pass (bench/clean_pass.py). Bulk files (a dropped dataset, a backlog) still go to Ray Data.
+    # 0 = always Ray Data.
     inline_clean_max_bytes: int = Field(1 << 20, ge=0)
     # Disk and de-duplication memory bounded in event time (increc_ray/ingest/retention.py): a new
     # event older than the newest accepted one by more than this is quarantined (reason

@@ -62,6 +62,50 @@ def read_stamp(fs: pafs.FileSystem, path: str, key: bytes) -> dict | None:
     return json.loads(meta[key]) if key in meta else None
 
 
+class _Tally:
+    """The counts and the per-file bookkeeping behind them, from receipts and pass records."""
+
+    def __init__(self) -> None:
+        self.totals = dict.fromkeys(TOTALS, 0)
+        self.pending: dict[str, int] = {}  # HTTP landing file -> events accepted, not cleaned yet
+        self.receipted: set[str] = set()  # landing files whose receipt counted their events received
+        self.cleaned: dict[str, int] = {}  # landing files a pass has counted -> records naming them
+
+    @classmethod
+    def of(cls, passes: list[dict], receipts: list[tuple[str | None, dict, bool]]) -> "_Tally":
+        """The counts of pass records and (landing name or None, receipt, pending) receipts read
+        from files: every receipted name is known before the passes count (the first wins)."""
+        t = cls()
+        t.receipted = {name for name, _, _ in receipts if name is not None}
+        for record in sorted(passes, key=lambda r: r["at"]):
+            t.count_pass(record)
+        for name, r, pending in receipts:
+            t.count_receipt(name, r, pending)
+        return t
+
+    def count_receipt(self, name: str | None, r: dict, pending: bool) -> None:
+        self.totals["received"] += r["received"]
+        self.totals["duplicates"] += r["duplicates"]
+        self.totals["quarantined"] += r["rejected"]
+        if name is not None:
+            self.receipted.add(name)
+            if pending and name not in self.cleaned:
+                self.pending[name] = r["accepted"]
+
+    def count_pass(self, record: dict) -> None:
+        for name, c in record["files"].items():
+            if name in self.cleaned:  # a re-read after a crash: its first pass counted it
+                self.cleaned[name] += 1
+                continue
+            self.cleaned[name] = 1
+            self.pending.pop(name, None)
+            self.totals["applied"] += c["applied"]
+            self.totals["duplicates"] += c["duplicates"]
+            self.totals["quarantined"] += c["quarantined"]
+            if name not in self.receipted:  # a dropped file (or one landed before receipts): received when read
+                self.totals["received"] += c["applied"] + c["duplicates"] + c["quarantined"]
+
+
 class EventLedger:
     """The totals of ``received = applied + quarantined + duplicates + pending``, kept durable
     by the files they are stamped into (module docstring); thread-safe."""
@@ -70,11 +114,8 @@ class EventLedger:
         self.landing, self.store = landing, store
         self.fs, self.root = open_uri(root)
         self.fs.create_dir(self.root, recursive=True)
-        self.totals = dict.fromkeys(TOTALS, 0)
         self.applied_twice = 0
-        self._pending: dict[str, int] = {}  # HTTP landing file -> events accepted, not cleaned yet
-        self._receipted: set[str] = set()  # landing files whose receipt counted their events received
-        self._cleaned: dict[str, int] = {}  # landing files a pass has counted -> records naming them
+        self._t = _Tally()
         self.compacted: dict = {"at": 0, "totals": dict.fromkeys(TOTALS, 0), "covers": {}}  # what pruning folded in
         self._lock = threading.Lock()
         self._load()
@@ -89,13 +130,13 @@ class EventLedger:
     def landed(self, path: str, receipt: dict) -> None:
         """``receipt`` was stamped into the landing file ``path``, now durably written."""
         with self._lock:
-            self._count_receipt(self._name(path), receipt, pending=True)
+            self._t.count_receipt(self._name(path), receipt, pending=True)
 
     def answered_without_file(self, receipt: dict) -> None:
         """A request that landed nothing: its receipt is written as a ledger file."""
         self._write(f"http-{receipt['at']:020d}.json", receipt)
         with self._lock:
-            self._count_receipt(None, receipt, pending=False)
+            self._t.count_receipt(None, receipt, pending=False)
 
     def pass_record(self, per_file: dict[str, dict]) -> dict:
         """The record of a pass: ``{landing path: {applied, duplicates, quarantined}}``."""
@@ -107,42 +148,23 @@ class EventLedger:
         if not stamped:
             self._write(f"pass-{record['at']:020d}.json", record)
         with self._lock:
-            self._count_pass(record)
+            self._t.count_pass(record)
 
     def records_naming(self, name: str) -> int:
         """How many pass records counted so far name landing file ``name``."""
         with self._lock:
-            return self._cleaned.get(name, 0)
+            return self._t.cleaned.get(name, 0)
 
     def snapshot(self) -> dict:
         with self._lock:
-            out = {**self.totals, "pending": sum(self._pending.values()), "applied_twice": self.applied_twice}
+            out = {**self.totals, "pending": sum(self._t.pending.values()), "applied_twice": self.applied_twice}
         out["balanced"] = out["received"] == out["applied"] + out["quarantined"] + out["duplicates"] + out["pending"]
         return out
 
-    # ---- bookkeeping ---------------------------------------------------------------------------
-
-    def _count_receipt(self, name: str | None, r: dict, pending: bool) -> None:
-        self.totals["received"] += r["received"]
-        self.totals["duplicates"] += r["duplicates"]
-        self.totals["quarantined"] += r["rejected"]
-        if name is not None:
-            self._receipted.add(name)
-            if pending and name not in self._cleaned:
-                self._pending[name] = r["accepted"]
-
-    def _count_pass(self, record: dict) -> None:
-        for name, c in record["files"].items():
-            if name in self._cleaned:  # a re-read after a crash: its first pass counted it
-                self._cleaned[name] += 1
-                continue
-            self._cleaned[name] = 1
-            self._pending.pop(name, None)
-            self.totals["applied"] += c["applied"]
-            self.totals["duplicates"] += c["duplicates"]
-            self.totals["quarantined"] += c["quarantined"]
-            if name not in self._receipted:  # a dropped file (or one landed before receipts): received when read
-                self.totals["received"] += c["applied"] + c["duplicates"] + c["quarantined"]
+    @property
+    def totals(self) -> dict:
+        """received, applied, quarantined, duplicates: what pruning folded in plus the files left."""
+        return {k: self.compacted["totals"][k] + self._t.totals[k] for k in TOTALS}
 
     def _load(self) -> None:
         self._load_compacted()
@@ -169,13 +191,7 @@ class EventLedger:
                 continue
             if (record := read_stamp(self.store.fs, part, PASS_KEY)) is not None:
                 passes.append(record)
-        for name, r, pending in receipts:
-            if name is not None:
-                self._receipted.add(name)
-        for record in sorted(passes, key=lambda r: r["at"]):  # first pass over a file wins
-            self._count_pass(record)
-        for name, r, pending in receipts:
-            self._count_receipt(name, r, pending)
+        self._t = _Tally.of(passes, receipts)
         self.finish_compaction()
 
     # ---- retention: folding pruned files into the ledger ------------------------------------------
@@ -186,38 +202,33 @@ class EventLedger:
         then delete them. The caller (``increc_ray.ingest.retention``) hands in a closed set:
         every landing file a pruned record names is pruned with it and named by no record kept,
         so the totals are unchanged. Returns the counts folded in."""
-        receipted = {self._name(p) for p in landing_paths}
-        scratch = EventLedger.__new__(EventLedger)
-        scratch.totals, scratch._pending = dict.fromkeys(TOTALS, 0), {}
-        scratch._receipted, scratch._cleaned = set(), {}
-        records, receipts = [], []
+        passes, receipts = [], []
         for part in part_paths:
             if (record := read_stamp(self.store.fs, part, PASS_KEY)) is not None:
-                records.append(record)
+                passes.append(record)
         for name in ledger_names:
             with self.fs.open_input_stream(f"{self.root}/{name}") as f:
                 record = json.loads(f.read())
-            (receipts.append((None, record)) if name.startswith("http-") else records.append(record))
+            (receipts.append((None, record, False)) if name.startswith("http-") else passes.append(record))
         for path in landing_paths:
             if (r := read_stamp(self.landing.fs, path, RECEIPT_KEY)) is not None:
-                receipts.append((self._name(path), r))
-        scratch._receipted = {name for name, _ in receipts if name is not None}
-        for record in sorted(records, key=lambda r: r["at"]):
-            scratch._count_pass(record)
-        for name, r in receipts:
-            scratch._count_receipt(name, r, pending=False)
+                receipts.append((self._name(path), r, False))
+        folded = _Tally.of(passes, receipts)
         at = time.time_ns()
-        totals = {k: self.compacted["totals"][k] + scratch.totals[k] for k in TOTALS}
+        totals = {k: self.compacted["totals"][k] + folded.totals[k] for k in TOTALS}
         covers = {"parts": [p.rsplit("/", 1)[-1] for p in part_paths],
-                  "landing": sorted(receipted | set(scratch._cleaned)), "ledger": list(ledger_names)}
+                  "landing": sorted({self._name(p) for p in landing_paths} | set(folded.cleaned)),
+                  "ledger": list(ledger_names)}
         self._write(f"{COMPACTED}{at:020d}.json", {"at": at, "totals": totals, "covers": covers})
-        with self._lock:
+        with self._lock:  # the same totals: moved from the files' counts into the compacted ones
             self.compacted = {"at": at, "totals": totals, "covers": covers}
+            for k in TOTALS:
+                self._t.totals[k] -= folded.totals[k]
             for name in covers["landing"]:
-                self._cleaned.pop(name, None)
-                self._receipted.discard(name)
+                self._t.cleaned.pop(name, None)
+                self._t.receipted.discard(name)
         self.finish_compaction()
-        return scratch.totals
+        return folded.totals
 
     def _load_compacted(self) -> None:
         names = sorted(i.base_name for i in self.fs.get_file_info(pafs.FileSelector(self.root))
@@ -225,7 +236,6 @@ class EventLedger:
         if names:
             with self.fs.open_input_stream(f"{self.root}/{names[-1]}") as f:
                 self.compacted = json.loads(f.read())
-            self.totals = dict(self.compacted["totals"])
 
     def finish_compaction(self) -> None:
         """Delete what the newest compaction covers, and the compactions before it (a crash

@@ -9,7 +9,7 @@ Two shells run the same cleaning rules (``increc_ray.ingest.clean``):
   ingest or dropped into the folder by anyone, is read and cleaned in a Ray
   Data job and appended to the clean store as one numbered part. A pass over
   at most ``ingest.inline_clean_max_bytes`` runs the same cleaning function in
-  this process instead: a job's fixed cost (about 90 ms) is most of a small pass.
+  this process instead: a job's fixed cost is most of a small pass (``bench/clean_pass.py``).
 
 De-duplication spans the whole history (``increc_ray.ingest.dedup``). Keys of
 the clean store are reloaded on start, so a crash between writing a clean part
@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from increc_ray import telemetry
 from increc_ray.config import Config
@@ -46,6 +47,7 @@ from increc_ray.ingest.landing import CleanStore, LandingZone, open_uri, write_p
 from increc_ray.ingest.ledger import PASS_KEY, RECEIPT_KEY, EventLedger, stamp
 from increc_ray.ingest.rate import CARDINALITY, RATE, RETENTION, Admission, rule_of
 from increc_ray.ingest.ray_job import clean_files_locally, clean_files_with_ray_data
+from increc_ray.ingest.retention import prune
 
 MAX_REASONS_IN_ANSWER = 100  # a huge bad batch should not produce a huge answer
 REFUSED_COUNTS = {RATE: "rate_limited", CARDINALITY: "cardinality_refused", RETENTION: "too_old"}  # rule -> key in status()
@@ -261,8 +263,6 @@ class EventPipeline:
 
     def prune(self) -> dict:
         """One retention pass (nothing without ``ingest.retention_s``); call it between passes."""
-        from increc_ray.ingest.retention import prune
-
         if self.cfg.ingest.retention_s is None:
             return {}
         out = prune(self)
@@ -277,8 +277,6 @@ class EventPipeline:
     def prune_quarantine(self, landing_names: list[str], before_ns: int) -> int:
         """Delete the quarantine files of the pruned landing files ``landing_names`` and those
         HTTP ingest wrote before ``before_ns``; returns how many went."""
-        import pyarrow.fs as pafs
-
         doomed = {_quarantine_name("file", n) for n in landing_names}
         gone = 0
         for info in self.q_fs.get_file_info(pafs.FileSelector(self.q_root, allow_not_found=True)):

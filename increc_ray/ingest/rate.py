@@ -26,9 +26,10 @@ are rebuilt on start from the clean store (``Admission.seed``).
 from __future__ import annotations
 
 import threading
-from datetime import datetime, timezone
 from bisect import bisect_left, bisect_right, insort
 from collections import OrderedDict
+from datetime import datetime, timezone
+from itertools import repeat
 from typing import Iterable, Sequence
 
 import pyarrow as pa
@@ -132,29 +133,25 @@ class IdCardinality:
 
     def add(self, user: str, item: str, ts_ms: int = 0) -> None:
         """Know ``user`` and ``item`` from now on (an accepted event at ``ts_ms``)."""
-        for known, key in ((self.users, user), (self.items, item)):
-            if known is not None and known.get(key, ts_ms - 1) < ts_ms:
-                known[key] = ts_ms
+        _see(self.users, user, ts_ms)
+        _see(self.items, item, ts_ms)
 
-    def check(self, users: Sequence[str], items: Sequence[str], times_ms: Sequence[int] | None = None) -> list[str | None]:
+    def check(self, users: Sequence[str], items: Sequence[str]) -> list[str | None]:
         """``refusal`` for each event in order; the ids of a passing one become known."""
         out = []
-        for k, (u, i) in enumerate(zip(users, items)):
+        for u, i in zip(users, items):
             out.append(self.refusal(u, i))
             if out[-1] is None:
-                self.add(u, i, times_ms[k] if times_ms is not None else 0)
+                self.add(u, i)
         return out
 
-    def seed(self, users: Iterable[str], items: Iterable[str], times_ms: Iterable[int] | None = None) -> None:
-        """Know these ids, whatever the limits (the clean store's ids are all known); with
-        ``times_ms``, each id's newest event time (ids repeated: the newest wins)."""
-        users, items = list(users), list(items)
-        times = list(times_ms) if times_ms is not None else [0] * max(len(users), len(items))
-        for known, ids in ((self.users, users), (self.items, items)):
-            if known is not None:
-                for key, t in zip(ids, times):
-                    if known.get(key, t - 1) < t:
-                        known[key] = t
+    def seed(self, users: Iterable[str], items: Iterable[str],
+             users_ms: Iterable[int] | None = None, items_ms: Iterable[int] | None = None) -> None:
+        """Know these ids, whatever the limits (the clean store's ids are all known), each last
+        seen at its time in ``users_ms`` / ``items_ms`` (0 without)."""
+        for known, ids, times in ((self.users, users, users_ms), (self.items, items, items_ms)):
+            for key, t in zip(ids, repeat(0) if times is None else times):
+                _see(known, key, t)
 
     def expire(self, before_ms: int) -> int:
         """Forget ids last seen before ``before_ms``; returns how many."""
@@ -166,6 +163,12 @@ class IdCardinality:
                     del known[k]
                 gone += len(old)
         return gone
+
+
+def _see(known: dict[str, int] | None, key: str, ts_ms: int) -> None:
+    """``key`` seen at ``ts_ms`` (its newest time kept), in ``known`` unless that is not kept."""
+    if known is not None and known.get(key, ts_ms - 1) < ts_ms:
+        known[key] = ts_ms
 
 
 def _over(name: str, value: str, known: dict[str, int] | None, key: str, limit: int | None) -> str | None:
@@ -197,14 +200,12 @@ class Admission:
         if not events.num_rows:
             return
         with self._lock:
-            for col, known in (("user_id", self.ids.users), ("item_id", self.ids.items)):
-                if known is not None:  # each id's newest event time, one entry per id
-                    last = pa.table({"id": events.column(col), "ts": events.column("timestamp").cast(pa.int64())}) \
-                        .group_by("id").aggregate([("ts", "max")])
-                    for key, t in zip(last.column("id").to_pylist(), last.column("ts_max").to_pylist()):
-                        if known.get(key, t - 1) < t:
-                            known[key] = t
-            newest = pc.max(events.column("timestamp").cast(pa.int64())).as_py()
+            ts = events.column("timestamp").cast(pa.int64())
+            users, items = (pa.table({"id": events.column(col), "ts": ts}).group_by("id").aggregate([("ts", "max")])
+                            for col in ("user_id", "item_id"))  # each id once, at its newest event
+            self.ids.seed(users.column("id").to_pylist(), items.column("id").to_pylist(),
+                          users.column("ts_max").to_pylist(), items.column("ts_max").to_pylist())
+            newest = pc.max(ts).as_py()
             self.newest_ms = newest if self.newest_ms is None else max(self.newest_ms, newest)
             if self.rate.max_per_minute is None:
                 return

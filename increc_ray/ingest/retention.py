@@ -46,18 +46,16 @@ def prune(pipeline) -> dict:
     ledger.finish_compaction()  # a round a failed delete cut short ends first: its files are counted
     parts = store.parts()
     records = []  # (at, kind, ref, record) in pass order
-    fence = None  # the pass record of the first part kept: passes before it may go with the parts
     for seq, path in parts[:-1]:  # never the newest part: the writer numbers from it
         record = read_stamp(store.fs, path, PASS_KEY)
         newest = store.newest_event_ms(path) if seq < consumed["seq"] else None
         if record is None or newest is None or newest >= horizon:
-            fence = record
             break
         records.append((record["at"], "part", path, record))
     if not records:
         return out
-    if fence is None:
-        fence = read_stamp(store.fs, parts[len(records)][1], PASS_KEY)
+    # the pass record of the first part kept: the passes before it may go with the parts
+    fence = read_stamp(store.fs, parts[len(records)][1], PASS_KEY)
     fence_at = fence["at"] if fence is not None else records[-1][0] + 1
     ledger_files = _ledger_files(ledger)
     for name in ledger_files:

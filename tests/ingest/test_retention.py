@@ -97,7 +97,6 @@ def test_an_event_older_than_the_retention_is_quarantined_not_applied_again(cfg)
     assert (report.accepted, report.rejected_count) == (1, 1)
     assert report.rejected[0]["reason"].startswith("retention: ") and "ingest.retention_s" in report.rejected[0]["reason"]
     assert p.status()["too_old"] == 1
-    assert ev(100, 27)["timestamp"] - (T + 28 * DAY) > -10 * DAY  # (inside the window)
     totals(p)
 
 
