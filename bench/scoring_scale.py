@@ -35,7 +35,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from increc_ray.config import ModelConfig  # noqa: E402
 from increc_ray.evaluate.offline import write_result  # noqa: E402
-from increc_ray.learn.learner import ITEM_KEY, published_array  # noqa: E402
+from increc_ray.learn.published import ITEM_KEY, published_array  # noqa: E402
 from increc_ray.learn.model import SeqRecModel, left_pad  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
 from increc_ray.serve.scorer import Scorer  # noqa: E402

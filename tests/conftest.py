@@ -106,16 +106,16 @@ def app(ray_cluster, tmp_path_factory):
     serve.delete("increc")
 
 
-def deploy_app(data_dir: str, serving: dict | None = None) -> None:
-    """Deploy (or redeploy) the test app on ``data_dir`` (with ``serving`` settings on top of the
-    test config's) and wait until it is running."""
+def deploy_app(data_dir: str, serving: dict | None = None, **sections: dict) -> None:
+    """Deploy (or redeploy) the test app on ``data_dir`` (with ``serving`` settings, and those of
+    other ``sections`` such as ``trainer``, on top of the test config's) and wait until it is running."""
     from ray import serve
 
     from increc_ray.config import Config
     from increc_ray.serve.app import build
 
-    config = Config.from_dict({**TEST_CONFIG, "data_dir": data_dir,
-                               "serving": {**TEST_CONFIG["serving"], **(serving or {})}}).to_dict()
+    over = {name: {**TEST_CONFIG.get(name, {}), **values} for name, values in {**sections, "serving": serving or {}}.items()}
+    config = Config.from_dict({**TEST_CONFIG, "data_dir": data_dir, **over}).to_dict()
     serve.run(build(config, recommender_options=RECOMMENDER_OPTIONS), name="increc", route_prefix="/")
 
 

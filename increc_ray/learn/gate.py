@@ -40,6 +40,7 @@ import pyarrow as pa
 import torch
 
 from increc_ray.config import GateConfig
+from increc_ray.learn import published
 from increc_ray.learn.frozen import FrozenRows
 from increc_ray.learn.learner import positives
 from increc_ray.learn.model import all_finite, left_pad
@@ -74,9 +75,10 @@ class Snapshot:
 
     @classmethod
     def from_weights(cls, weights: dict) -> "Snapshot":
-        """The snapshot of a published artifact (``IncrementalLearner.export_weights``)."""
-        state = {k: torch.as_tensor(np.asarray(v)) for k, v in weights["state_dict"].items()}
-        return cls(state, int(weights["model_config"]["n_heads"]), list(weights["vocab"]), int(weights["version"]))
+        """The snapshot of a published artifact (``IncrementalLearner.export_weights``), whole or an
+        overlay (its base an array: ``serve.registry.resolve``)."""
+        return cls(published.small_state(weights), int(weights["model_config"]["n_heads"]), list(weights["vocab"]),
+                   int(weights["version"]), items=published.item_table(weights))
 
     @classmethod
     def of(cls, learner, version: int = 0) -> "Snapshot":
@@ -90,6 +92,15 @@ class Snapshot:
         if len(self._items.rows):
             self._items = FrozenRows(self._items.dense())
         return {**self._state, ITEM_KEY: self._items.base}
+
+    @property
+    def items(self) -> FrozenRows:
+        """The item table as frozen: a base, maybe shared, and the rows moved since."""
+        return self._items
+
+    def small_state(self) -> dict[str, torch.Tensor]:
+        """Every weight but the item table."""
+        return dict(self._state)
 
     def finite(self) -> bool:
         return all_finite(self._state.values()) and self._items.finite()
@@ -135,13 +146,10 @@ class Snapshot:
     def hidden(self, histories: list[list[int]]) -> torch.Tensor:
         """(B, C) hidden states after each history (item indices, every one known): the encoder
         runs on the rows the histories read, gathered from the frozen table."""
-        from increc_ray.serve.encoder import Encoder
+        from increc_ray.serve.encoder import hidden_over
 
         max_len = self._state[POS_KEY].shape[0]
-        seqs = left_pad([h[-max_len:] for h in histories])  # (B, T)
-        rows, local = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), seqs.flatten()]), return_inverse=True)
-        encoder = Encoder({**self._state, ITEM_KEY: self._items.gather(rows)}, self.n_heads)  # rows[0] = 0: pad
-        return encoder(local[1:].view_as(seqs))
+        return hidden_over(self._state, self.n_heads, self._items, left_pad([h[-max_len:] for h in histories]))
 
     @property
     def holes(self) -> np.ndarray:

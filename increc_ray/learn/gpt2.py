@@ -34,6 +34,7 @@ class Weights:
     parameters keep their autograd graph)."""
 
     def __init__(self, state: Mapping[str, torch.Tensor], n_heads: int) -> None:
+        self.state = state  # by name, as given
         self.item_emb = state["item_emb.weight"]  # (capacity, C)
         self.wpe = state[_T + "wpe.weight"]  # (max_len, C)
         self.max_len, self.d_model = self.wpe.shape

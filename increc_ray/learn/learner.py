@@ -34,23 +34,12 @@ from increc_ray.learn.model import INIT_STD, SeqRecModel, all_finite, left_pad, 
 from increc_ray.learn import checkpoint
 from increc_ray.learn.ema import WeightAverage
 from increc_ray.learn.frozen import FrozenRows, RowLog
+from increc_ray.learn.published import ITEM_KEY, ITEM_ROWS, BaseCopies, published_array
 from increc_ray.learn.optim import adapt_lr_scale, make_optimizer, rare_row_stretch, set_lr, step_rows, swap_param
 from increc_ray.learn.rank import table_ranks
 from increc_ray.learn.sampled import Negatives, sampled_softmax
 from increc_ray.learn.vocab import ItemVocab
 
-ITEM_KEY = "item_emb.weight"
-
-
-def published_array(key: str, tensor: torch.Tensor) -> np.ndarray:
-    """A CPU numpy copy of one weight for the published artifact. The item table is copied
-    column-major: a replica scans it transposed, ``(B, C) @ (C, n)``, at three times the speed of
-    a row-major gemv at batch 1 (``bench/scoring_scale.py``), and the object store hands every
-    replica a zero-copy view of this one, where it used to make a transposed copy of its own per
-    version (0.4 s at 1M items). Same values and shape; only the memory order differs."""
-    if key == ITEM_KEY:
-        return tensor.detach().cpu().t().contiguous().numpy().T  # F-contiguous (rows, C)
-    return tensor.detach().cpu().numpy().copy()
 EVAL_MAX_USERS = 1024  # users scored by evaluate_next per call (keeps it cheap on big slices)
 
 
@@ -99,6 +88,7 @@ class IncrementalLearner:
         self._last_expiry: int | None = None  # event time of the last expiry pass
         self._holes = torch.zeros(0, dtype=torch.long)  # free item indices: never scored
         self._row_log = RowLog()  # the item rows written: frozen copies and NaN checks read only those
+        self._bases = BaseCopies()  # the published copy of the row log's base (overlay versions)
         self.n_expired_users = 0
         self.n_expired_items = 0
 
@@ -264,8 +254,17 @@ class IncrementalLearner:
     def export_weights(self, version: int, metrics: dict | None = None, snapshot=None) -> dict:
         """The published artifact: CPU numpy copies of the weights (their moving average when
         ``trainer.ema_decay`` > 0), with config and vocab; of ``snapshot`` (a ``gate.Snapshot``
-        of this learner, taken earlier) when given."""
-        weights = snapshot.state() if snapshot is not None else self.published_state()
+        of this learner, taken earlier) when given. With ``trainer.loss: sampled`` (and no moving
+        average) the item table goes as an overlay: a base shared with other versions plus the rows
+        moved since it (``learn.published``)."""
+        if self.publishes_overlay:
+            items = snapshot.items if snapshot is not None else self._row_log.freeze(self.model.item_emb.weight)
+            weights = snapshot.small_state() if snapshot is not None else {
+                k: v for k, v in self.model.state_dict().items() if k != ITEM_KEY}
+            extra = {ITEM_ROWS: self._bases.overlay(items)}
+        else:
+            weights = snapshot.state() if snapshot is not None else self.published_state()
+            extra = {}
         return {
             "version": int(version),
             "model_config": self.model_cfg.model_dump(),
@@ -273,7 +272,14 @@ class IncrementalLearner:
             "state_dict": {k: published_array(k, v) for k, v in weights.items()},
             "metrics": dict(metrics or {}),
             "created_at": time.time(),
+            **extra,
         }
+
+    @property
+    def publishes_overlay(self) -> bool:
+        """Whether versions carry the item table as an overlay: only the sampled update moves a
+        few rows per step (the full softmax and a moving average move every row)."""
+        return self.trainer_cfg.loss == "sampled" and self.trainer_cfg.ema_decay <= 0
 
     def published_state(self) -> dict[str, torch.Tensor]:
         """What ``export_weights`` publishes: the moving average if there is one, else the weights."""

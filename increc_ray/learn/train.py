@@ -22,6 +22,7 @@ import uuid
 
 
 from increc_ray.config import Config
+from increc_ray.learn import published
 from increc_ray.learn.cursor import StreamCursor
 from increc_ray.learn.resume import RUN_NAME, checkpoint_due, restore, save_checkpoint
 
@@ -50,6 +51,7 @@ class _TrainWorker:
         from increc_ray.ingest.landing import CleanStore
         from increc_ray.learn.gate import Gate, GateKeeper, Snapshot
         from increc_ray.learn.versions import KeepNewest, VersionCounter, WeightArchive
+        from increc_ray.serve.registry import resolve
 
         cfg = self.cfg = Config.from_dict(loop_config["config"])
         self.device = str(ray.train.torch.get_device())
@@ -57,6 +59,7 @@ class _TrainWorker:
         self.versions = VersionCounter(cfg.version_file, at_least=version)
         self.archive = WeightArchive(cfg.published_dir, cfg.trainer.keep_versions)
         self._archiver = KeepNewest(self._keep)
+        self._base_sent: str | None = None  # the overlay base the registry was last sent
         self._rollback: dict | None = None  # a POST /admin/rollback the registry handed over
         self._rolled_back: str | None = None  # the id of the last one done
         self.cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
@@ -73,7 +76,7 @@ class _TrainWorker:
         # What serving has live: the registry's version if it outlived us, else the checkpoint's
         # live weights, republished under a new number (versions never repeat).
         got = self.registry.wait_newer.remote(0, 0.1).result()
-        live_weights = ray.get(got[1][0]) if got else saved_live
+        live_weights = resolve(ray.get(got[1][0])) if got else saved_live
         if live_weights is not None and not got:
             live_weights = {**live_weights, "version": self.versions.next(), "created_at": time.time()}
             self.publish(live_weights, pin=True)
@@ -102,13 +105,19 @@ class _TrainWorker:
         # still waits replaces it (``archive_skipped``). At 1M items a version is 500 MiB and its
         # write takes longer than an update, and a queue of them grew without bound.
         self._archiver.submit(weights, pin)  # pinned: kept even if newer versions follow at once
-        self.registry.publish.remote(weights).result()
+        # an overlay version (``learn.published``) leaves out a base the registry holds already; a
+        # registry that does not hold it (it restarted) publishes nothing and answers 0: sent whole
+        base_id = weights[published.ITEM_ROWS]["base_id"] if published.is_overlay(weights) else None
+        sent = published.without_base(weights) if base_id is not None and base_id == self._base_sent else weights
+        if not self.registry.publish.remote(sent).result():
+            self.registry.publish.remote(weights).result()
+        self._base_sent = base_id
         telemetry.set_gauge("increc_model_version", weights["version"])
         return weights["version"]
 
     def _keep(self, weights: dict) -> None:
         try:
-            self.archive.save(weights)
+            self.archive.save(published.dense(weights))  # an overlay made whole: read back as ever
         except OSError:
             logger.exception("could not keep version %s for rollback", weights["version"])
 
@@ -385,7 +394,7 @@ def _live_artifact(learner, gate) -> dict | None:
     """The live weights as a publishable artifact, for a checkpoint (None while nothing is live)."""
     if gate.live is None:
         return None
-    return learner.export_weights(gate.live.version, {"restored": True}, snapshot=gate.live)
+    return published.dense(learner.export_weights(gate.live.version, {"restored": True}, snapshot=gate.live))
 
 
 def resolve_use_gpu(setting: str) -> bool:

@@ -244,6 +244,7 @@ class ModelTrainer:
         return {"model_version": self.registry.version,
                 "last_update_time": latest.published_at if latest else None,
                 "last_update": latest.metrics if latest else None,
+                "published": {**self.registry.counts, "weights_mib": round(self.registry.counts["weights_mib"], 1)},
                 "clean_parts_behind": max(0, store.last_seq() - consumed),
                 "progress": {k: v for k, v in self._progress.items() if k != "gate"},
                 "gate": self._progress.get("gate"),  # the champion/challenger decisions (learn.gate)

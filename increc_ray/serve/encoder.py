@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 
+from increc_ray.learn.frozen import FrozenRows
 from increc_ray.learn.gpt2 import Weights, hidden_at
 
 
@@ -24,3 +25,13 @@ class Encoder(Weights):
         """(B, C) hidden states at the last column of ``seqs`` (B, T), left-padded with 0; every
         row must end in a real item."""
         return hidden_at(self, seqs)
+
+
+@torch.inference_mode()
+def hidden_over(state: dict[str, torch.Tensor], n_heads: int, items: FrozenRows, seqs: torch.Tensor) -> torch.Tensor:
+    """``Encoder`` over an item table given as a ``frozen.FrozenRows`` (a base and the rows moved
+    since): the rows ``seqs`` reads are gathered into a small table of their own, so the base is
+    never made whole. ``state`` holds every other weight."""
+    rows, local = torch.unique(torch.cat([torch.zeros(1, dtype=torch.long), seqs.flatten()]), return_inverse=True)
+    encoder = Encoder({**state, "item_emb.weight": items.gather(rows)}, n_heads)  # rows[0] = 0: pad
+    return encoder(local[1:].view_as(seqs))

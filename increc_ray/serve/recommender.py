@@ -97,6 +97,7 @@ class Recommender:
     def _follow_weights(self) -> None:
         import ray
 
+        from increc_ray.serve.registry import resolve
         from increc_ray.serve.scorer import Scorer
 
         while not self._stop.is_set():
@@ -108,7 +109,7 @@ class Recommender:
                 if got is None:
                     continue
                 version, (ref,) = got
-                weights = ray.get(ref)
+                weights = resolve(ray.get(ref))  # an overlay's base: fetched by reference
                 # None: popularity answers (the gate demoted the live one); the scorer it replaces
                 # lends its vocabulary when the new one only extends it
                 scorer = Scorer.from_published(weights, self._index, self._scorer)

@@ -5,7 +5,9 @@ format) to a ``WeightRegistry``, which ``ray.put``s it, so the registry's
 process owns the object and it outlives the train worker that produced it.
 Serving replicas long-poll ``wait_newer`` and get back an ObjectRef: the
 weights travel through the shared-memory object store, not through the
-registry's RPC, and every replica on a node reads the same copy.
+registry's RPC, and every replica on a node reads the same copy. An overlay version
+(``learn.published``) carries its item table's base by reference: the registry puts each base
+once, and ``resolve`` fetches it.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 
 import ray
+
+from increc_ray.learn import published
 
 
 @dataclass
@@ -34,7 +38,10 @@ class WeightRegistry:
     def __init__(self) -> None:
         self._latest: Published | None = None
         self._changed = asyncio.Condition()
-        self.n_published = 0
+        self._base: tuple[str, ray.ObjectRef] | None = None  # the newest overlay base: (id, ref)
+        # versions published, those that were overlays, the bases put, and the weights' MiB put
+        # (a base counted once): what serving's weights cost the object store (``/status``)
+        self.counts = {"versions": 0, "overlays": 0, "bases": 0, "weights_mib": 0.0}
 
     @property
     def version(self) -> int:
@@ -45,13 +52,27 @@ class WeightRegistry:
         return self._latest
 
     async def publish(self, weights: dict) -> int:
-        """Store ``weights`` (with its ``version``) in the object store and wake waiters."""
+        """Store ``weights`` (with its ``version``) in the object store and wake waiters; 0 (nothing
+        published) for an overlay whose base was left out and is not the one held here."""
         version = int(weights["version"])
         assert version > self.version, f"weight versions must increase: got {version} after {self.version}"
+        items = weights.get(published.ITEM_ROWS)
+        put = sum(getattr(v, "nbytes", 0) for v in weights.get("state_dict", {}).values())
+        if items is not None:  # the base goes into the object store once; versions carry a reference
+            if items["base"] is not None:
+                self._base = (items["base_id"], ray.put(items["base"]))
+                self.counts["bases"] += 1
+                put += items["base"].nbytes
+            elif self._base is None or self._base[0] != items["base_id"]:
+                return 0
+            weights = {**weights, published.ITEM_ROWS: {**items, "base": self._base[1]}}
+            self.counts["overlays"] += 1
+            put += items["rows"].nbytes + items["values"].nbytes
         ref = ray.put(weights)
         async with self._changed:
             self._latest = Published(version, ref, dict(weights.get("metrics", {})))
-            self.n_published += 1
+            self.counts["versions"] += 1
+            self.counts["weights_mib"] += put / 2**20
             self._changed.notify_all()
         return version
 
@@ -70,3 +91,12 @@ class WeightRegistry:
                 return None
             latest = self._latest
             return latest.version, [latest.ref]
+
+
+def resolve(weights: dict) -> dict:
+    """A published artifact as it came out of the object store, with an overlay's base (a
+    reference to the array the registry put once) fetched: a zero-copy view of the store's copy."""
+    items = weights.get(published.ITEM_ROWS)
+    if items is None or not isinstance(items["base"], ray.ObjectRef):
+        return weights
+    return {**weights, published.ITEM_ROWS: {**items, "base": ray.get(items["base"])}}

@@ -10,41 +10,57 @@ the version's fresh rows name.
 
 from __future__ import annotations
 
+import copy
 from typing import Collection, Sequence
 
-import numpy as np
 import torch
 
 from increc_ray.config import ModelConfig
 from increc_ray.learn.model import left_pad
 from increc_ray.learn.vocab import ItemVocab
-from increc_ray.serve.encoder import Encoder
+from increc_ray.learn import published
+from increc_ray.learn.frozen import FrozenRows
+from increc_ray.serve.encoder import Encoder, hidden_over
 from increc_ray.serve.index import ItemIndex, View
 
 
 class Scorer:
-    """Inference over one published weight version (CPU, no grad)."""
+    """Inference over one published weight version (CPU, no grad). ``items``, when the version
+    published its item table as an overlay (``learn.published``), is that table: ``encoder``'s
+    item table is its base, and the rows moved since the base are scored after it."""
 
     def __init__(self, encoder: Encoder, vocab: ItemVocab, version: int, metrics: dict | None = None,
-                 index: ItemIndex | None = None) -> None:
+                 index: ItemIndex | None = None, items: FrozenRows | None = None) -> None:
         assert len(vocab) + 1 <= encoder.item_emb.shape[0], \
             f"vocab of {len(vocab)} items does not fit the item table's {encoder.item_emb.shape[0]} rows"
-        self.encoder = encoder
         self.vocab = vocab
         self.version = version
         self.metrics = metrics or {}
         self.max_len = encoder.max_len
         self.holes = torch.as_tensor(vocab.holes())  # rows of expired items: never recommended
         rows = len(vocab) + 1  # pad + known items (holes included)
+        self.items: FrozenRows | None = None  # an overlay with moved rows
+        if items is not None and len(items.rows):
+            if index is not None and rows > index.settings.min_items:  # the graph follows a whole table
+                encoder = copy.copy(encoder)
+                encoder.item_emb = items.dense()
+            else:
+                self.items = items
+        self.encoder = encoder
         self.view: View | None = None
         if index is not None and rows > index.settings.min_items:
             self.view = index.follow(encoder.item_emb, rows)  # None until its first graph is built
         if self.view is None:
             # a request's scores are one (B, C) @ (C, n + 1). A published table is column-major
-            # (``learner.published_array``), so this is a view that BLAS reads as it is (its row
+            # (``published.published_array``), so this is a view that BLAS reads as it is (its row
             # stride is the table's capacity); only a row-major one (a rollback read from disk) is copied
             table_t = encoder.item_emb[:rows].t()
             self.table_t = table_t if table_t.stride(1) == 1 else table_t.contiguous()
+            if self.items is not None:  # the moved rows' scores replace the base's, (C, R) as published
+                moved = self.items.rows < rows
+                self.moved = self.items.rows[moved]
+                values_t = self.items.values[moved].t()
+                self.moved_t = values_t if values_t.stride(1) == 1 else values_t.contiguous()
         else:
             self.table = encoder.item_emb[:rows]
             self.dead = torch.zeros(rows, dtype=torch.bool)  # pad and holes: never an answer
@@ -54,13 +70,16 @@ class Scorer:
     @classmethod
     def from_weights(cls, weights: dict, index: ItemIndex | None = None,
                      previous: "Scorer | None" = None) -> "Scorer":
-        """The scorer of a published weights dict; ``index`` follows it when given (its tensors must
-        not change afterwards: the index may keep the item table as its base). ``previous``, the
-        scorer it replaces, lends its vocabulary's index when the new list only extends it."""
+        """The scorer of a published weights dict, whole or an overlay (its base an array:
+        ``serve.registry.resolve``); ``index`` follows it when given (its tensors must not change
+        afterwards: the index may keep the item table as its base). ``previous``, the scorer it
+        replaces, lends its vocabulary's index when the new list only extends it."""
         cfg = ModelConfig(**weights["model_config"])
-        state = {k: torch.as_tensor(np.asarray(v)) for k, v in weights["state_dict"].items()}
+        items = published.item_table(weights)
+        state = {**published.small_state(weights), published.ITEM_KEY: items.base}
         vocab = ItemVocab.from_list(weights["vocab"], base=previous.vocab if previous is not None else None)
-        return cls(Encoder(state, cfg.n_heads), vocab, int(weights["version"]), weights.get("metrics"), index)
+        return cls(Encoder(state, cfg.n_heads), vocab, int(weights["version"]), weights.get("metrics"), index,
+                   items if published.is_overlay(weights) else None)
 
     @classmethod
     def from_published(cls, weights: dict, index: ItemIndex | None = None,
@@ -82,7 +101,11 @@ class Scorer:
             if len(idx):
                 rows.append(i)
                 seqs.append(idx)
-        return rows, (self.encoder(left_pad(seqs)) if rows else None)
+        if not rows:
+            return rows, None
+        if self.items is not None:
+            return rows, hidden_over(self.encoder.state, self.encoder.n_heads, self.items, left_pad(seqs))
+        return rows, self.encoder(left_pad(seqs))
 
     @torch.inference_mode()
     def recommend_batch(self, histories: Sequence[Sequence[str]], k: int,
@@ -99,6 +122,8 @@ class Scorer:
         if self.view is not None:
             return self._approximate(rows, hidden, k, excludes, results)
         scores = hidden @ self.table_t  # (B, n + 1)
+        if self.items is not None:
+            scores[:, self.moved] = hidden @ self.moved_t
         scores[:, 0] = float("-inf")  # pad
         if len(self.holes):
             scores[:, self.holes] = float("-inf")

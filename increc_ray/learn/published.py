@@ -1,0 +1,95 @@
+"""A published version's item table: whole, or a shared base plus the rows moved since (Ray-free).
+
+A published artifact (``IncrementalLearner.export_weights``) carries every weight in its
+``state_dict``. The item table is nearly all of it (at 1M items, 512 MiB of a version's 513), and
+with ``trainer.loss: sampled`` an update moves only the rows its steps touch (a few thousand).
+So such a learner publishes the table as an *overlay*, under ``ITEM_ROWS`` instead of in the
+state dict: a *base* (the whole table at some earlier update, with an id) and the rows that moved
+since it, with their values. The base is the learner's ``frozen.RowLog`` base copy: the same one
+for every version until a rebase (an eighth of the table moved, a grown table, a full pass), so
+the trainer copies, ships and the registry stores it once per base, and each version in between
+costs its moved rows. Replicas and the gate read the table as a ``frozen.FrozenRows``
+(``item_table``), and a replica scores the base as it is and the moved rows after it
+(``serve.scorer``). The full softmax moves every row every step, so its versions stay whole.
+
+``dense`` turns an overlay artifact back into the whole form, for what writes versions to disk
+(the rollback archive, checkpoints) and so reads them back the same way as ever.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import numpy as np
+import torch
+
+from increc_ray.learn.frozen import FrozenRows
+
+ITEM_KEY = "item_emb.weight"
+ITEM_ROWS = "item_rows"  # an overlay's {"base_id", "base", "rows", "values"}
+
+
+def published_array(key: str, tensor: torch.Tensor) -> np.ndarray:
+    """A CPU numpy copy of one weight for the published artifact. The item table is copied
+    column-major: a replica scans it transposed, ``(B, C) @ (C, n)``, at three times the speed of
+    a row-major gemv at batch 1 (``bench/scoring_scale.py``), and the object store hands every
+    replica a zero-copy view of this one, where it used to make a transposed copy of its own per
+    version (0.4 s at 1M items). Same values and shape; only the memory order differs."""
+    if key == ITEM_KEY:
+        return tensor.detach().cpu().t().contiguous().numpy().T  # F-contiguous (rows, C)
+    return tensor.detach().cpu().numpy().copy()
+
+
+class BaseCopies:
+    """The learner's side: the published (column-major) copy of its current base, made once per
+    base and named by an id that no other base, in this or any other process, shares."""
+
+    def __init__(self) -> None:
+        self._of: tuple[torch.Tensor, str, np.ndarray] | None = None  # (base, its id, its published copy)
+
+    def overlay(self, items: FrozenRows) -> dict:
+        """``items`` as an overlay: its base (published once per base) and its moved rows."""
+        if self._of is None or self._of[0] is not items.base:
+            self._of = (items.base, uuid.uuid4().hex, published_array(ITEM_KEY, items.base))
+        _, base_id, base = self._of
+        return {"base_id": base_id, "base": base, "rows": items.rows.numpy().astype(np.int64, copy=False),
+                "values": published_array(ITEM_KEY, items.values)}
+
+
+def is_overlay(weights: dict) -> bool:
+    return ITEM_ROWS in weights
+
+
+def item_table(weights: dict) -> FrozenRows:
+    """A published artifact's item table, as tensors over its arrays (no copy): the overlay's base
+    with its moved rows, or the whole table. The base must be an array (``serve.registry.resolve``
+    fetches one that travelled as a reference)."""
+    items = weights.get(ITEM_ROWS)
+    if items is None:
+        return FrozenRows(torch.as_tensor(np.asarray(weights["state_dict"][ITEM_KEY])))
+    base = torch.as_tensor(np.asarray(items["base"]))
+    return FrozenRows(base, torch.as_tensor(np.asarray(items["rows"])), torch.as_tensor(np.asarray(items["values"])))
+
+
+def small_state(weights: dict) -> dict[str, torch.Tensor]:
+    """Every weight but the item table, as tensors over the artifact's arrays."""
+    return {k: torch.as_tensor(np.asarray(v)) for k, v in weights["state_dict"].items() if k != ITEM_KEY}
+
+
+def dense(weights: dict) -> dict:
+    """``weights`` with its item table whole in the state dict (an artifact that is already whole,
+    or a fallback marker, as it is)."""
+    if not is_overlay(weights):
+        return weights
+    table = item_table(weights)
+    whole = table.base.clone() if len(table.rows) else table.base
+    if len(table.rows):
+        whole[table.rows] = table.values
+    out = {k: v for k, v in weights.items() if k != ITEM_ROWS}
+    out["state_dict"] = {**weights["state_dict"], ITEM_KEY: published_array(ITEM_KEY, whole)}
+    return out
+
+
+def without_base(weights: dict) -> dict:
+    """An overlay artifact with its base left out (the registry holds it already: ``base_id``)."""
+    return {**weights, ITEM_ROWS: {**weights[ITEM_ROWS], "base": None}}

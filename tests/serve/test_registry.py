@@ -1,0 +1,47 @@
+"""serve.registry on a real local Ray cluster: an overlay version's base is put into the object
+store once and travels by reference; a version that leaves out a base the registry does not hold
+publishes nothing (the trainer sends it whole then); ``resolve`` hands back the base's values."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from increc_ray.learn import published
+from increc_ray.serve.registry import WeightRegistry, resolve
+
+pytestmark = pytest.mark.integration
+
+
+def _overlay(version: int, base_id: str, base: np.ndarray | None, rows: list[int]) -> dict:
+    values = np.asfortranarray(np.full((len(rows), 4), -float(version), dtype=np.float32))
+    return {"version": version, "state_dict": {"w": np.ones(3, dtype=np.float32)}, "metrics": {},
+            published.ITEM_ROWS: {"base_id": base_id, "base": base, "rows": np.asarray(rows, dtype=np.int64),
+                                  "values": values}}
+
+
+def test_an_overlays_base_is_put_once_and_a_missing_one_is_asked_for(ray_cluster):
+    ray = ray_cluster
+    base = np.asfortranarray(np.arange(40, dtype=np.float32).reshape(10, 4))
+
+    async def run():
+        reg = WeightRegistry()
+        assert await reg.publish(_overlay(1, "b1", None, [1])) == 0, "published without the base it needs"
+        assert reg.version == 0
+        assert await reg.publish(_overlay(2, "b1", base, [1, 2])) == 2
+        assert await reg.publish(published.without_base(_overlay(3, "b1", base, [1, 2, 5]))) == 3
+        assert await reg.publish(published.without_base(_overlay(4, "b2", base, [1]))) == 0, "another base"
+        return reg, await reg.wait_newer(2, 1.0)
+
+    reg, (version, (ref,)) = asyncio.run(run())
+    assert version == 3
+    got = ray.get(ref)
+    assert isinstance(got[published.ITEM_ROWS]["base"], ray.ObjectRef), "the base travels by reference"
+    whole = published.dense(resolve(got))["state_dict"][published.ITEM_KEY]
+    want = base.copy()
+    want[[1, 2, 5]] = -3.0
+    assert np.array_equal(whole, want)
+    assert reg.counts["versions"] == 2 and reg.counts["overlays"] == 2 and reg.counts["bases"] == 1
+    assert resolve({"version": 7, "fallback": True}) == {"version": 7, "fallback": True}
