@@ -407,6 +407,26 @@ def clean_pass(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def version_cost(results: str = RESULTS) -> str:
+    """``bench/version_cost.py``: a published version whole against an overlay (a base put once and
+    the rows moved since), per version, same learner and moments."""
+    r = _load("version_cost.json", results)
+    rows = ["| items | rows moved since the base (mean) | bases in versions | trainer export: whole / overlay "
+            "| put into the store | serialize and copy | replica adopts | exact top-10, batch 1 / per request at 16 "
+            "| same top-10 |", "|---|---|---|---|---|---|---|---|---|"]
+    for x in (r or {}).get("runs", []):
+        w, o = x["mean_per_version"]["whole"], x["mean_per_version"]["overlay"]
+        q = x["ratio_whole_over_overlay"]
+        rows.append(f"| {x['items']:,} | {x['moved_rows_mean']:,} | {x['bases']} in {len(x['versions']['overlay'])} "
+                    f"| {_ms(w['export_s'])} / {_ms(o['export_s'])} ({q['export_s']}x) "
+                    f"| {w['put_mib']:.1f} / {o['put_mib']:.1f} MiB ({q['put_mib']}x) "
+                    f"| {_ms(w['put_s'])} / {_ms(o['put_s'])} ({q['put_s']}x) "
+                    f"| {_ms(w['adopt_s'])} / {_ms(o['adopt_s'])} ({q['adopt_s']}x) "
+                    f"| {w['batch1_ms']} / {w['batch16_ms_per_request']} ms against {o['batch1_ms']} / "
+                    f"{o['batch16_ms_per_request']} ms | {x['same_top10']} |")
+    return "\n".join(rows)
+
+
 def retention(results: str = RESULTS) -> str:
     """``bench/retention.py``: the ingest's disk and de-duplication keys over a long stream,
     without and with ``ingest.retention_s`` (same run), at each snapshot day."""
@@ -521,7 +541,8 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "clean-store-tail": clean_store_tail, "ann-follow": ann_follow,
                                            "rare-item-rows": rare_item_rows, "checkpoint-scale": checkpoint_scale,
                                            "retention": retention, "retention-deployed": retention_deployed,
-                                           "clean-pass": clean_pass, "inline-clean-runs": inline_clean_runs}
+                                           "clean-pass": clean_pass, "inline-clean-runs": inline_clean_runs,
+                                           "version-cost": version_cost}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 

@@ -99,6 +99,9 @@ class RowLog:
         self._n_moved += len(rows)
         self._unchecked.append(rows)
         self._n_unchecked += len(rows)
+        if self._n_moved > self.rebase_share * len(table):  # counted with repeats: count them once
+            moved = torch.unique(torch.cat(self._moved))
+            self._moved, self._n_moved = [moved], len(moved)
         if self._n_moved > self.rebase_share * len(table):  # the next freeze copies the table anyway
             self._base, self._moved, self._n_moved = None, [], 0
         if self._n_unchecked > len(table):  # the next check reads the table anyway
@@ -110,7 +113,10 @@ class RowLog:
         self._follow(table)
         data = table.detach()
         if self._base is None:
-            self._base, self._base_finite = data.to("cpu", copy=True), [None]
+            # column-major, as a version publishes its table (``published.published_array``): an
+            # overlay's base is this copy itself, with no second copy to publish it
+            base_t = torch.empty(data.shape[::-1], dtype=data.dtype)  # (C, rows) on the CPU: one copy
+            self._base, self._base_finite = base_t.copy_(data.t()).t(), [None]
             self._moved, self._n_moved = [], 0
             return FrozenRows(self._base, base_finite=self._base_finite)
         moved = torch.unique(torch.cat(self._moved)) if self._moved else torch.zeros(0, dtype=torch.long)

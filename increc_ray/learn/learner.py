@@ -251,13 +251,13 @@ class IncrementalLearner:
         self.model.train()
         return float(torch.as_tensor(ranks < k).float().mean())  # in float32, as it always was
 
-    def export_weights(self, version: int, metrics: dict | None = None, snapshot=None) -> dict:
+    def export_weights(self, version: int, metrics: dict | None = None, snapshot=None, whole: bool = False) -> dict:
         """The published artifact: CPU numpy copies of the weights (their moving average when
         ``trainer.ema_decay`` > 0), with config and vocab; of ``snapshot`` (a ``gate.Snapshot``
         of this learner, taken earlier) when given. With ``trainer.loss: sampled`` (and no moving
         average) the item table goes as an overlay: a base shared with other versions plus the rows
-        moved since it (``learn.published``)."""
-        if self.publishes_overlay:
+        moved since it (``learn.published``), unless ``whole`` (``bench/version_cost.py``)."""
+        if self.publishes_overlay and not whole:
             items = snapshot.items if snapshot is not None else self._row_log.freeze(self.model.item_emb.weight)
             weights = snapshot.small_state() if snapshot is not None else {
                 k: v for k, v in self.model.state_dict().items() if k != ITEM_KEY}

@@ -19,6 +19,7 @@ costs its moved rows. Replicas and the gate read the table as a ``frozen.FrozenR
 from __future__ import annotations
 
 import uuid
+import warnings
 
 import numpy as np
 import torch
@@ -60,20 +61,27 @@ def is_overlay(weights: dict) -> bool:
     return ITEM_ROWS in weights
 
 
+def _tensor(array) -> torch.Tensor:
+    """A tensor over ``array`` without a copy: the object store's arrays are read-only, and nothing
+    writes to a published version (torch warns about read-only arrays once per process)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.as_tensor(np.asarray(array))
+
+
 def item_table(weights: dict) -> FrozenRows:
     """A published artifact's item table, as tensors over its arrays (no copy): the overlay's base
     with its moved rows, or the whole table. The base must be an array (``serve.registry.resolve``
     fetches one that travelled as a reference)."""
     items = weights.get(ITEM_ROWS)
     if items is None:
-        return FrozenRows(torch.as_tensor(np.asarray(weights["state_dict"][ITEM_KEY])))
-    base = torch.as_tensor(np.asarray(items["base"]))
-    return FrozenRows(base, torch.as_tensor(np.asarray(items["rows"])), torch.as_tensor(np.asarray(items["values"])))
+        return FrozenRows(_tensor(weights["state_dict"][ITEM_KEY]))
+    return FrozenRows(_tensor(items["base"]), _tensor(items["rows"]), _tensor(items["values"]))
 
 
 def small_state(weights: dict) -> dict[str, torch.Tensor]:
     """Every weight but the item table, as tensors over the artifact's arrays."""
-    return {k: torch.as_tensor(np.asarray(v)) for k, v in weights["state_dict"].items() if k != ITEM_KEY}
+    return {k: _tensor(v) for k, v in weights["state_dict"].items() if k != ITEM_KEY}
 
 
 def dense(weights: dict) -> dict:

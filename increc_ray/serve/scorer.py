@@ -57,9 +57,10 @@ class Scorer:
             table_t = encoder.item_emb[:rows].t()
             self.table_t = table_t if table_t.stride(1) == 1 else table_t.contiguous()
             if self.items is not None:  # the moved rows' scores replace the base's, (C, R) as published
-                moved = self.items.rows < rows
-                self.moved = self.items.rows[moved]
-                values_t = self.items.values[moved].t()
+                moved = self.items.rows < rows  # all of them, unless a spare row was written
+                whole = bool(moved.all())
+                self.moved = self.items.rows if whole else self.items.rows[moved]
+                values_t = (self.items.values if whole else self.items.values[moved]).t()
                 self.moved_t = values_t if values_t.stride(1) == 1 else values_t.contiguous()
         else:
             self.table = encoder.item_emb[:rows]
