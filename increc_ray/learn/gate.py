@@ -77,7 +77,7 @@ class Snapshot:
     def from_weights(cls, weights: dict) -> "Snapshot":
         """The snapshot of a published artifact (``IncrementalLearner.export_weights``), whole or an
         overlay (its base an array: ``serve.registry.resolve``)."""
-        return cls(published.small_state(weights), int(weights["model_config"]["n_heads"]), list(weights["vocab"]),
+        return cls(published.small_state(weights), int(weights["model_config"]["n_heads"]), published.vocab_list(weights),
                    int(weights["version"]), items=published.item_table(weights))
 
     @classmethod

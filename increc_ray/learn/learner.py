@@ -257,18 +257,19 @@ class IncrementalLearner:
         of this learner, taken earlier) when given. With ``trainer.loss: sampled`` (and no moving
         average) the item table goes as an overlay: a base shared with other versions plus the rows
         moved since it (``learn.published``), unless ``whole`` (``bench/version_cost.py``)."""
+        vocab = list(snapshot.vocab) if snapshot is not None else self.vocab.to_list()
+        extra = {}
         if self.publishes_overlay and not whole:
             items = snapshot.items if snapshot is not None else self._row_log.freeze(self.model.item_emb.weight)
             weights = snapshot.small_state() if snapshot is not None else {
                 k: v for k, v in self.model.state_dict().items() if k != ITEM_KEY}
-            extra = {ITEM_ROWS: self._bases.overlay(items)}
+            extra[ITEM_ROWS], vocab = self._bases.overlay(items, vocab)
         else:
             weights = snapshot.state() if snapshot is not None else self.published_state()
-            extra = {}
         return {
             "version": int(version),
             "model_config": self.model_cfg.model_dump(),
-            "vocab": list(snapshot.vocab) if snapshot is not None else self.vocab.to_list(),
+            "vocab": vocab,  # None: an overlay's base vocabulary and tail
             "state_dict": {k: published_array(k, v) for k, v in weights.items()},
             "metrics": dict(metrics or {}),
             "created_at": time.time(),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from typing import Iterable
+from typing import Iterable, Sequence
 
 import numpy as np
 
@@ -91,6 +91,19 @@ class ItemVocab:
     def to_list(self) -> list[str | None]:
         return list(self._ids)
 
+    def extended(self, ids: Sequence[str | None]) -> "ItemVocab":
+        """This vocabulary with ``ids`` appended at indices ``len(self) + 1, ...`` (None: a hole);
+        this one is never changed. Costs a copy of its index, not a pass over its ids."""
+        vocab = ItemVocab()
+        vocab._ids, vocab._index, vocab._free = self._ids + list(ids), self._index.copy(), list(self._free)
+        for i, item_id in enumerate(ids, start=len(self._ids) + 1):
+            if item_id is None:
+                vocab._free.append(i)  # larger than every index in the heap: still a heap
+            else:
+                vocab._index[item_id] = i
+        assert len(vocab._index) == len(vocab._ids) - len(vocab._free), "vocab list has duplicate ids"
+        return vocab
+
     @classmethod
     def from_list(cls, ids: Iterable[str | None], base: "ItemVocab | None" = None) -> "ItemVocab":
         """The vocabulary of a published list. Given ``base`` (the previous version's, say), and a
@@ -100,15 +113,7 @@ class ItemVocab:
         ids = list(ids)
         n = len(base._ids) if base is not None else 0
         if base is not None and len(ids) >= n and ids[:n] == base._ids:
-            vocab = cls()
-            vocab._ids, vocab._index, vocab._free = ids, base._index.copy(), list(base._free)
-            for i, item_id in enumerate(ids[n:], start=n + 1):
-                if item_id is None:
-                    vocab._free.append(i)  # larger than every index in the heap: still a heap
-                else:
-                    vocab._index[item_id] = i
-            assert len(vocab._index) == len(ids) - len(vocab._free), "vocab list has duplicate ids"
-            return vocab
+            return base.extended(ids[n:])
         vocab = cls()
         vocab._ids = ids
         vocab._index = {item_id: i + 1 for i, item_id in enumerate(vocab._ids) if item_id is not None}

@@ -97,6 +97,7 @@ class Recommender:
     def _follow_weights(self) -> None:
         import ray
 
+        from increc_ray.learn import published
         from increc_ray.serve.registry import resolve
         from increc_ray.serve.scorer import Scorer
 
@@ -109,7 +110,10 @@ class Recommender:
                 if got is None:
                     continue
                 version, (ref,) = got
-                weights = resolve(ray.get(ref))  # an overlay's base: fetched by reference
+                weights = ray.get(ref)
+                # an overlay's base is fetched by reference; its vocabulary only when the one this
+                # replica holds does not extend to it
+                weights = resolve(weights, vocab=not published.extends(weights, getattr(self._scorer, "vocab_chain", None)))
                 # None: popularity answers (the gate demoted the live one); the scorer it replaces
                 # lends its vocabulary when the new one only extends it
                 scorer = Scorer.from_published(weights, self._index, self._scorer)

@@ -38,7 +38,8 @@ class WeightRegistry:
     def __init__(self) -> None:
         self._latest: Published | None = None
         self._changed = asyncio.Condition()
-        self._base: tuple[str, ray.ObjectRef] | None = None  # the newest overlay base: (id, ref)
+        # the newest overlay base: (id, its table's ref, its vocabulary's ref or None)
+        self._base: tuple[str, ray.ObjectRef, ray.ObjectRef | None] | None = None
         # versions published, those that were overlays, the bases put, and the weights' MiB put
         # (a base counted once): what serving's weights cost the object store (``/status``)
         self.counts = {"versions": 0, "overlays": 0, "bases": 0, "weights_mib": 0.0}
@@ -60,12 +61,17 @@ class WeightRegistry:
         put = sum(getattr(v, "nbytes", 0) for v in weights.get("state_dict", {}).values())
         if items is not None:  # the base goes into the object store once; versions carry a reference
             if items["base"] is not None:
-                self._base = (items["base_id"], ray.put(items["base"]))
+                vocab = items.get("vocab_base")
+                self._base = (items["base_id"], ray.put(items["base"]), None if vocab is None else ray.put(vocab))
                 self.counts["bases"] += 1
                 put += items["base"].nbytes
-            elif self._base is None or self._base[0] != items["base_id"]:
+            elif self._base is None or self._base[0] != items["base_id"] or \
+                    (items.get("vocab_tail") is not None and self._base[2] is None):
                 return 0
-            weights = {**weights, published.ITEM_ROWS: {**items, "base": self._base[1]}}
+            items = {**items, "base": self._base[1]}
+            if items.get("vocab_tail") is not None:
+                items["vocab_base"] = self._base[2]
+            weights = {**weights, published.ITEM_ROWS: items}
             self.counts["overlays"] += 1
             put += items["rows"].nbytes + items["values"].nbytes
         ref = ray.put(weights)
@@ -93,10 +99,15 @@ class WeightRegistry:
             return latest.version, [latest.ref]
 
 
-def resolve(weights: dict) -> dict:
-    """A published artifact as it came out of the object store, with an overlay's base (a
-    reference to the array the registry put once) fetched: a zero-copy view of the store's copy."""
+def resolve(weights: dict, vocab: bool = True) -> dict:
+    """A published artifact as it came out of the object store, with an overlay's base (references
+    to what the registry put once) fetched: its table as a zero-copy view of the store's copy, and,
+    unless ``vocab`` is false (a replica whose vocabulary the new tail extends:
+    ``published.extends``), its vocabulary list."""
     items = weights.get(published.ITEM_ROWS)
     if items is None or not isinstance(items["base"], ray.ObjectRef):
         return weights
-    return {**weights, published.ITEM_ROWS: {**items, "base": ray.get(items["base"])}}
+    items = {**items, "base": ray.get(items["base"])}
+    if vocab and isinstance(items.get("vocab_base"), ray.ObjectRef):
+        items["vocab_base"] = ray.get(items["vocab_base"])
+    return {**weights, published.ITEM_ROWS: items}

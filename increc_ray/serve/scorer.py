@@ -34,6 +34,7 @@ class Scorer:
         assert len(vocab) + 1 <= encoder.item_emb.shape[0], \
             f"vocab of {len(vocab)} items does not fit the item table's {encoder.item_emb.shape[0]} rows"
         self.vocab = vocab
+        self.vocab_chain: published.VocabChain | None = None  # how ``vocab`` was made from overlays
         self.version = version
         self.metrics = metrics or {}
         self.max_len = encoder.max_len
@@ -78,9 +79,11 @@ class Scorer:
         cfg = ModelConfig(**weights["model_config"])
         items = published.item_table(weights)
         state = {**published.small_state(weights), published.ITEM_KEY: items.base}
-        vocab = ItemVocab.from_list(weights["vocab"], base=previous.vocab if previous is not None else None)
-        return cls(Encoder(state, cfg.n_heads), vocab, int(weights["version"]), weights.get("metrics"), index,
-                   items if published.is_overlay(weights) else None)
+        vocab, chain = published.item_vocab(weights, *((previous.vocab, previous.vocab_chain) if previous else ()))
+        scorer = cls(Encoder(state, cfg.n_heads), vocab, int(weights["version"]), weights.get("metrics"), index,
+                     items if published.is_overlay(weights) else None)
+        scorer.vocab_chain = chain
+        return scorer
 
     @classmethod
     def from_published(cls, weights: dict, index: ItemIndex | None = None,

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 def _overlay(version: int, base_id: str, base: np.ndarray | None, rows: list[int]) -> dict:
     values = np.asfortranarray(np.full((len(rows), 4), -float(version), dtype=np.float32))
-    return {"version": version, "state_dict": {"w": np.ones(3, dtype=np.float32)}, "metrics": {},
+    return {"version": version, "state_dict": {"w": np.ones(3, dtype=np.float32)}, "metrics": {}, "vocab": ["a"],
             published.ITEM_ROWS: {"base_id": base_id, "base": base, "rows": np.asarray(rows, dtype=np.int64),
                                   "values": values}}
 
