@@ -49,15 +49,20 @@ class BaseCopies:
     vocabulary at the base's first version, so that later versions whose vocabulary only appends
     to it carry the appended ids (``vocab_tail``), not the whole list (1M ids: 0.2 s to pickle)."""
 
+    KEEP = 2  # bases remembered: a gate's snapshot (a promoted candidate, the live version gone
+    # back to) may hold the base before the learner's current one
+
     def __init__(self) -> None:
-        self._of: tuple[torch.Tensor, str, np.ndarray, list] | None = None  # (base, id, published copy, vocab)
+        self._known: list[tuple[torch.Tensor, str, np.ndarray, list]] = []  # (base, id, published copy, vocab)
 
     def overlay(self, items: FrozenRows, vocab: list[str | None]) -> tuple[dict, list[str | None] | None]:
         """(``items`` as an overlay: its base, published once per base, and its moved rows; the
         artifact's whole ``vocab``, or None when the overlay carries its tail instead)."""
-        if self._of is None or self._of[0] is not items.base:
-            self._of = (items.base, uuid.uuid4().hex, published_array(ITEM_KEY, items.base), vocab)
-        _, base_id, base, base_vocab = self._of
+        known = next((k for k in self._known if k[0] is items.base), None)
+        if known is None:
+            known = (items.base, uuid.uuid4().hex, published_array(ITEM_KEY, items.base), vocab)
+        self._known = [known, *[k for k in self._known if k is not known][: self.KEEP - 1]]  # most recent first
+        _, base_id, base, base_vocab = known
         out = {"base_id": base_id, "base": base, "rows": items.rows.numpy().astype(np.int64, copy=False),
                "values": published_array(ITEM_KEY, items.values)}
         n = len(base_vocab)

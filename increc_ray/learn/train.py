@@ -59,7 +59,7 @@ class _TrainWorker:
         self.versions = VersionCounter(cfg.version_file, at_least=version)
         self.archive = WeightArchive(cfg.published_dir, cfg.trainer.keep_versions)
         self._archiver = KeepNewest(self._keep)
-        self._base_sent: str | None = None  # the overlay base the registry was last sent
+        self._bases_sent: list[str] = []  # the overlay bases the registry was sent last, newest first
         self._rollback: dict | None = None  # a POST /admin/rollback the registry handed over
         self._rolled_back: str | None = None  # the id of the last one done
         self.cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
@@ -108,10 +108,11 @@ class _TrainWorker:
         # an overlay version (``learn.published``) leaves out a base the registry holds already; a
         # registry that does not hold it (it restarted) publishes nothing and answers 0: sent whole
         base_id = weights[published.ITEM_ROWS]["base_id"] if published.is_overlay(weights) else None
-        sent = published.without_base(weights) if base_id is not None and base_id == self._base_sent else weights
+        sent = published.without_base(weights) if base_id is not None and base_id in self._bases_sent else weights
         if not self.registry.publish.remote(sent).result():
             self.registry.publish.remote(weights).result()
-        self._base_sent = base_id
+        if base_id is not None and base_id not in self._bases_sent:
+            self._bases_sent = [base_id, *self._bases_sent][: published.BaseCopies.KEEP]
         telemetry.set_gauge("increc_model_version", weights["version"])
         return weights["version"]
 

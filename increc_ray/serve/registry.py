@@ -21,6 +21,9 @@ import ray
 from increc_ray.learn import published
 
 
+KEEP_BASES = 2  # as the trainer's ``published.BaseCopies.KEEP``
+
+
 @dataclass
 class Published:
     version: int
@@ -38,8 +41,8 @@ class WeightRegistry:
     def __init__(self) -> None:
         self._latest: Published | None = None
         self._changed = asyncio.Condition()
-        # the newest overlay base: (id, its table's ref, its vocabulary's ref or None)
-        self._base: tuple[str, ray.ObjectRef, ray.ObjectRef | None] | None = None
+        # the newest overlay bases: id -> (its table's ref, its vocabulary's ref or None), oldest first
+        self._bases: dict[str, tuple[ray.ObjectRef, ray.ObjectRef | None]] = {}
         # versions published, those that were overlays, the bases put, and the weights' MiB put
         # (a base counted once): what serving's weights cost the object store (``/status``)
         self.counts = {"versions": 0, "overlays": 0, "bases": 0, "weights_mib": 0.0}
@@ -60,17 +63,20 @@ class WeightRegistry:
         items = weights.get(published.ITEM_ROWS)
         put = sum(getattr(v, "nbytes", 0) for v in weights.get("state_dict", {}).values())
         if items is not None:  # the base goes into the object store once; versions carry a reference
+            base_id = items["base_id"]
             if items["base"] is not None:
                 vocab = items.get("vocab_base")
-                self._base = (items["base_id"], ray.put(items["base"]), None if vocab is None else ray.put(vocab))
+                self._bases[base_id] = (ray.put(items["base"]), None if vocab is None else ray.put(vocab))
+                while len(self._bases) > KEEP_BASES:
+                    self._bases.pop(next(iter(self._bases)))
                 self.counts["bases"] += 1
                 put += items["base"].nbytes
-            elif self._base is None or self._base[0] != items["base_id"] or \
-                    (items.get("vocab_tail") is not None and self._base[2] is None):
+            elif base_id not in self._bases or (items.get("vocab_tail") is not None and self._bases[base_id][1] is None):
                 return 0
-            items = {**items, "base": self._base[1]}
+            table, vocab = self._bases[base_id] = self._bases.pop(base_id)  # the most recently used last
+            items = {**items, "base": table}
             if items.get("vocab_tail") is not None:
-                items["vocab_base"] = self._base[2]
+                items["vocab_base"] = vocab
             weights = {**weights, published.ITEM_ROWS: items}
             self.counts["overlays"] += 1
             put += items["rows"].nbytes + items["values"].nbytes

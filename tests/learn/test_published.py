@@ -154,3 +154,16 @@ def test_dense_copies_no_more_than_it_must(rows):
     assert np.array_equal(base, np.arange(40, dtype=np.float32).reshape(10, 4)), "dense wrote into the base"
     assert np.shares_memory(whole, base) == (rows == 0)
     assert torch.equal(published.item_table(published.dense(w)).base, torch.as_tensor(whole))
+
+
+def test_a_snapshot_on_the_base_before_keeps_that_bases_id():
+    """A promoted candidate or the live version gone back to may hold the learner's previous base:
+    its overlay names that base again rather than shipping it as a new one."""
+    from increc_ray.learn.frozen import FrozenRows
+
+    old, new, bases = FrozenRows(torch.zeros(8, 2)), FrozenRows(torch.ones(8, 2)), published.BaseCopies()
+    ids = [bases.overlay(t, ["a"])[0]["base_id"] for t in (old, new, old, new, old)]
+    assert ids[0] == ids[2] == ids[4] != ids[1] == ids[3]
+    third = bases.overlay(FrozenRows(torch.ones(8, 2)), ["a"])[0]["base_id"]
+    assert third not in ids and bases.overlay(old, ["a"])[0]["base_id"] == ids[0], "the most recent two are kept"
+    assert bases.overlay(new, ["a"])[0]["base_id"] not in ids, "more than two bases remembered"

@@ -33,7 +33,15 @@ def test_an_overlays_base_is_put_once_and_a_missing_one_is_asked_for(ray_cluster
         assert await reg.publish(_overlay(2, "b1", base, [1, 2])) == 2
         assert await reg.publish(published.without_base(_overlay(3, "b1", base, [1, 2, 5]))) == 3
         assert await reg.publish(published.without_base(_overlay(4, "b2", base, [1]))) == 0, "another base"
-        return reg, await reg.wait_newer(2, 1.0)
+        newer = await reg.wait_newer(2, 1.0)
+        # a second base, then a version on the first again (a gate's snapshot): both are held ...
+        assert await reg.publish(_overlay(5, "b2", base + 1, [])) == 5
+        assert await reg.publish(published.without_base(_overlay(6, "b1", base, [0]))) == 6
+        # ... but no more than two: the one used least recently goes
+        assert await reg.publish(_overlay(7, "b3", base, [])) == 7
+        assert await reg.publish(published.without_base(_overlay(8, "b1", base, []))) == 8
+        assert await reg.publish(published.without_base(_overlay(9, "b2", base, []))) == 0
+        return reg, newer
 
     reg, (version, (ref,)) = asyncio.run(run())
     assert version == 3
@@ -43,5 +51,5 @@ def test_an_overlays_base_is_put_once_and_a_missing_one_is_asked_for(ray_cluster
     want = base.copy()
     want[[1, 2, 5]] = -3.0
     assert np.array_equal(whole, want)
-    assert reg.counts["versions"] == 2 and reg.counts["overlays"] == 2 and reg.counts["bases"] == 1
+    assert reg.counts["versions"] == 6 and reg.counts["overlays"] == 6 and reg.counts["bases"] == 3
     assert resolve({"version": 7, "fallback": True}) == {"version": 7, "fallback": True}
