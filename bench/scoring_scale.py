@@ -10,6 +10,8 @@ profile's shape with that many items, measured on this machine at one thread (as
   for the next one (1% more items) given the scorer it replaces; baselines in the same run: the
   artifact before (row-major item table, transposed by each replica; vocabulary built whole) and,
   before that, building the transformers model; and the artifact's size;
+- the int8 first pass (``serving.index: int8``): quantizing a version's table, ms per request at
+  batch 1 and 16, and recall@10 against the exact scan (its answers are ranked by exact scores);
 - an ANN index over the item table (faiss IVF, inner product): build time, ms per request and
   recall@10 against exact top-k, at two probe counts.
 
@@ -38,6 +40,7 @@ from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.learn.published import ITEM_KEY, published_array  # noqa: E402
 from increc_ray.learn.model import SeqRecModel, left_pad  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
+from increc_ray.serve.quantized import Int8Index, Int8Settings  # noqa: E402
 from increc_ray.serve.scorer import Scorer  # noqa: E402
 
 HERE = os.path.dirname(__file__)
@@ -66,7 +69,8 @@ def receive(published: tuple[bytes, list]) -> dict:
     return pickle.loads(blob, buffers=buffers)
 
 
-def one_size(n_items: int, cfg: ModelConfig, k: int, repeat: int, rng: np.random.Generator) -> dict:
+def one_size(n_items: int, cfg: ModelConfig, k: int, repeat: int, rng: np.random.Generator,
+             candidates: int = 100) -> dict:
     torch.manual_seed(0)
     n_new = max(1, n_items // 100)  # the next version adds 1% new items
     model = SeqRecModel(cfg, capacity=n_items + n_new + 1)
@@ -79,6 +83,7 @@ def one_size(n_items: int, cfg: ModelConfig, k: int, repeat: int, rng: np.random
         return publish({"version": version, "model_config": cfg.model_dump(), "vocab": vocab_ids, "state_dict": state})
 
     first, second, before = artifact(1, ids[:n_items], "F"), artifact(2, ids, "F"), artifact(1, ids[:n_items], "C")
+    first_version = first
     t = time.perf_counter()
     scorer = Scorer.from_weights(receive(first))
     adopt_s = time.perf_counter() - t
@@ -125,6 +130,20 @@ def one_size(n_items: int, cfg: ModelConfig, k: int, repeat: int, rng: np.random
            "encoder_speedup_batch1": round(model1 / enc1, 2), "encoder_speedup_batch16": round(model16 / enc16, 2),
            "adopt_speedup": round(adopt_model_s / adopt_s, 2)}
     row["batch16_speedup"] = round(b1 / b16, 2)
+    # serving.index int8: the quantized first pass, its best rows ranked by their exact scores
+    index8 = Int8Index(Int8Settings(min_items=0, candidates=candidates))
+    t = time.perf_counter()
+    first = Scorer.from_weights(receive(first_version), index8)
+    quantize_s = time.perf_counter() - t
+    q1 = timed(lambda: first.recommend(histories[0], k, histories[0]), repeat)
+    q16 = timed(lambda: first.recommend_batch(hist16, k, hist16), max(3, repeat // 4)) / 16
+    want = scorer.recommend_batch(histories, k, histories)
+    got = first.recommend_batch(histories, k, histories)
+    row["int8"] = {"candidates": candidates, "adopt_version_s": round(quantize_s, 3),
+                   "ms_batch1": round(q1 * 1e3, 2), "ms_per_request_batch16": round(q16 * 1e3, 2),
+                   "speedup_batch1": round(b1 / q1, 2), "speedup_batch16": round(b16 / q16, 2),
+                   "recall@10": round(float(np.mean([len({i for i, _ in g} & {i for i, _ in w}) / k
+                                                     for g, w in zip(got, want)])), 3)}
     try:
         import faiss
     except ImportError:

@@ -370,8 +370,10 @@ class ServingConfig(_Section):
     ready_timeout_s: float = Field(30.0, ge=0)
     # Top-k: "exact" scans the item table per request; "hnsw" ranks exactly only what an HNSW
     # graph finds nearest (index_candidates) plus the rows changed since the graph was built,
-    # from index_min_items items on (increc_ray.serve.index: meant for trainer.loss sampled).
-    index: Literal["exact", "hnsw"] = "exact"
+    # from index_min_items items on (increc_ray.serve.index: meant for trainer.loss sampled);
+    # "int8" ranks exactly the index_candidates best rows of a scan of the table quantized to
+    # int8, from index_min_items items on (increc_ray.serve.quantized).
+    index: Literal["exact", "hnsw", "int8"] = "exact"
     index_min_items: int = Field(50_000, ge=0)
     index_candidates: int = Field(100, gt=0)
     index_ef: int = Field(64, gt=0)

@@ -57,8 +57,12 @@ class Recommender:
         self._stale_s = self.cfg.serving.history_lease_s * 2 / 3
         self.local_answers = self.remote_answers = 0
         serving = self.cfg.serving
-        self._index = None  # the HNSW graph that follows the versions (serving.index: hnsw)
-        if serving.index == "hnsw":
+        self._index = None  # the HNSW graph (serving.index: hnsw) or int8 table (int8) that follows the versions
+        if serving.index == "int8":
+            from increc_ray.serve.quantized import Int8Index, Int8Settings
+
+            self._index = Int8Index(Int8Settings(min_items=serving.index_min_items, candidates=serving.index_candidates))
+        elif serving.index == "hnsw":
             from increc_ray.serve.index import IndexSettings, ItemIndex
 
             self._index = ItemIndex(IndexSettings(
@@ -303,10 +307,13 @@ class Recommender:
                             "index": self._index_status()}}
 
     def _index_status(self) -> dict | None:
-        """The HNSW index's state (``serving.index: hnsw``), and whether the live version answers from it."""
+        """The HNSW index's (``serving.index: hnsw``) or int8 table's (``int8``) state, and whether
+        the live version answers from it."""
         if self._index is None:
             return None
         scorer = self._scorer
+        if self.cfg.serving.index == "int8":
+            return {**self._index.stats(), "answering": scorer is not None and scorer.first_pass is not None}
         return {**self._index.stats(), "answering": scorer is not None and scorer.view is not None,
                 "fresh_rows_live": len(scorer.view.fresh) if scorer is not None and scorer.view is not None else None}
 

@@ -5,7 +5,8 @@ A weights dict (``IncrementalLearner.export_weights``) carries its own ``model_c
 tensors as they are (``increc_ray.serve.encoder``): no model is built per version. Top-k is an
 exact scan of the item table, or, given an ``increc_ray.serve.index.ItemIndex`` (``serving.index:
 hnsw``) and a catalogue past its ``min_items``, an exact ranking of the few rows an HNSW graph and
-the version's fresh rows name.
+the version's fresh rows name, or, given an ``increc_ray.serve.quantized.Int8Index`` (``serving.index:
+int8``), an exact ranking of the best rows of a scan of the table quantized to int8.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from increc_ray.learn import published
 from increc_ray.learn.frozen import FrozenRows
 from increc_ray.serve.encoder import Encoder, hidden_over
 from increc_ray.serve.index import ItemIndex, View
+from increc_ray.serve.quantized import Int8Index, Int8Rows
 
 
 class Scorer:
@@ -30,7 +32,8 @@ class Scorer:
     item table is its base, and the rows moved since the base are scored after it."""
 
     def __init__(self, encoder: Encoder, vocab: ItemVocab, version: int, metrics: dict | None = None,
-                 index: ItemIndex | None = None, items: FrozenRows | None = None) -> None:
+                 index: ItemIndex | Int8Index | None = None, items: FrozenRows | None = None,
+                 table_key: object = None) -> None:
         assert len(vocab) + 1 <= encoder.item_emb.shape[0], \
             f"vocab of {len(vocab)} items does not fit the item table's {encoder.item_emb.shape[0]} rows"
         self.vocab = vocab
@@ -41,6 +44,13 @@ class Scorer:
         self.holes = torch.as_tensor(vocab.holes())  # rows of expired items: never recommended
         rows = len(vocab) + 1  # pad + known items (holes included)
         self.items: FrozenRows | None = None  # an overlay with moved rows
+        self.first_pass: Int8Rows | None = None  # serving.index int8: the quantized table's rows
+        if isinstance(index, Int8Index):
+            if rows > index.settings.min_items:
+                self.first_pass = index.rows_of(table_key if table_key is not None else ("version", version),
+                                                encoder.item_emb, rows)
+                self.candidates = index.settings.candidates
+            index = None
         if items is not None and len(items.rows):
             if index is not None and rows > index.settings.min_items:  # the graph follows a whole table
                 encoder = copy.copy(encoder)
@@ -80,8 +90,9 @@ class Scorer:
         items = published.item_table(weights)
         state = {**published.small_state(weights), published.ITEM_KEY: items.base}
         vocab, chain = published.item_vocab(weights, *((previous.vocab, previous.vocab_chain) if previous else ()))
+        overlay = published.is_overlay(weights)
         scorer = cls(Encoder(state, cfg.n_heads), vocab, int(weights["version"]), weights.get("metrics"), index,
-                     items if published.is_overlay(weights) else None)
+                     items if overlay else None, ("base", weights[published.ITEM_ROWS]["base_id"]) if overlay else None)
         scorer.vocab_chain = chain
         return scorer
 
@@ -125,7 +136,13 @@ class Scorer:
             return results
         if self.view is not None:
             return self._approximate(rows, hidden, k, excludes, results)
-        scores = hidden @ self.table_t  # (B, n + 1)
+        n = self.table_t.shape[1]  # pad + items
+        if self.first_pass is None:
+            scores = hidden @ self.table_t  # (B, n + 1)
+        else:  # approximate; rows newer than the quantized table are moved rows, scored below
+            scores = self.first_pass.scores(hidden)
+            if scores.shape[1] < n:
+                scores = torch.cat([scores, scores.new_full((len(rows), n - scores.shape[1]), float("-inf"))], dim=1)
         if self.items is not None:
             scores[:, self.moved] = hidden @ self.moved_t
         scores[:, 0] = float("-inf")  # pad
@@ -135,7 +152,15 @@ class Scorer:
             ex = self.vocab.lookup(excludes[i])
             scores[b, ex[ex > 0]] = float("-inf")
         kk = min(k, len(self.vocab))
-        top, top_idx = scores.topk(kk, dim=1)  # (B, kk)
+        if self.first_pass is not None:  # the first pass's best candidates, ranked by their exact scores
+            best, cand = scores.topk(min(max(self.candidates, kk), n), dim=1)  # (B, K)
+            vectors = self.items.gather(cand) if self.items is not None else self.encoder.item_emb[cand]  # (B, K, C)
+            exact = torch.einsum("bkc,bc->bk", vectors, hidden)
+            exact[best == float("-inf")] = float("-inf")  # pad, holes, seen items stay out
+            top, at = exact.topk(kk, dim=1)
+            top_idx = cand.gather(1, at)
+        else:
+            top, top_idx = scores.topk(kk, dim=1)  # (B, kk)
         ids = self.vocab.id_of
         for b, i in enumerate(rows):
             results[i] = [(ids(j), s) for s, j in zip(top[b].tolist(), top_idx[b].tolist()) if s != float("-inf")]
