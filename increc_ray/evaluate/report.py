@@ -273,17 +273,21 @@ def scoring_scale(results: str = RESULTS) -> str:
     rows = ["| items | exact top-10, batch 1 | per request, batch 16 | encoder, batch 1 (transformers model) "
             "| encoder per request, batch 16 (model) | adopt a first version (model) "
             "| adopt the next version (before) | published MiB "
-            "| ANN (faiss IVF) recall@10 at nprobe 8 / 32 |", "|---|---|---|---|---|---|---|---|---|"]
+            "| int8 first pass: batch 1 / per request at 16 (recall@10; quantizing) "
+            "| ANN (faiss IVF) recall@10 at nprobe 8 / 32 |", "|---|---|---|---|---|---|---|---|---|---|"]
     for s in (r or {}).get("sizes", []):
         ann = s["ann"]
         recall = " / ".join(_f(p["recall@10"], 2) for p in ann["probes"]) if isinstance(ann, dict) else "not run"
         base = s.get("baseline_model", {})
+        q = s.get("int8")
+        int8 = (f"{q['ms_batch1']} / {q['ms_per_request_batch16']} ms ({_f(q['recall@10'], 3)}; "
+                f"{_ms(q['adopt_version_s'])})") if q else "not run"
         rows.append(f"| {s['items']:,} | {s['exact_ms_batch1']} ms | {s['exact_ms_per_request_batch16']} ms "
                     f"| {s['encoder_ms_batch1']} ms ({base.get('encoder_ms_batch1', '-')} ms) "
                     f"| {s['encoder_ms_per_request_batch16']} ms ({base.get('encoder_ms_per_request_batch16', '-')} ms) "
                     f"| {s['adopt_version_s'] * 1000:.0f} ms ({base.get('adopt_version_s', 0) * 1000:.0f} ms) "
                     f"| {_ms(s.get('adopt_next_version_s'))} ({_ms(s.get('adopt_before', {}).get('adopt_version_s'))}) "
-                    f"| {s['published_mib']} | {recall} |")
+                    f"| {s['published_mib']} | {int8} | {recall} |")
     return "\n".join(rows)
 
 
