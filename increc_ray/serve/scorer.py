@@ -80,7 +80,7 @@ class Scorer:
             self.dead[self.holes] = True
 
     @classmethod
-    def from_weights(cls, weights: dict, index: ItemIndex | None = None,
+    def from_weights(cls, weights: dict, index: ItemIndex | Int8Index | None = None,
                      previous: "Scorer | None" = None) -> "Scorer":
         """The scorer of a published weights dict, whole or an overlay (its base an array:
         ``serve.registry.resolve``); ``index`` follows it when given (its tensors must not change
@@ -97,7 +97,7 @@ class Scorer:
         return scorer
 
     @classmethod
-    def from_published(cls, weights: dict, index: ItemIndex | None = None,
+    def from_published(cls, weights: dict, index: ItemIndex | Int8Index | None = None,
                        previous: "Scorer | None" = None) -> "Scorer | None":
         """The scorer a published artifact asks for: None for the gate's fallback marker (it demoted
         the live version: popularity answers until a new version goes live)."""
