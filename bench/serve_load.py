@@ -294,7 +294,7 @@ def history_freshness(base: str, token: str, items: list[str], trials: int) -> d
     whose history copy missed the event would show the popular list again, the item in it).
     Also counted: answers that are the model's (it needs to know the item: ``items``, used when
     the popular list is empty)."""
-    ok, model_built, fallback_before, served_by, lat = 0, 0, 0, {}, []
+    ok, model_built, fallback_before, served_by, lat, timeouts = 0, 0, 0, {}, [], 0
     auth = {"Authorization": f"Bearer {token}"}
     run = secrets.token_hex(3)
     with httpx.Client(base_url=base, timeout=30) as c:
@@ -306,7 +306,11 @@ def history_freshness(base: str, token: str, items: list[str], trials: int) -> d
             item = shown[j % len(shown)] if shown else items[(j * 104729) % len(items)]
             event = {"event_id": f"fresh-{run}-{j}", "user_id": user, "item_id": item, "event_type": "click",
                      "timestamp": time.time()}
-            c.post("/events", content=json.dumps([event]), headers=auth).raise_for_status()
+            try:
+                c.post("/events", content=json.dumps([event]), headers=auth).raise_for_status()
+            except httpx.TimeoutException:  # no answer in 30 s: a failed trial, recorded, not the run's end
+                timeouts += 1
+                continue
             t0 = time.time()
             r = c.get("/recommend", params={"user_id": user, "k": 10})
             lat.append((time.time() - t0) * 1000)
@@ -316,8 +320,8 @@ def history_freshness(base: str, token: str, items: list[str], trials: int) -> d
             ok += reflected
             model_built += reflected and body["source"] == "model"
     return {"trials": trials, "reflected": ok, "share": round(ok / trials, 4), "model_answers": model_built,
-            "fallback_before": fallback_before, "answers_per_replica": served_by,
-            "recommend_after_post_p50_ms": round(float(np.median(lat)), 2)}
+            "fallback_before": fallback_before, "answers_per_replica": served_by, "post_timeouts": timeouts,
+            "recommend_after_post_p50_ms": round(float(np.median(lat)), 2) if lat else None}
 
 
 def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_s: float = 30.0) -> dict:
