@@ -1,49 +1,27 @@
 """The approximate top-k (increc_ray.serve.index) against the exact scan, as versions change rows."""
 
-import numpy as np
 import pytest
 import torch
 
-from increc_ray.config import ModelConfig
-from increc_ray.learn.model import SeqRecModel
 from increc_ray.learn.vocab import ItemVocab
 from increc_ray.serve.index import IndexSettings, ItemIndex
 from increc_ray.serve.scorer import Scorer
 
+import clustered
+from clustered import N, recall, weights
+
 pytest.importorskip("usearch")
-
-CFG = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=8, dropout=0.0)
-N = 3000
-
-
-def _weights(version: int, table: torch.Tensor, model: SeqRecModel, ids: list) -> dict:
-    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    state["item_emb.weight"] = table.numpy().copy()  # a version's own copy, as published
-    return {"version": version, "model_config": CFG.model_dump(), "vocab": ids, "state_dict": state}
-
-
-def _recall(got: list, want: list) -> float:
-    return np.mean([len({i for i, _ in g} & {i for i, _ in w}) / max(1, len(w)) for g, w in zip(got, want)])
 
 
 @pytest.fixture()
 def setting():
-    torch.manual_seed(0)
-    model = SeqRecModel(CFG, capacity=N + 200).eval()
-    # trained-looking rows: clusters with varied norms, so inner-product neighbours are meaningful
-    g = torch.Generator().manual_seed(1)
-    centres = torch.randn(30, CFG.d_model, generator=g)
-    table = (centres[torch.randint(0, 30, (N + 200,), generator=g)] + 0.5 * torch.randn(N + 200, CFG.d_model, generator=g))
-    table *= torch.rand(N + 200, 1, generator=g) + 0.5
-    ids = [f"i{j}" for j in range(N)]
-    histories = [[f"i{j}" for j in torch.randint(0, N, (6,), generator=g).tolist()] for _ in range(40)]
-    return model, table, ids, histories
+    return clustered.setting()
 
 
 def test_approximate_answers_match_the_exact_scan_as_versions_move_rows(setting):
     model, table, ids, histories = setting
     index = ItemIndex(IndexSettings(min_items=100, candidates=50, refresh_fraction=0.5))
-    first = _weights(1, table, model, ids)
+    first = weights(1, table, model, ids)
     assert Scorer.from_weights(first, index).view is None  # no graph yet: the exact scan answers
     assert index.wait_idle(60)
     approx = Scorer.from_weights(first, index)
@@ -51,7 +29,7 @@ def test_approximate_answers_match_the_exact_scan_as_versions_move_rows(setting)
     exact = Scorer.from_weights(first)
     want = exact.recommend_batch(histories, 10, histories)
     got = approx.recommend_batch(histories, 10, histories)
-    assert _recall(got, want) >= 0.95
+    assert recall(got, want) >= 0.95
     for g_, w in zip(got, want):  # scored with the version's own weights: the same scores where the items agree
         ws = dict(w)
         assert all(abs(s - ws[i]) < 1e-4 for i, s in g_ if i in ws)
@@ -61,13 +39,13 @@ def test_approximate_answers_match_the_exact_scan_as_versions_move_rows(setting)
     moved = torch.arange(1, N + 1, 37)
     table2[moved] = 3 * table2[torch.randint(1, N + 1, (len(moved),))]
     ids2 = ids + [f"new{j}" for j in range(100)]
-    approx2 = Scorer.from_weights(_weights(2, table2, model, ids2), index)
+    approx2 = Scorer.from_weights(weights(2, table2, model, ids2), index)
     fresh = set(approx2.view.fresh.tolist())
     assert set(moved.tolist()) <= fresh and set(range(N + 1, N + 101)) <= fresh
     assert len(fresh) == len(moved) + 100  # unchanged rows are not fresh
-    want2 = Scorer.from_weights(_weights(2, table2, model, ids2)).recommend_batch(histories, 10, histories)
+    want2 = Scorer.from_weights(weights(2, table2, model, ids2)).recommend_batch(histories, 10, histories)
     got2 = approx2.recommend_batch(histories, 10, histories)
-    assert _recall(got2, want2) >= 0.95
+    assert recall(got2, want2) >= 0.95
     assert any(i.startswith("new") for g_ in got2 for i, _ in g_) == any(i.startswith("new") for w in want2 for i, _ in w)
     for g_ in got2:  # no item twice (a fresh row is also somewhere in the stale graph)
         assert len({i for i, _ in g_}) == len(g_)
@@ -76,17 +54,17 @@ def test_approximate_answers_match_the_exact_scan_as_versions_move_rows(setting)
 def test_the_graph_is_refreshed_once_fresh_rows_pass_their_share(setting):
     model, table, ids, histories = setting
     index = ItemIndex(IndexSettings(min_items=100, candidates=50, refresh_fraction=0.1))
-    Scorer.from_weights(_weights(1, table, model, ids), index)
+    Scorer.from_weights(weights(1, table, model, ids), index)
     assert index.wait_idle(60) and index.builds == 1
     table2 = table.clone()
     table2[1: N // 4] += 0.5  # a quarter of the catalogue moves: past the 10% share
-    s2 = Scorer.from_weights(_weights(2, table2, model, ids), index)
+    s2 = Scorer.from_weights(weights(2, table2, model, ids), index)
     assert len(s2.view.fresh) == N // 4 - 1
     assert index.wait_idle(60) and index.builds == 2  # a copy of the graph, brought up to version 2
-    s3 = Scorer.from_weights(_weights(3, table2, model, ids), index)
+    s3 = Scorer.from_weights(weights(3, table2, model, ids), index)
     assert len(s3.view.fresh) == 0  # the refreshed graph's base is version 2: nothing differs
-    want = Scorer.from_weights(_weights(3, table2, model, ids)).recommend_batch(histories, 10, histories)
-    assert _recall(s3.recommend_batch(histories, 10, histories), want) >= 0.95
+    want = Scorer.from_weights(weights(3, table2, model, ids)).recommend_batch(histories, 10, histories)
+    assert recall(s3.recommend_batch(histories, 10, histories), want) >= 0.95
     # the graph version 2's requests searched was not changed by the refresh
     assert s2.view.graph is not s3.view.graph
 
@@ -94,13 +72,13 @@ def test_the_graph_is_refreshed_once_fresh_rows_pass_their_share(setting):
 def test_expired_items_and_pad_are_never_answers(setting):
     model, table, ids, histories = setting
     index = ItemIndex(IndexSettings(min_items=100, candidates=50))
-    Scorer.from_weights(_weights(1, table, model, ids), index)
+    Scorer.from_weights(weights(1, table, model, ids), index)
     index.wait_idle(60)
-    exact = Scorer.from_weights(_weights(1, table, model, ids)).recommend_batch(histories, 10)
+    exact = Scorer.from_weights(weights(1, table, model, ids)).recommend_batch(histories, 10)
     gone = sorted({i for got in exact for i, _ in got})[:20]  # items the exact scan would answer
     expired = [None if i in gone else i for i in ids]  # their rows become holes
     vocab = ItemVocab.from_list(expired)
     assert len(vocab.holes()) == 20
-    got = Scorer.from_weights(_weights(2, table, model, expired), index).recommend_batch(histories, 10)
+    got = Scorer.from_weights(weights(2, table, model, expired), index).recommend_batch(histories, 10)
     assert not {i for g_ in got for i, _ in g_} & set(gone)
     assert all(len(g_) == 10 for g_ in got)

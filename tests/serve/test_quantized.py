@@ -11,36 +11,15 @@ from increc_ray.config import ModelConfig, TrainerConfig
 from increc_ray.learn import published
 from increc_ray.learn.frozen import RowLog
 from increc_ray.learn.learner import IncrementalLearner
-from increc_ray.learn.model import SeqRecModel
 from increc_ray.serve.quantized import Int8Index, Int8Rows, Int8Settings
 from increc_ray.serve.scorer import Scorer
 
-CFG = ModelConfig(d_model=32, n_layers=1, n_heads=2, max_len=8, dropout=0.0)
-N = 3000
-
-
-def _weights(version: int, table: torch.Tensor, model: SeqRecModel, ids: list) -> dict:
-    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
-    state["item_emb.weight"] = table.numpy().copy()
-    return {"version": version, "model_config": CFG.model_dump(), "vocab": ids, "state_dict": state}
-
-
-def _recall(got: list, want: list) -> float:
-    return np.mean([len({i for i, _ in g} & {i for i, _ in w}) / max(1, len(w)) for g, w in zip(got, want)])
-
+import clustered
+from clustered import recall, weights
 
 @pytest.fixture()
 def setting():
-    """A model and a trained-looking table (clustered rows of varied norms), as test_index's."""
-    torch.manual_seed(0)
-    model = SeqRecModel(CFG, capacity=N + 200).eval()
-    g = torch.Generator().manual_seed(1)
-    centres = torch.randn(30, CFG.d_model, generator=g)
-    table = centres[torch.randint(0, 30, (N + 200,), generator=g)] + 0.5 * torch.randn(N + 200, CFG.d_model, generator=g)
-    table *= torch.rand(N + 200, 1, generator=g) + 0.5
-    ids = [f"i{j}" for j in range(N)]
-    histories = [[f"i{j}" for j in torch.randint(0, N, (6,), generator=g).tolist()] for _ in range(40)]
-    return model, table, ids, histories
+    return clustered.setting()
 
 
 def test_int8_rows_score_close_to_the_exact_product():
@@ -55,12 +34,12 @@ def test_int8_rows_score_close_to_the_exact_product():
 
 def test_answers_are_the_exact_scans_ranked_by_exact_scores(setting):
     model, table, ids, histories = setting
-    w = _weights(1, table, model, ids)
+    w = weights(1, table, model, ids)
     exact, first = Scorer.from_weights(w), Scorer.from_weights(w, Int8Index(Int8Settings(min_items=0, candidates=50)))
     assert first.first_pass is not None and exact.first_pass is None
     excludes = [h[:3] for h in histories]
     got, want = first.recommend_batch(histories, 10, excludes), exact.recommend_batch(histories, 10, excludes)
-    assert _recall(got, want) >= 0.99
+    assert recall(got, want) >= 0.99
     for g, e in zip(got, want):  # the scores are exact: where the items agree, so do they
         exact_of = dict(e)
         assert all(abs(s - exact_of[i]) < 1e-4 for i, s in g if i in exact_of)
@@ -72,7 +51,7 @@ def test_answers_are_the_exact_scans_ranked_by_exact_scores(setting):
 
 def test_small_catalogues_and_the_default_stay_exact(setting):
     model, table, ids, _ = setting
-    w = _weights(1, table, model, ids)
+    w = weights(1, table, model, ids)
     assert Scorer.from_weights(w, Int8Index(Int8Settings(min_items=len(ids) + 1))).first_pass is None
 
 
@@ -100,5 +79,5 @@ def test_overlay_versions_share_one_quantized_base_and_score_their_moved_rows_ex
     g = np.random.default_rng(3)
     histories = [list(g.choice(vocab, size=4, replace=False)) for _ in range(30)]
     got, want = scorer.recommend_batch(histories, 5), exact.recommend_batch(histories, 5)
-    assert _recall(got, want) >= 0.99
+    assert recall(got, want) >= 0.99
     assert len(vocab) > len(published.vocab_list(versions[0][0])), "no item came after the first base"
