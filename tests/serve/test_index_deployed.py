@@ -1,8 +1,9 @@
 """Integration (slow): the app deployed with ``serving.index: hnsw`` answers from its HNSW graph.
 
-Marked slow and in a module of its own, it is the session's only deployment of the app: a
-second deployment right after another (delete, deploy) left the new trainer waiting to start
-for minutes on a loaded 2-core machine, so it does not share the default run's app.
+Marked slow and in a module of its own, it does not share the default run's app: a second
+deployment right after another (delete, deploy) left the new trainer waiting to start for
+minutes on a loaded 2-core machine. It starts Serve anew on the session's cluster (another slow
+module may have left one on another port).
 ``bash deploy/test.sh -m slow`` runs it (``.ci/run`` does).
 """
 
@@ -26,6 +27,7 @@ def test_hnsw_top_k_deployed_answers_from_the_graph_and_still_finds_the_successo
 
     DATA_DIR[:] = [str(tmp_path)]  # where wait_applied counts the clean rows
     port = free_port()
+    serve.shutdown()  # another slow module's Serve on this session's cluster keeps its own port otherwise
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy_app(str(tmp_path), serving={"index": "hnsw", "index_min_items": 0})
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60.0, headers=AUTH) as client:

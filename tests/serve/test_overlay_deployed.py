@@ -26,6 +26,7 @@ def test_overlay_versions_deployed_are_served_by_every_replica_through_int8_and_
 
     DATA_DIR[:] = [str(tmp_path)]  # where wait_applied counts the clean rows
     port = free_port()
+    serve.shutdown()  # another slow module's Serve on this session's cluster keeps its own port otherwise
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     deploy_app(str(tmp_path), serving={"index": "int8", "index_min_items": 0, "index_candidates": 20},
                trainer={"loss": "sampled", "negatives": 16}, model={"initial_item_capacity": 4096})
