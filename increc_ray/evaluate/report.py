@@ -128,7 +128,7 @@ def reliability(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_1m.json", "serve_load_1m_overlay.json")
+SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_1m.json", "serve_load_1m_overlay.json", "serve_load_1m_int8.json")
 
 
 def serve_load(results: str = RESULTS) -> str:
@@ -155,6 +155,8 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_1m.json", "all phases, profile large-catalogue, gate off"),
                    ("serve_load_1m_overlay.json", "load and profile (the run stopped after them), profile "
                                                   "large-catalogue, gate off, overlay versions"),
+                   ("serve_load_1m_int8.json", "all phases, profile large-catalogue, gate off, overlay versions, "
+                                               "int8 first pass"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
