@@ -21,6 +21,7 @@ plus the override flags, and records both in its result JSON.
 from __future__ import annotations
 
 import argparse
+import collections
 import functools
 import json
 import sys
@@ -99,11 +100,13 @@ class Client:
         raise TimeoutError(f"{self.url}/healthz did not answer 200 within {timeout_s:.0f}s")
 
 
-def probe_successor_rate(client: Client, stream, items: list[str], tag: str, k: int = 10) -> tuple[float, float, int]:
+def probe_successor_rate(client: Client, stream, items: list[str], tag: str, k: int = 10,
+                         answers: collections.Counter | None = None) -> tuple[float, float, int]:
     """(model, popularity) share of probe users whose planted next item is in their top-k.
 
     A probe is a new user whose only event is item A: the planted successor B is unseen
-    (seen items are excluded), so only a model that learned "B follows A" ranks it.
+    (seen items are excluded), so only a model that learned "B follows A" ranks it. ``answers``,
+    when given, counts the answers by (version, source, degraded, hit).
     """
     t = stream.start_time + stream.n_events
     popular = [i["item_id"] for i in client.recommend(f"cold-{tag}", k + 1)["items"]]
@@ -113,9 +116,43 @@ def probe_successor_rate(client: Client, stream, items: list[str], tag: str, k: 
         client.post_events([{"user_id": user, "item_id": a, "event_type": "click", "timestamp": t}])
         rec = client.recommend(user, k)
         version = rec["model_version"]
-        hits += stream.successor(a) in {it["item_id"] for it in rec["items"]}
+        hit = stream.successor(a) in {it["item_id"] for it in rec["items"]}
+        hits += hit
         pop_hits += stream.successor(a) in [i for i in popular if i != a][:k]
+        if answers is not None:
+            answers[(version, rec["source"], rec["degraded"], hit)] += 1
     return hits / max(1, len(items)), pop_hits / max(1, len(items)), version
+
+
+def caught_up(status: dict) -> str | None:
+    """None once the trainer has learned every event posted and the replica answering serves its
+    newest version; otherwise what is still outstanding."""
+    progress = status["trainer"].get("progress") or {}
+    if progress.get("full_pass"):
+        return f"a full pass ({progress['full_pass'].get('reason')}) is running"
+    if status["lag"]["pending_files"] or status["lag"]["clean_parts_behind"]:
+        return (f"{status['lag']['pending_files']} files to clean, "
+                f"{status['lag']['clean_parts_behind']} clean parts unread by the trainer")
+    if progress.get("unread_events"):
+        return f"{progress['unread_events']} events unread by the trainer"
+    if status["model_version"] < 1:
+        return "no version published yet"
+    if status["served_version"] < status["model_version"]:
+        return f"serving version {status['served_version']} of {status['model_version']}"
+    return None
+
+
+def wait_caught_up(client: Client, timeout_s: float = 180.0) -> None:
+    """Wait (printing what is outstanding) until the model has learned the stream: the trainer
+    starts, runs its first full pass and publishes on its own schedule, so a fixed sleep races it."""
+    deadline, said = time.time() + timeout_s, None
+    while (waiting := caught_up(client.status())) is not None and time.time() < deadline:
+        if waiting != said:
+            print(f"waiting for the trainer: {waiting}", flush=True)
+            said = waiting
+        time.sleep(0.5)
+    if waiting is not None:
+        print(f"gave up waiting after {timeout_s:.0f} s: {waiting}", flush=True)
 
 
 def demo(url: str, n_events: int, batch: int, seed: int) -> int:
@@ -143,10 +180,14 @@ def demo(url: str, n_events: int, batch: int, seed: int) -> int:
                   f"after {a} the planted next is {stream.successor(a)}; top5={top}", flush=True)
             next_report = time.time() + 3.0
         time.sleep(0.05)
-    time.sleep(5.0)  # let the trainer apply the tail of the stream
-    rate, pop_rate, version = probe_successor_rate(client, stream, stream.items, "final")
+    wait_caught_up(client)
+    answers: collections.Counter = collections.Counter()
+    rate, pop_rate, version = probe_successor_rate(client, stream, stream.items, "final", answers=answers)
     print(f"\nfinal: model version {version}; the planted successor is in the top 10 for {rate:.0%} of "
           f"{len(stream.items)} single-item probes (popularity fallback: {pop_rate:.0%})")
+    for (v, source, degraded, hit), n in sorted(answers.items()):
+        print(f"  {n:4d} answers from version {v}, {source}{', degraded' if degraded else ''}: "
+              f"{'successor found' if hit else 'missed'}")
     print(json.dumps({k: v for k, v in client.status().items() if k in ("model_version", "lag", "counts")}, indent=1))
     return 0
 
