@@ -29,7 +29,7 @@ from increc_ray.learn.train import TrainerRunner
 from increc_ray.learn.versions import WeightArchive
 from increc_ray.serve.history import HISTORY_COLUMNS, UserHistoryIndex
 from increc_ray.serve.registry import WeightRegistry
-from increc_ray.serve.sync import ChangeLog, Leases
+from increc_ray.serve.sync import ChangeLog, Leases, Snapshots
 
 logger = logging.getLogger("increc_ray.serve")
 
@@ -53,7 +53,7 @@ class UserHistory:
         self.leases = Leases(cfg.serving.history_lease_s)
         self._logged = asyncio.Condition()  # new log entries
         self._acked = asyncio.Condition()  # a subscriber acknowledged (or its lease may have run out)
-        self.snapshots = 0
+        self._snapshots = Snapshots()  # one snapshot serves the copies starting within a minute
 
     async def append(self, events: pa.Table) -> int:
         added = self.index.append_new(events)
@@ -82,9 +82,10 @@ class UserHistory:
         async with self._acked:
             self._acked.notify_all()
         if (rows := self.log.since(epoch, after)) is None:
-            self.snapshots += 1
-            # pickled here, between two appends: the bytes and seq describe the same state
-            return {"epoch": self.log.epoch, "seq": self.log.seq, "snapshot": pickle.dumps(self.index)}
+            # pickled here, between two appends: the bytes and seq describe the same state; the
+            # copy then replays the log from that seq
+            seq, snapshot = self._snapshots.get(self.log, lambda: pickle.dumps(self.index))
+            return {"epoch": self.log.epoch, "seq": seq, "snapshot": snapshot}
         if not rows:
             async with self._logged:
                 try:
@@ -103,7 +104,8 @@ class UserHistory:
 
     def stats(self) -> dict:
         return {**self.index.stats(), "pid": os.getpid(), "log_seq": self.log.seq, "copies": self.leases.live(),
-                "snapshots": self.snapshots, "lease_expiries": self.leases.expired}
+                "snapshots": self._snapshots.made, "snapshots_reused": self._snapshots.reused,
+                "lease_expiries": self.leases.expired}
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pytest
 
 from increc_ray.serve.history import TOP_CACHE, UserHistoryIndex
-from increc_ray.serve.sync import ChangeLog, Leases
+from increc_ray.serve.sync import ChangeLog, Leases, Snapshots
 
 
 def rows(*pairs, t0=1000):
@@ -84,6 +84,35 @@ def test_a_copy_following_the_log_answers_like_the_index_it_copies():
             for u in (f"u{i}" for i in range(20)):
                 assert copy.get(u) == source.get(u)
             assert copy.popular(10) == source.popular(10)
+
+
+def test_copies_starting_later_share_one_snapshot_and_replay_the_log_from_it():
+    now = [0.0]
+    source, log = UserHistoryIndex(history_len=5, half_life_s=0), ChangeLog(retain_rows=5)
+    snaps = Snapshots(max_age_s=60, clock=lambda: now[0])
+
+    def write(*pairs, t0):
+        log.add(source.append_new(rows(*pairs, t0=t0)))
+
+    def start_copy():  # what a new Recommender replica does: a snapshot, then the log from its seq
+        seq, data = snaps.get(log, lambda: pickle.dumps(source))
+        copy = pickle.loads(data)
+        for t in log.since(log.epoch, seq):
+            copy.append(t)
+        assert all(copy.get(u) == source.get(u) for u in ("u", "v", "w")) and copy.popular(5) == source.popular(5)
+
+    write(("u", "a"), t0=0)
+    start_copy()
+    write(("v", "b"), ("u", "c"), t0=10)
+    now[0] = 30.0
+    start_copy()  # the first snapshot, and the 2 rows since it
+    assert (snaps.made, snaps.reused) == (1, 1)
+    write(("w", "d"), ("w", "e"), ("v", "f"), ("u", "g"), t0=20)  # the log no longer holds what followed it
+    start_copy()
+    assert (snaps.made, snaps.reused) == (2, 1)
+    now[0] = 95.0  # older than max_age_s: made anew even though the log still covers it
+    start_copy()
+    assert (snaps.made, snaps.reused) == (3, 1)
 
 
 def test_the_ranked_popular_list_matches_a_full_scan():
