@@ -226,6 +226,11 @@ class TrainerConfig(_Section):
     # drawn negatives, NDCG@10 0.0173 -> 0.0216 (full softmax 0.0240; README "A large catalogue")
     in_batch_negatives: bool = False
     publish_every: int = Field(1, gt=0)  # publish a weight version every N updates
+    # Deployed only: while catching up (at least min_new_events more wait after an update), publish
+    # (and take the online metric) at most every catch_up_publish_s: the versions in between would
+    # be overtaken before they were live. At 1M items publishing and the online metric took 35% of
+    # the deployed trainer's time (bench/results/serve_load_1m_int8.json). 0: every update.
+    catch_up_publish_s: float = Field(2.0, ge=0)
     checkpoint_every: int = Field(10, gt=0)  # checkpoint every N updates
     # ... and no sooner than the last checkpoint's duration x (1 / share - 1) after it: at most this
     # share of the trainer's time goes to checkpoints. A checkpoint writes the whole state (item

@@ -402,16 +402,17 @@ class GateKeeper:
                   self._counts(), self.learner.vocab)
         return self._judge(gate.decide()) if gate.ready() else None
 
-    def after_update(self) -> Decision | None:
+    def after_update(self, publish: bool = True) -> Decision | None:
         """Roll non-finite weights back to the live ones; else freeze a candidate if none is under
-        test (one at a time). Returns a decision when one was made."""
+        test (one at a time). Returns a decision when one was made. ``publish`` False: an
+        optimistic gate does not put these weights live ahead of judging (the trainer is catching up)."""
         from increc_ray.learn.checkpoint import rollback_weights
 
         if not self.learner.finite():  # no further learning repairs NaN weights
             decision = self._judge(self.gate.reject("non-finite weights"))
         else:
             version = None
-            if self.optimistic and self.trusted and self.gate.live is not None:
+            if publish and self.optimistic and self.trusted and self.gate.live is not None:
                 # live at once, judged afterwards (the candidate below, or the next one)
                 version = self.next_version()
                 self.publish(self.learner.export_weights(version, {"optimistic": True,

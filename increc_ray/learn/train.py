@@ -60,6 +60,8 @@ class _TrainWorker:
         self.archive = WeightArchive(cfg.published_dir, cfg.trainer.keep_versions)
         self._archiver = KeepNewest(self._keep)
         self._bases_sent: list[str] = []  # the overlay bases the registry was sent last, newest first
+        self._published_at = -float("inf")  # monotonic time of the last publish
+        self.coalesced = 0  # updates whose version was left out while catching up (trainer.catch_up_publish_s)
         self._rollback: dict | None = None  # a POST /admin/rollback the registry handed over
         self._rolled_back: str | None = None  # the id of the last one done
         self.cursor = StreamCursor(CleanStore(cfg.clean_dir), offset["seq"], offset["row"])
@@ -114,7 +116,12 @@ class _TrainWorker:
         if base_id is not None and base_id not in self._bases_sent:
             self._bases_sent = [base_id, *self._bases_sent][: published.BaseCopies.KEEP]
         telemetry.set_gauge("increc_model_version", weights["version"])
+        self._published_at = time.monotonic()
         return weights["version"]
+
+    def coalescing(self) -> bool:
+        """Whether this update's version may be left out: see ``coalescing``."""
+        return coalescing(self.cfg.trainer, self._unread, time.monotonic() - self._published_at)
 
     def _keep(self, weights: dict) -> None:
         try:
@@ -167,7 +174,7 @@ class _TrainWorker:
             "worker_pid": os.getpid(), "phase": self.phase,
             "unread_events": self._unread, "full_pass": self.full_pass_progress,
             "loop_seconds": {k: round(v, 2) for k, v in self.loop_seconds.items()},
-            "archive_skipped": self._archiver.skipped,
+            "archive_skipped": self._archiver.skipped, "coalesced_versions": self.coalesced,
             "last_full_pass": self.last_full_pass}), self._report
         self._report = call
         if previous is None:
@@ -304,7 +311,7 @@ class _TrainWorker:
                 if gcfg.enabled:  # the candidate, the live version and popularity meet the events first
                     with self._timed("gate_test"):
                         _log_decision(self.keeper.test(events))
-                if online is None and self.versions.last:  # test-then-train, on the first slice since an update
+                if online is None and self.versions.last and not self.coalescing():  # test-then-train, on the first slice since an update
                     with self._timed("online_metric"):
                         online = learner.evaluate_next(events, k=10)
                 with self._timed("observe"):
@@ -335,11 +342,13 @@ class _TrainWorker:
             if written_at:
                 telemetry.set_gauge("increc_train_lag_seconds", max(0.0, time.time() - written_at))
             with self._timed("publish"):  # the gate's judgment and publishing included
+                coalesce = self.coalescing()
+                self.coalesced += coalesce
                 if not gcfg.enabled:
-                    if self.n_updates % tcfg.publish_every == 0:
+                    if self.n_updates % tcfg.publish_every == 0 and not coalesce:
                         self.publish(learner.export_weights(self.versions.next(), metrics))
                 else:
-                    _log_decision(self.keeper.after_update())
+                    _log_decision(self.keeper.after_update(publish=not coalesce))
             if self.checkpoint_due():
                 with self._timed("checkpoint"):
                     self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
@@ -361,6 +370,13 @@ def lower_priority(nice: int) -> None:
             os.setpriority(os.PRIO_PROCESS, tid, max(nice, os.getpriority(os.PRIO_PROCESS, tid)))
         except OSError:  # a thread that has ended since the listing
             pass
+
+
+def coalescing(tcfg, backlog: int, since_publish_s: float) -> bool:
+    """Whether an update may leave its version (and the online metric) out: the trainer is catching
+    up (``backlog``, the events still unread, is at least ``min_new_events``) and published less
+    than ``catch_up_publish_s`` ago. The update that drains the backlog publishes."""
+    return bool(tcfg.catch_up_publish_s) and backlog >= tcfg.min_new_events and since_publish_s < tcfg.catch_up_publish_s
 
 
 def full_pass_reason(b, unread: int, learned: int, learned_since_full_pass: int) -> str | None:

@@ -284,3 +284,30 @@ def test_optimistic_mode_rolls_serving_back_when_a_live_update_fails_its_judgmen
     n = len(loop.published)
     keeper.after_update()
     assert len(loop.published) == n and loop.gate.candidate is not None
+
+
+def test_an_optimistic_gate_catching_up_leaves_the_update_out_and_still_freezes_a_candidate(trained):
+    loop = copy.deepcopy(trained)
+    loop.gate.cfg = GateConfig(min_events=150, mode="optimistic")
+    loop.keeper = keeper = GateKeeper(loop.learner, loop.gate, loop._next, loop.published.append)
+    keeper.trusted, loop.gate.candidate = True, None
+    n = len(loop.published)
+    loop.learner.observe(events(_later(planted_rows(n_users=50, length=4, seed=9), 10**6)))
+    loop.learner.update()
+    assert keeper.after_update(publish=False) is None
+    assert len(loop.published) == n, "a version went live while the trainer was catching up"
+    assert loop.gate.candidate is not None and loop.gate.candidate.version == 0  # judged first, published if promoted
+    loop.gate.candidate = None
+    keeper.after_update()
+    assert len(loop.published) == n + 1 and loop.published[-1]["metrics"]["optimistic"]
+
+
+def test_catching_up_publishes_at_most_every_catch_up_publish_s():
+    from increc_ray.config import TrainerConfig
+    from increc_ray.learn.train import coalescing
+
+    tcfg = TrainerConfig(min_new_events=200, catch_up_publish_s=2.0)
+    assert coalescing(tcfg, backlog=200, since_publish_s=0.5)  # behind, published just now: skip
+    assert not coalescing(tcfg, backlog=199, since_publish_s=0.5)  # the update that drains it publishes
+    assert not coalescing(tcfg, backlog=5000, since_publish_s=2.0)  # behind for a while: one goes out
+    assert not coalescing(TrainerConfig(min_new_events=200, catch_up_publish_s=0), 5000, 0.0)  # off
