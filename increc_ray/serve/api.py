@@ -81,7 +81,9 @@ class RecommendResponse(BaseModel):
         description="'model' when the sequence model ranked the user's history; 'fallback' for popularity only.")
     model_version: int = Field(description="Weight version that answered; 0 before the first one is served.")
     degraded: bool = Field(description="True when the user-history replica did not answer in serving.history_timeout_s: "
-                                       "the items are the cached popular list, the user's seen items not excluded.")
+                                       "the model ranked the user's history as this replica's copy last had it (the newest "
+                                       "events may be missing), or, with no copy, the items are the cached popular list, "
+                                       "the user's seen items not excluded.")
     items: list[ScoredItem] = Field(description="Up to k unseen items, best first; popular items top up the model's.")
 
 
@@ -112,7 +114,8 @@ class EventsResponse(BaseModel):
 
 class HealthResponse(BaseModel):
     status: Literal["ok", "degraded"] = Field(
-        description="'degraded': the user-history replica is unreachable; answers are the cached popular list.")
+        description="'degraded': the user-history replica is unreachable; answers come from this replica's last copy "
+                    "of the history, or the cached popular list.")
     model_version: int
     history_reachable: bool
 
@@ -253,7 +256,8 @@ def build_api(service: Service, cfg: Config, token: str | None = None) -> FastAP
 
     @api.get("/healthz", response_model=HealthResponse, responses=_errors(503))
     async def healthz() -> JSONResponse:
-        """Readiness: "ok", "degraded" (the user-history replica is down; popular items answer),
+        """Readiness: "ok", "degraded" (the user-history replica is down; the last copy of the
+        history or popular items answer),
         or 503 when this replica can answer from neither the model nor a fallback."""
         if (health := service._health()) is None:
             raise Unavailable("not ready: the user-history replica is unreachable and no fallback is cached")

@@ -55,7 +55,7 @@ class Recommender:
         self._copy_lock = threading.Lock()  # the follow thread writes it, requests read it
         self._copy_polled_at = -float("inf")
         self._stale_s = self.cfg.serving.history_lease_s * 2 / 3
-        self.local_answers = self.remote_answers = 0
+        self.local_answers = self.remote_answers = self.stale_copy_answers = 0
         serving = self.cfg.serving
         self._index = None  # the HNSW graph (serving.index: hnsw) or int8 table (int8) that follows the versions
         if serving.index == "int8":
@@ -225,15 +225,21 @@ class Recommender:
         return await self.ingest.ingest.remote(records)
 
     async def _recommend(self, user_id: str, k: int) -> dict:
-        local = self._local_copy()
-        if local is not None:
-            with self._copy_lock:
-                context = local.get(user_id)
-            self.local_answers += 1
-        else:
+        local, context, degraded = self._local_copy(), None, False
+        if local is None:
             context = await self._ask_history(lambda: self.history.context.remote(user_id))
             self.remote_answers += 1
-        degraded = context is None  # the user's history is unknown: popular items only
+            if context is None and self._copy is not None:
+                # the history replica did not answer in time: this replica's copy as its last poll
+                # left it (the user's newest events may be missing), so the model still answers
+                local, degraded = self._copy, True
+                self.stale_copy_answers += 1
+        else:
+            self.local_answers += 1
+        if local is not None and context is None:
+            with self._copy_lock:
+                context = local.get(user_id)
+        degraded = degraded or context is None  # the user's history is unknown: popular items only
         history, seen = context or ([], [])
         scorer = self._scorer
         items: list[tuple[str, float]] = []
@@ -303,6 +309,7 @@ class Recommender:
                 "replica": {"swaps": self.swaps, "pid": os.getpid(), "tag": self.replica_tag,
                             "degraded_answers": self.degraded_answers, "history_reachable": bool(self._history_up),
                             "local_answers": self.local_answers, "remote_answers": self.remote_answers,
+                            "stale_copy_answers": self.stale_copy_answers,
                             "history_copy": self._local_copy() is not None,
                             "index": self._index_status()}}
 

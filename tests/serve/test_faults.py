@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import time
 
 import httpx
 import pytest
@@ -201,6 +202,7 @@ class _Hammer:
         self.url, self.users = url, users
         self.codes: dict[int | str, int] = {}
         self.degraded = 0
+        self.answers: dict[tuple[str, bool], int] = {}  # (source, degraded) -> answers
         self.not_json: list[tuple[int, str]] = []  # failed answers without a JSON reason
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -221,9 +223,12 @@ class _Hammer:
                 try:
                     r = c.get("/recommend", params={"user_id": self.users[i % len(self.users)], "k": 5})
                     code = r.status_code
-                    if code == 200 and r.json()["degraded"]:
-                        self.degraded += 1
-                    elif code != 200 and not r.headers["content-type"].startswith("application/json"):
+                    if code == 200:
+                        body = r.json()
+                        key = (body["source"], body["degraded"])
+                        self.answers[key] = self.answers.get(key, 0) + 1
+                        self.degraded += body["degraded"]
+                    elif not r.headers["content-type"].startswith("application/json"):
                         self.not_json.append((code, r.text[:200]))  # not our JSON reason: the test judges it
                 except httpx.TransportError as e:
                     code = type(e).__name__
@@ -239,13 +244,23 @@ def _users() -> list[str]:
     return [str(u) for u in list(test_app.LAST_ITEM)[:20]] or ["1", "2", "3"]
 
 
+def _fresh_users(client: httpx.Client, n: int = 20) -> list[str]:
+    """Users whose one event, on an item the model knows, is recent: the earlier users may have
+    left the history (user_ttl_s) once the file-drop test posted events at wall-clock times."""
+    items = sorted(set(test_app.LAST_ITEM.values())) or ["1"]
+    events = [{"user_id": f"hammer-{i}", "item_id": items[i % len(items)], "event_type": "click",
+               "timestamp": time.time()} for i in range(n)]
+    post(client, events)
+    return [e["user_id"] for e in events]
+
+
 def test_recommend_answers_degraded_while_the_history_replica_is_down(client):
     """SIGKILL of the user-history replica under recommend load: every call is answered (200),
-    from the cached popular list and marked degraded while the replica is rebuilt; /healthz says
-    "degraded", not "ok", meanwhile."""
+    marked degraded while the replica is rebuilt, and the model still ranks the users' histories
+    as the replica's copy last had them; /healthz says "degraded", not "ok", meanwhile."""
     pid = status(client)["history"]["pid"]
     health = []
-    with _Hammer(str(client.base_url), _users()) as hammer:
+    with _Hammer(str(client.base_url), _fresh_users(client)) as hammer:
         wait_until(lambda: sum(hammer.codes.values()) >= 20, 60, what="recommend load")
         os.kill(pid, signal.SIGKILL)
         wait_until(lambda: health.append(client.get("/healthz").json()["status"]) or health[-1] == "degraded",
@@ -257,9 +272,10 @@ def test_recommend_answers_degraded_while_the_history_replica_is_down(client):
         wait_until(lambda: sum(hammer.codes.values()) >= 20, 60)
     record("SIGKILL history replica under recommend load", trials=1, requests=sum(hammer.codes.values()),
            failed_requests=hammer.failed, degraded_answers=hammer.degraded, lost=None, applied_twice=None)
-    print(f"history {pid} -> {back['history']['pid']}: answers {hammer.codes}, degraded {hammer.degraded}")
+    print(f"history {pid} -> {back['history']['pid']}: answers {hammer.codes}, by (source, degraded) {hammer.answers}")
     assert hammer.failed == 0 and not hammer.not_json, (hammer.codes, hammer.not_json)
     assert after > 0, "the answers while the replica was down are marked degraded"
+    assert hammer.answers.get(("model", True), 0) > 0, f"degraded answers came from popularity, not the copy: {hammer.answers}"
 
 
 def test_sigkill_of_a_recommender_replica_is_replaced_and_answers_again(client):
