@@ -122,7 +122,7 @@ class Recorder:
                 except (httpx.TransportError, ValueError):
                     status, body = 0, {}
                 row = (t0, (time.time() - t0) * 1000, status, int(body.get("model_version", -1)),
-                       "degraded" if body.get("degraded") else body.get("source", ""))
+                       f"degraded {body.get('source')}" if body.get("degraded") else body.get("source", ""))
                 with self._lock:
                     self.rows.append(row)
 
@@ -283,7 +283,9 @@ def model_share(base: str, users: list[str], n: int) -> dict:
     with httpx.Client(base_url=base, timeout=30) as c:
         for i in range(n):
             body = c.get("/recommend", params={"user_id": users[(i * 7919) % len(users)], "k": 10}).json()
-            key = "degraded" if body.get("degraded") else body["source"]
+            # degraded: the history replica did not answer; "degraded model" answers ranked the
+            # replica's last copy of the user's history, "degraded fallback" ones are the popular list
+            key = f"degraded {body['source']}" if body.get("degraded") else body["source"]
             sources[key] = sources.get(key, 0) + 1
     return {"answers": n, "sources": sources, "model_share": round(sources.get("model", 0) / n, 4)}
 

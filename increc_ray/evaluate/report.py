@@ -128,7 +128,8 @@ def reliability(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_1m.json", "serve_load_1m_overlay.json", "serve_load_1m_int8.json")
+SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_1m.json", "serve_load_1m_overlay.json", "serve_load_1m_int8.json",
+                    "serve_load_1m_snapshots.json", "serve_load_1m_catchup.json")
 
 
 def serve_load(results: str = RESULTS) -> str:
@@ -157,6 +158,9 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                                                   "large-catalogue, gate off, overlay versions"),
                    ("serve_load_1m_int8.json", "all phases, profile large-catalogue, gate off, overlay versions, "
                                                "int8 first pass"),
+                   ("serve_load_1m_snapshots.json", "all phases, as the int8 run, new history copies sharing a snapshot"),
+                   ("serve_load_1m_catchup.json", "all phases, as the snapshots run, the trainer publishing at most "
+                                                  "every 2 s while catching up, degraded answers from the history copy"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
