@@ -229,7 +229,7 @@ def hot_path(results: str = RESULTS) -> str:
         rows.append(f"| **{r['setup']['n_items']:,} items** (requests per second) | {noop['result']['rps']:.0f} "
                     f"| {rec['result']['rps']:.0f} |")
         groups = sorted(set(noop["cpu_ms_per_request"]) | set(rec["cpu_ms_per_request"]),
-                        key=lambda g: -rec["cpu_ms_per_request"].get(g, 0))
+                        key=lambda g: (-rec["cpu_ms_per_request"].get(g, 0), g))  # ties by name: stable across runs
         for g in groups:
             a, b = noop["cpu_ms_per_request"].get(g), rec["cpu_ms_per_request"].get(g)
             if max(a or 0, b or 0) >= 0.05:
