@@ -255,16 +255,24 @@ def _fresh_users(client: httpx.Client, n: int = 20) -> list[str]:
 
 
 def test_recommend_answers_degraded_while_the_history_replica_is_down(client):
-    """SIGKILL of the user-history replica under recommend load: every call is answered (200),
-    marked degraded while the replica is rebuilt, and the model still ranks the users' histories
-    as the replica's copy last had them; /healthz says "degraded", not "ok", meanwhile."""
+    """The user-history replica hangs (SIGSTOP), then is killed (SIGKILL), under recommend load:
+    every call is answered (200), marked degraded meanwhile, and the model still ranks the users'
+    histories as the replica's copy last had them; /healthz says "degraded", not "ok", meanwhile.
+
+    Hung first so that the outage outlasts a copy's trust (2/3 of serving.history_lease_s after
+    its last poll): a replica Serve replaces within that is no outage to the recommend path, and
+    the test raced it."""
     pid = status(client)["history"]["pid"]
     health = []
     with _Hammer(str(client.base_url), _fresh_users(client)) as hammer:
         wait_until(lambda: sum(hammer.codes.values()) >= 20, 60, what="recommend load")
-        os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: health.append(client.get("/healthz").json()["status"]) or health[-1] == "degraded",
-                   60, interval_s=0.2, what="/healthz degraded")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            wait_until(lambda: health.append(client.get("/healthz").json()["status"]) or health[-1] == "degraded",
+                       60, interval_s=0.2, what="/healthz degraded")
+            wait_until(lambda: hammer.answers.get(("model", True), 0) >= 5, 30, what="degraded answers")
+        finally:
+            os.kill(pid, signal.SIGKILL)
         back = wait_until(lambda: (s := _status_or_none(client)) and s["history"]["pid"] != pid and s, 240,
                           what="a new history replica")
         wait_until(lambda: client.get("/healthz").json()["status"] == "ok", 60, what="/healthz ok again")
