@@ -14,7 +14,8 @@ trainer            increc_events_applied_total, increc_model_version (the live o
                    increc_gate_decisions_total{outcome=promoted|rejected|demoted},
                    increc_update_loss, increc_update_seconds, increc_train_lag_seconds
                    (event cleaned -> applied), increc_online_hr10 (test-then-train
-                   HR@10 of the live model on the events it is about to learn)
+                   HR@10 of the live model on the events it is about to learn),
+                   increc_coalesced_versions_total (versions left out while catching up)
 serving            increc_request_latency_ms, increc_requests_total,
                    increc_served_model_version, increc_model_freshness_seconds,
                    increc_degraded_answers_total
@@ -52,12 +53,13 @@ _DEFS = {
     "increc_update_loss": ("gauge", "Loss of the latest incremental update.", ()),
     "increc_update_seconds": ("gauge", "Wall time of the latest incremental update.", ()),
     "increc_train_lag_seconds": ("gauge", "Seconds from clean store to applied, newest update.", ()),
+    "increc_coalesced_versions_total": ("counter", "Updates whose version was left out while the trainer caught up (trainer.catch_up_publish_s).", ()),
     "increc_full_passes_total": ("counter", "Full passes (bootstrap or consolidation) the trainer finished.", ("reason",)),
     "increc_trainer_phase": ("gauge", "1 for the trainer's current phase (bootstrapping, catching_up, streaming).", ("phase",)),
     "increc_online_hr10": ("gauge", "Test-then-train HR@10 of the live model on events it is about to learn.", ()),
     "increc_request_latency_ms": ("histogram", "Latency of HTTP requests handled by a replica.", ("route",)),
     "increc_requests_total": ("counter", "HTTP requests by route and status code.", ("route", "status")),
-    "increc_degraded_answers_total": ("counter", "Recommend answers from the cached popular list while the user-history replica was unreachable.", ()),
+    "increc_degraded_answers_total": ("counter", "Recommend answers while the user-history replica was unreachable (from the replica's last copy of the history, or the cached popular list).", ()),
     "increc_served_model_version": ("gauge", "Weight version a serving replica is answering with.", ()),
     "increc_model_freshness_seconds": ("gauge", "Seconds since the served weights were published.", ()),
 }

@@ -343,7 +343,9 @@ class _TrainWorker:
                 telemetry.set_gauge("increc_train_lag_seconds", max(0.0, time.time() - written_at))
             with self._timed("publish"):  # the gate's judgment and publishing included
                 coalesce = self.coalescing()
-                self.coalesced += coalesce
+                if coalesce:
+                    self.coalesced += 1
+                    telemetry.inc("increc_coalesced_versions_total", 1)
                 if not gcfg.enabled:
                     if self.n_updates % tcfg.publish_every == 0 and not coalesce:
                         self.publish(learner.export_weights(self.versions.next(), metrics))
