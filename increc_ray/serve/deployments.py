@@ -82,10 +82,11 @@ class UserHistory:
         async with self._acked:
             self._acked.notify_all()
         if (rows := self.log.since(epoch, after)) is None:
-            # pickled here, between two appends: the bytes and seq describe the same state; the
-            # copy then replays the log from that seq
-            seq, snapshot = self._snapshots.get(self.log, lambda: pickle.dumps(self.index))
-            return {"epoch": self.log.epoch, "seq": seq, "snapshot": snapshot}
+            # pickled between two appends (now or up to a minute ago), with the rows logged since
+            # it: the answer describes the index at log.seq, as a poll's must (a copy trusts itself
+            # from the moment it sent the poll, so an append answered before then must be in it)
+            snapshot, rows = self._snapshots.get(self.log, lambda: pickle.dumps(self.index))
+            return {"epoch": self.log.epoch, "seq": self.log.seq, "snapshot": snapshot, "rows": rows}
         if not rows:
             async with self._logged:
                 try:

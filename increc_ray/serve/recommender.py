@@ -151,6 +151,8 @@ class Recommender:
                 continue
             if "snapshot" in got:
                 copy = pickle.loads(got["snapshot"])
+                for rows in got["rows"]:  # logged since the snapshot was taken
+                    copy.append(rows)
                 with self._copy_lock:
                     self._copy = copy
             elif got["rows"]:

@@ -112,8 +112,8 @@ class Snapshots:
     A snapshot pickles the whole index on the history replica's event loop: 2.0 s for 51 MiB at
     1M items, during which no write and no poll is answered. Made once per copy, autoscaling's
     replica churn at 1M items cost 43 of them in one run (``bench/results/serve_load_1m_int8.json``)
-    and the copies went stale behind them. A copy that takes an older snapshot replays the log
-    from its seq, as a copy that fell behind does."""
+    and the copies went stale behind them. An older snapshot travels with the log's rows since
+    its seq, and the copy applies both before it trusts itself (``UserHistory.follow``)."""
 
     def __init__(self, max_age_s: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self.max_age_s = max_age_s
@@ -121,16 +121,16 @@ class Snapshots:
         self._held: tuple[str, int, float, bytes] | None = None  # epoch, seq, taken at, bytes
         self.made = self.reused = 0
 
-    def get(self, log: ChangeLog, make: Callable[[], bytes]) -> tuple[int, bytes]:
-        """(seq the snapshot holds up to, its bytes); ``make`` pickles the index as it is now,
-        i.e. at ``log.seq``."""
+    def get(self, log: ChangeLog, make: Callable[[], bytes]) -> tuple[bytes, list[pa.Table]]:
+        """The index at ``log.seq``: a snapshot's bytes and the tables logged after it, to apply
+        in order; ``make`` pickles the index as it is now."""
         now = self._clock()
         if self._held is not None:
             epoch, seq, at, data = self._held
-            if now - at < self.max_age_s and log.since(epoch, seq) is not None:
+            if now - at < self.max_age_s and (rows := log.since(epoch, seq)) is not None:
                 self.reused += 1
-                return seq, data
-        seq, data = log.seq, make()
-        self._held = (log.epoch, seq, now, data)
+                return data, rows
+        data = make()
+        self._held = (log.epoch, log.seq, now, data)
         self.made += 1
-        return seq, data
+        return data, []

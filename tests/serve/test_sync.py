@@ -94,10 +94,10 @@ def test_copies_starting_later_share_one_snapshot_and_replay_the_log_from_it():
     def write(*pairs, t0):
         log.add(source.append_new(rows(*pairs, t0=t0)))
 
-    def start_copy():  # what a new Recommender replica does: a snapshot, then the log from its seq
-        seq, data = snaps.get(log, lambda: pickle.dumps(source))
+    def start_copy():  # what a new Recommender replica does with UserHistory.follow's snapshot answer
+        data, since = snaps.get(log, lambda: pickle.dumps(source))
         copy = pickle.loads(data)
-        for t in log.since(log.epoch, seq):
+        for t in since:
             copy.append(t)
         assert all(copy.get(u) == source.get(u) for u in ("u", "v", "w")) and copy.popular(5) == source.popular(5)
 
