@@ -92,7 +92,8 @@ def wrk(url: str, connections: int, seconds: float, script: str | None = None) -
 
 
 class Recorder:
-    """Closed-loop Python clients that keep every answer: (start, latency, status, version, source)."""
+    """Closed-loop Python clients that keep every answer: (start, latency, status, version, source);
+    for a refusal the source is its reason (the JSON ``error``, or the start of a plain-text body)."""
 
     def __init__(self, url: str, users: list[str]) -> None:
         self.url, self.users = url, users
@@ -118,9 +119,11 @@ class Recorder:
                 try:
                     r = c.get("/recommend", params={"user_id": self.users[rng.integers(len(self.users))], "k": 10})
                     status = r.status_code
-                    body = r.json() if status == 200 else {}
-                except (httpx.TransportError, ValueError):
-                    status, body = 0, {}
+                    body = r.json() if status == 200 else {"source": _refusal(r)}
+                except httpx.TransportError as e:
+                    status, body = 0, {"source": f"transport: {type(e).__name__}"}
+                except ValueError:
+                    status, body = 0, {"source": "answer not JSON"}
                 row = (t0, (time.time() - t0) * 1000, status, int(body.get("model_version", -1)),
                        f"degraded {body.get('source')}" if body.get("degraded") else body.get("source", ""))
                 with self._lock:
@@ -128,6 +131,17 @@ class Recorder:
 
     def stop(self) -> None:
         self.set_clients(0)
+
+
+def _refusal(r: httpx.Response) -> str:
+    """Why a request was refused, as the answer says it: the app's JSON ``error`` (a reason
+    naming an exception type or a replica keeps it), or the start of a plain-text body (Serve's
+    own refusals, e.g. a replica that is draining)."""
+    try:
+        reason = str(r.json().get("error"))
+    except ValueError:
+        reason = r.text.strip()
+    return f"{r.status_code} {reason[:120]}"
 
 
 class Poster(threading.Thread):
@@ -428,8 +442,13 @@ def swaps_and_scaling(base: str, users: list[str], plan: list[tuple[int, float]]
         near |= (t >= s - 0.5) & (t <= s + 1.0)
     gaps = np.diff(np.sort(t + lat / 1000.0)) if len(rows) > 1 else np.zeros(1)
     sources: dict[str, int] = {}
+    refusals: dict[str, dict] = {}  # reason -> count and when (s from the start; see timeline)
     for r in rows:
         sources[r[4]] = sources.get(r[4], 0) + 1
+        if r[2] != 200:
+            seen = refusals.setdefault(r[4], {"count": 0, "first_s": round(r[0] - t_start, 1)})
+            seen["count"] += 1
+            seen["last_s"] = round(r[0] - t_start, 1)
     p99 = lambda x: round(float(np.percentile(x, 99)), 2) if len(x) else None  # noqa: E731
     return {"plan": [{"clients": c, "seconds": s} for c, s in plan], "requests": len(rows),
             "failed": int((~ok).sum()), "status_codes": {str(k): int(v) for k, v in zip(*np.unique([r[2] for r in rows], return_counts=True))},
@@ -438,7 +457,7 @@ def swaps_and_scaling(base: str, users: list[str], plan: list[tuple[int, float]]
             "swap_p99_ratio": round(p99(lat[near]) / p99(lat[~near]), 3) if near.any() and (~near).any() else None,
             "longest_stall_ms": round(float(gaps.max() * 1000), 1), "max_latency_ms": round(float(lat.max()), 1),
             "replicas_max": max(x["replicas"] for x in timeline), "replicas_end": timeline[-1]["replicas"],
-            "sources": sources, "timeline": timeline}
+            "sources": sources, "refusals": refusals, "timeline": timeline}
 
 
 def main() -> None:

@@ -80,6 +80,11 @@ class Recommender:
         # failed): a replica takes requests only then, so one that autoscaling just added
         # answers with the live version and its own copy from its first request, not popularity.
         self._weights_tried, self._copy_tried = threading.Event(), threading.Event()
+        # and once it holds something to answer a user the model cannot rank (or a request the
+        # history replica leaves unanswered) with: a history copy or the popular list. Without
+        # either, such a request was a 503 ("no popular list is cached yet"): a replica added
+        # under load, while the history replica answered slowly, refused requests.
+        self._can_fall_back = threading.Event()
         threading.Thread(target=self._follow_weights, name="increc-weights", daemon=True).start()
         threading.Thread(target=self._refresh_fallback, name="increc-fallback", daemon=True).start()
         if serving.local_history:
@@ -94,7 +99,8 @@ class Recommender:
 
     def _wait_ready(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
-        return all(ready.wait(max(0.0, deadline - time.monotonic())) for ready in (self._weights_tried, self._copy_tried))
+        return all(ready.wait(max(0.0, deadline - time.monotonic()))
+                   for ready in (self._weights_tried, self._copy_tried, self._can_fall_back))
 
     # ---- weights -----------------------------------------------------------------------------
 
@@ -155,6 +161,7 @@ class Recommender:
                     copy.append(rows)
                 with self._copy_lock:
                     self._copy = copy
+                self._can_fall_back.set()
             elif got["rows"]:
                 with self._copy_lock:
                     for rows in got["rows"]:
@@ -175,6 +182,7 @@ class Recommender:
             try:
                 self._popular = self.history.popular.remote(serving.max_k, []).result(
                     timeout_s=serving.history_timeout_s)
+                self._can_fall_back.set()
                 if self._history_up is False:
                     logger.warning("user-history replica reachable again")
                 self._history_up = True
