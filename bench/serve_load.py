@@ -247,19 +247,43 @@ def kill_orphaned_haproxy() -> None:
 
 # ---- the phases -------------------------------------------------------------------------------
 
-def throughput(base: str, n_users: int, connections: list[int], seconds: float, tmp: str) -> dict:
+def batch_counts(base: str, token: str, tries: int = 24) -> dict[str, tuple[int, int]]:
+    """Each Recommender replica's (forward passes, answers they gave) so far, from ``/status``
+    read until every running replica has answered it (or ``tries`` reads)."""
+    got: dict[str, tuple[int, int]] = {}
+    want = max(1, replicas())
+    with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
+        for _ in range(tries):
+            r = c.get("/status").json()["replica"]
+            got[r["tag"]] = (r.get("batches", 0), r.get("batched_requests", 0))
+            if len(got) >= want:
+                break
+    return got
+
+
+def mean_batch(before: dict, after: dict) -> float | None:
+    """Answers per forward pass between two ``batch_counts``, over the replicas in both."""
+    passes = sum(after[t][0] - before[t][0] for t in after if t in before)
+    answers = sum(after[t][1] - before[t][1] for t in after if t in before)
+    return round(answers / passes, 2) if passes > 0 else None
+
+
+def throughput(base: str, token: str, n_users: int, connections: list[int], seconds: float, tmp: str) -> dict:
     script = os.path.join(tmp, "recommend.lua")
     with open(script, "w") as f:
         f.write(WRK_SCRIPT.format(n_users=n_users))
     rows = []
     for conns in connections:
         noop = wrk(f"{base}/noop", conns, seconds)
+        before = batch_counts(base, token)
         rec = wrk(f"{base}/recommend", conns, seconds, script)
+        batch = mean_batch(before, batch_counts(base, token))
         rows.append({"connections": conns, "noop": noop, "recommend": rec,
-                     "ratio_rps": round(rec["rps"] / noop["rps"], 3), "replicas": replicas()})
+                     "ratio_rps": round(rec["rps"] / noop["rps"], 3), "replicas": replicas(), "mean_batch": batch})
         print(f"  {conns:3d} conns  do-nothing {noop['rps']:7.1f} req/s p99 {noop['p99_ms']:6.1f} ms | "
               f"recommend {rec['rps']:7.1f} req/s p50 {rec['p50_ms']:6.1f} p99 {rec['p99_ms']:6.1f} ms "
-              f"errors {rec['errors']} | ratio {rows[-1]['ratio_rps']:.2f} | replicas {rows[-1]['replicas']}", flush=True)
+              f"errors {rec['errors']} | ratio {rows[-1]['ratio_rps']:.2f} | replicas {rows[-1]['replicas']} "
+              f"| batch {batch}", flush=True)
     sat_noop = max(r["noop"]["rps"] for r in rows)
     sat_rec = max(r["recommend"]["rps"] for r in rows)
     half = min(rows, key=lambda r: abs(r["recommend"]["rps"] - sat_rec / 2))
@@ -545,7 +569,7 @@ def main() -> None:
             print("throughput (trainer learning meanwhile):", flush=True)
             with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
                 before, t_before = status(c)["trainer"]["progress"], time.time()
-            result["throughput"] = throughput(base, args.users, args.connections, args.seconds, tmp)
+            result["throughput"] = throughput(base, token, args.users, args.connections, args.seconds, tmp)
             with httpx.Client(base_url=base, headers=auth, timeout=30) as c:
                 after, t_after = status(c)["trainer"]["progress"], time.time()
             # what serving left the trainer: events learned per second under the sweep's load

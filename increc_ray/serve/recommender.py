@@ -56,6 +56,7 @@ class Recommender:
         self._copy_polled_at = -float("inf")
         self._stale_s = self.cfg.serving.history_lease_s * 2 / 3
         self.local_answers = self.remote_answers = self.stale_copy_answers = 0
+        self.batches = self.batched = 0  # forward passes and the model answers they gave (@serve.batch)
         serving = self.cfg.serving
         self._index = None  # the HNSW graph (serving.index: hnsw) or int8 table (int8) that follows the versions
         if serving.index == "int8":
@@ -282,6 +283,9 @@ class Recommender:
     async def _score_batch(self, requests: list[tuple]) -> list[list[tuple[str, float]]]:
         """Concurrent calls' (scorer, history, k, seen), scored one forward pass per scorer (a swap
         mid-batch leaves two)."""
+        self.batches += 1
+        self.batched += len(requests)
+
         def run() -> list[list[tuple[str, float]]]:
             out: list = [None] * len(requests)
             by_scorer: dict[int, list[int]] = {}
@@ -320,6 +324,7 @@ class Recommender:
                             "degraded_answers": self.degraded_answers, "history_reachable": bool(self._history_up),
                             "local_answers": self.local_answers, "remote_answers": self.remote_answers,
                             "stale_copy_answers": self.stale_copy_answers,
+                            "batches": self.batches, "batched_requests": self.batched,
                             "history_copy": self._local_copy() is not None,
                             "index": self._index_status()}}
 
