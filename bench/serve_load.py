@@ -503,6 +503,9 @@ def main() -> None:
     parser.add_argument("--override", default="{}",
                         help='JSON merged into the app config, e.g. \'{"trainer": {"max_update_delay_s": 0.5}}\' '
                              '(written into the results)')
+    parser.add_argument("--deployment-override", default="{}",
+                        help='JSON merged into the Recommender deployment, e.g. \'{"autoscaling_config": {"max_replicas": 2}}\' '
+                             '(written into the results)')
     parser.add_argument("--profile-connections", type=int, default=8, help="wrk connections in the profile phase")
     parser.add_argument("--profile-seconds", type=float, default=15.0)
     parser.add_argument("--setup-timeout-s", type=float, default=900.0,
@@ -530,6 +533,7 @@ def main() -> None:
     if args.gate_mode:
         BENCH_CONFIG["gate"] = {"mode": args.gate_mode}
     BENCH_CONFIG.update(_merge(BENCH_CONFIG, json.loads(args.override)))
+    BENCH_DEPLOYMENT.update(_merge(BENCH_DEPLOYMENT, json.loads(args.deployment_override)))
     config = deploy_config(args.port, data_dir)
     if args.profile:
         config["applications"][0]["args"]["profile"] = args.profile
