@@ -206,6 +206,7 @@ def main() -> None:
     parser.add_argument("--updates", type=int, default=20)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 4, 16, 64])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--override", default="{}", help="JSON merged into the profile (written into the result)")
     parser.add_argument("--ray", action="store_true", help="record the replica's metrics in a local Ray (as deployed)")
     parser.add_argument("--out", default=os.path.join(HERE, "results", "request_path.json"))
     args = parser.parse_args()
@@ -225,7 +226,7 @@ def main() -> None:
         telemetry.observe = telemetry.inc = lambda *a, **k: None  # noqa: E731
     profile = args.profile or _deployed_profile()
     t = time.perf_counter()
-    replica, users, stop, n_items = build(load(profile), args.items, args.users, args.events, args.updates)
+    replica, users, stop, n_items = build(load(profile, overrides=json.loads(args.override)), args.items, args.users, args.events, args.updates)
     print(f"built in {time.perf_counter() - t:.1f} s: {n_items} items, {len(users)} users, profile {profile}")
     app = replica.__serve_build_asgi_app__()
     rows = []
@@ -252,7 +253,7 @@ def main() -> None:
     print(f"encoder: {floor['macs_per_answer'] / 1e6:.2f} M multiply-adds an answer, {floor['encoder_ms_per_answer']} ms "
           f"({floor['encoder_gmacs']} G/s) at batch {floor['batch']}; this core's matrix product "
           f"{floor['matmul_gmacs']} G/s, so {floor['floor_ms_per_answer']} ms an answer at best")
-    result = {"profile": profile, "items": n_items, "users": len(users), "seconds": args.seconds,
+    result = {"profile": profile, "override": json.loads(args.override), "items": n_items, "users": len(users), "seconds": args.seconds,
               "metrics": "ray" if args.ray else "off", "rows": rows, "encoder": floor}
     write_result(result, os.path.dirname(args.out), os.path.basename(args.out))
     print(json.dumps({r["concurrency"]: r["cpu_ms_over_noop"] for r in rows}))

@@ -134,16 +134,18 @@ SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_1m.json", "serve_load_1m_
 
 def serve_load(results: str = RESULTS) -> str:
     """``bench/serve_load.py``: do-nothing vs /recommend behind one ingress, in one run, per wrk point."""
-    rows = ["| catalogue | ingress | connections | do-nothing req/s | /recommend req/s | p50 / p99 ms | ratio |",
-            "|---|---|---|---|---|---|---|"]
+    rows = ["| catalogue | ingress | connections | do-nothing req/s | /recommend req/s | p50 / p99 ms | ratio "
+            "| answers per forward pass |", "|---|---|---|---|---|---|---|---|"]
     for name in SERVE_LOAD_FILES:
         r = _load(name, results)
         if r is None or "throughput" not in r:
             continue
         for w in r["throughput"]["sweep"]:
             rec = w["recommend"]
+            batch = w.get("mean_batch")  # recorded since the replicas count their batches
             rows.append(f"| {r['setup']['n_items']:,} items | {r['ingress']} | {w['connections']} | {w['noop']['rps']:.0f} "
-                        f"| {rec['rps']:.0f} | {rec['p50_ms']:.0f} / {rec['p99_ms']:.0f} | {w['ratio_rps']:.2f} |")
+                        f"| {rec['rps']:.0f} | {rec['p50_ms']:.0f} / {rec['p99_ms']:.0f} | {w['ratio_rps']:.2f} "
+                        f"| {batch if batch is not None else '-'} |")
     return "\n".join(rows)
 
 
@@ -421,6 +423,27 @@ def clean_pass(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def request_path(results: str = RESULTS) -> str:
+    """``bench/request_path.py``: a recommend answer's CPU in the replica class, Ray-free, by
+    concurrency, against the do-nothing answer in the same run; and the encoder's arithmetic."""
+    r = _load("request_path.json", results)
+    if r is None:
+        return ""
+    rows = ["| clients | answers per forward pass | answers/s (one process) | CPU ms an answer | do-nothing: CPU ms "
+            "| recommend's extra CPU ms |", "|---|---|---|---|---|---|"]
+    for x in r["rows"]:
+        rows.append(f"| {x['concurrency']} | {x['mean_batch']} | {x['recommend']['rps']:,.0f} "
+                    f"| {x['recommend']['cpu_ms_per_request']:.3f} | {x['noop']['cpu_ms_per_request']:.3f} "
+                    f"| {x['cpu_ms_over_noop']:.3f} |")
+    e = r["encoder"]
+    rows.append(f"\nEncoder (width {e['d_model']}, {e['layers']} layers, {e['positions']} positions): "
+                f"{e['macs_per_answer'] / 1e6:.2f} M multiply-adds an answer, {e['encoder_ms_per_answer']:.3f} ms an "
+                f"answer at batch {e['batch']} ({e['encoder_gmacs']} G/s); this core's matrix product of the MLP's "
+                f"shape: {e['matmul_gmacs']} G/s, so at best {e['floor_ms_per_answer']:.3f} ms an answer "
+                f"({r['items']:,} items, profile {r['profile']}).")
+    return "\n".join(rows)
+
+
 def version_cost(results: str = RESULTS) -> str:
     """``bench/version_cost.py``: a published version whole against an overlay (a base put once and
     the rows moved since), per version, same learner and moments."""
@@ -556,7 +579,7 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "rare-item-rows": rare_item_rows, "checkpoint-scale": checkpoint_scale,
                                            "retention": retention, "retention-deployed": retention_deployed,
                                            "clean-pass": clean_pass, "inline-clean-runs": inline_clean_runs,
-                                           "version-cost": version_cost}
+                                           "version-cost": version_cost, "request-path": request_path}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
