@@ -163,6 +163,8 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_1m_snapshots.json", "all phases, as the int8 run, new history copies sharing a snapshot"),
                    ("serve_load_1m_catchup.json", "all phases, as the snapshots run, the trainer publishing at most "
                                                   "every 2 s while catching up, degraded answers from the history copy"),
+                   ("serve_load_1m_ready.json", "swaps only, as the catch-up run, a replica taking requests only once "
+                                                "it holds a fallback (a history copy or the popular list)"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
