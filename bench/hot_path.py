@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -92,7 +93,9 @@ def cpu_during(run) -> tuple[object, dict]:
 def py_spy(pid: int, seconds: float, top: int = 25) -> dict | None:
     """Fold a py-spy recording of ``pid`` (all threads, idle frames dropped) into the functions
     holding the most samples: self (the frame on top) and total (anywhere on the stack)."""
-    exe = shutil.which("py-spy")
+    # on PATH, or installed beside this interpreter (a virtual environment run without activating it)
+    beside = os.path.join(os.path.dirname(sys.executable), "py-spy")
+    exe = shutil.which("py-spy") or (beside if os.access(beside, os.X_OK) else None)
     if not exe:
         return None
     with tempfile.NamedTemporaryFile(suffix=".txt", delete=False) as f:
