@@ -128,8 +128,9 @@ def reliability(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_1m.json", "serve_load_1m_overlay.json", "serve_load_1m_int8.json",
-                    "serve_load_1m_snapshots.json", "serve_load_1m_catchup.json")
+SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_10k_profile64.json", "serve_load_10k_batchwait2ms.json",
+                    "serve_load_10k_batchwait0.json", "serve_load_1m.json", "serve_load_1m_overlay.json",
+                    "serve_load_1m_int8.json", "serve_load_1m_snapshots.json", "serve_load_1m_catchup.json")
 
 
 def serve_load(results: str = RESULTS) -> str:
@@ -168,7 +169,9 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
-                   ("serve_load_10k_job_clean_throughput.json", "load, profile ml-100k-fresh, every pass a Ray Data job"))
+                   ("serve_load_10k_job_clean_throughput.json", "load, profile ml-100k-fresh, every pass a Ray Data job"),
+                   ("serve_load_10k_batchwait2ms.json", "load, profile ml-100k-fresh as deployed (batch_wait_s 2 ms)"),
+                   ("serve_load_10k_batchwait0.json", "load, profile ml-100k-fresh with batch_wait_s 0"))
 
 
 def serve_goals(results: str = RESULTS) -> str:
@@ -225,13 +228,13 @@ def hot_path(results: str = RESULTS) -> str:
     rows = ["| process | do-nothing route | /recommend |", "|---|---|---|"]
     for name in SERVE_LOAD_FILES:
         r = _load(name, results)
-        if r is None or "profile" not in r:
+        if r is None or not isinstance(r.get("profile"), dict):  # "profile" is the phase, or else the profile's name
             continue
         if (r.get("throughput") or {}).get("model_share", {}).get("model_share", 1.0) < 0.99:
             continue  # mostly fallback answers: not what a recommend answer costs
         noop, rec = r["profile"]["noop"], r["profile"]["recommend"]
-        rows.append(f"| **{r['setup']['n_items']:,} items** (requests per second) | {noop['result']['rps']:.0f} "
-                    f"| {rec['result']['rps']:.0f} |")
+        rows.append(f"| **{r['setup']['n_items']:,} items** (requests per second, {rec['result']['connections']} "
+                    f"connections) | {noop['result']['rps']:.0f} | {rec['result']['rps']:.0f} |")
         groups = sorted(set(noop["cpu_ms_per_request"]) | set(rec["cpu_ms_per_request"]),
                         key=lambda g: (-rec["cpu_ms_per_request"].get(g, 0), g))  # ties by name: stable across runs
         for g in groups:
