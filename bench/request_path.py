@@ -5,8 +5,10 @@ handles: no cluster) with a scorer of the profile's shape, warmed on synthetic e
 ``--items`` items, and its user-history copy holding those events; its FastAPI app is driven
 in-process through ASGI by ``--concurrency`` closed-loop clients, for ``--seconds`` at each.
 Measured at each concurrency: requests per second of this one process and its CPU per request;
-the batch sizes ``@serve.batch`` formed; and, in the same run, the baseline: the same driver
-against the do-nothing app (``bench/noop_app.py``'s answer). Serve's own per-request cost is
+the batch sizes ``@serve.batch`` formed; and, in the same run, two baselines: the same driver
+against the do-nothing app (``bench/noop_app.py``'s answer), and the same replica's app with
+every recommend call through FastAPI's route (``build_api(..., fast_recommend=False)``, what
+the replica ran before plain calls skipped it). Serve's own per-request cost is
 what ``bench/serve_load.py --phases profile`` measures on the do-nothing replica (about 0.35-0.5
 ms of CPU): the ratio issue 13 asks for, 0.7x, leaves a recommend answer about 0.2 ms of CPU more
 than a do-nothing one.
@@ -229,6 +231,10 @@ def main() -> None:
     replica, users, stop, n_items = build(load(profile, overrides=json.loads(args.override)), args.items, args.users, args.events, args.updates)
     print(f"built in {time.perf_counter() - t:.1f} s: {n_items} items, {len(users)} users, profile {profile}")
     app = replica.__serve_build_asgi_app__()
+    # the baseline of the plain-call path, in the same run: every recommend call through FastAPI
+    from increc_ray.serve.api import build_api
+
+    routed = build_api(replica, replica.cfg, None, fast_recommend=False)
     rows = []
     sizes: list[int] = []
     _count_batches(replica, sizes)
@@ -237,13 +243,17 @@ def main() -> None:
         for c in args.concurrency:
             sizes.clear()
             base = await drive(noop_app, users, c, args.seconds, False)
+            fastapi = await drive(routed, users, c, args.seconds, True)
+            sizes.clear()
             got = await drive(app, users, c, args.seconds, True)
-            row = {"concurrency": c, "noop": base, "recommend": got,
+            row = {"concurrency": c, "noop": base, "recommend": got, "recommend_fastapi_route": fastapi,
                    "cpu_ms_over_noop": round(got["cpu_ms_per_request"] - base["cpu_ms_per_request"], 3),
+                   "plain_path_saves_ms": round(fastapi["cpu_ms_per_request"] - got["cpu_ms_per_request"], 3),
                    "mean_batch": round(float(np.mean(sizes)), 1) if sizes else None}
             rows.append(row)
             print(f"{c:>3} clients: recommend {got['rps']:>7} req/s, {got['cpu_ms_per_request']:.3f} ms CPU a request "
-                  f"(do-nothing {base['cpu_ms_per_request']:.3f}); mean batch {row['mean_batch']}; "
+                  f"(every call through FastAPI {fastapi['cpu_ms_per_request']:.3f}, do-nothing "
+                  f"{base['cpu_ms_per_request']:.3f}); mean batch {row['mean_batch']}; "
                   f"not from the model: {got['not_model_answers'][:1]}")
 
     asyncio.run(run_all())

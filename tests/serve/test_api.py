@@ -245,3 +245,82 @@ def test_rollback_names_a_kept_version_or_gets_a_404_listing_them(client, servic
     for body in ({}, {"version": 0}, {"version": "x"}, {"version": 5, "also": 1}):
         assert client.post("/admin/rollback", json=body).status_code == 400, body
     assert service.calls == [("rollback", 5), ("rollback", 2), ("rollback", 4)]
+
+
+# ---- the plain recommend call: FastAPI's answer without FastAPI ----------------------------------
+
+def test_plain_recommend_reads_only_queries_every_reading_agrees_on():
+    from increc_ray.serve.api import _plain_recommend
+
+    plain = lambda q: _plain_recommend(q, max_id=10, max_k=50, default_k=10)  # noqa: E731
+    assert plain(b"user_id=u1&k=5") == ("u1", 5)
+    assert plain(b"k=50&user_id=a.b:c-d_e") == ("a.b:c-d_e", 50)
+    assert plain(b"user_id=u1") == ("u1", 10)
+    for query in (b"", b"k=5", b"user_id=", b"user_id=u%31", b"user_id=u+1", b"user_id= u1", b"user_id=123456789ab",
+                  b"user_id=u1&k=0", b"user_id=u1&k=05", b"user_id=u1&k=51", b"user_id=u1&k=", b"user_id=u1&k=-1",
+                  b"user_id=u1&user_id=u2", b"user_id=u1&k=5&k=6", b"user_id=u1&x=1", b"user_id=u1&", b"user_id"):
+        assert plain(query) is None, query
+
+
+def _asgi_get(api, query: bytes) -> tuple[int, bytes, dict]:
+    import asyncio
+
+    sent = []
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        sent.append(message)
+
+    scope = {"type": "http", "method": "GET", "path": "/recommend", "raw_path": b"/recommend", "query_string": query,
+             "headers": [(b"host", b"t")], "root_path": "", "scheme": "http", "server": ("t", 80),
+             "client": ("c", 1), "http_version": "1.1", "asgi": {"version": "3.0"}}
+    asyncio.run(api(scope, receive, send))
+    start, body = sent[0], b"".join(m.get("body", b"") for m in sent[1:])
+    return start["status"], body, dict(start["headers"])
+
+
+QUERY_PARTS = ("user_id=u1", "user_id=a.b:c-d_e", "user_id=", "user_id=u%31", "user_id=+u1", "user_id=%20u1",
+               "user_id=" + "x" * 300, "k=1", "k=50", "k=51", "k=0", "k=05", "k=x", "k=", "k=-3", "kk=2", "")
+
+
+def test_the_plain_path_answers_as_the_fastapi_route_does():
+    """Every query (valid or not) gets the same status, body and headers with the fast path as
+    through FastAPI alone: the fast path takes what it can read, the route the rest."""
+    from hypothesis import given, settings, strategies as st
+
+    service = FakeService()
+    fast, route = build_api(service, CFG), build_api(service, CFG, fast_recommend=False)
+
+    @settings(max_examples=300, deadline=None)
+    @given(st.lists(st.sampled_from(QUERY_PARTS), max_size=3))
+    def same_answer(parts):
+        query = "&".join(parts).encode()
+        assert _asgi_get(fast, query) == _asgi_get(route, query), query
+
+    same_answer()
+    assert any(call[0] == "recommend" for call in service.calls)
+
+
+def test_the_plain_path_keeps_the_apps_error_answers(service):
+    """A failure inside a plain call is answered as the route answers it: Unavailable with its
+    JSON 503, another exception as the app's handler for it (Serve adds its own), else a 503."""
+    from starlette.responses import Response
+
+    from increc_ray.errors import Unavailable
+
+    class Overloaded(Exception):
+        pass
+
+    async def recommend(user_id, k):
+        raise {"down": Unavailable("no popular list"), "busy": Overloaded(), "boom": RuntimeError("x")}[user_id]
+
+    service._recommend = recommend
+    apps = [build_api(service, CFG), build_api(service, CFG, fast_recommend=False)]
+    for api in apps:
+        api.add_exception_handler(Overloaded, lambda r, e: Response("Request dropped: overloaded", 503,
+                                                                    headers={"Retry-After": "2"}))
+    for user in ("down", "busy", "boom"):
+        fast, route = (_asgi_get(api, f"user_id={user}".encode()) for api in apps)
+        assert fast == route and fast[0] == 503, (user, fast, route)
