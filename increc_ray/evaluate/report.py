@@ -452,6 +452,21 @@ def request_path(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def plain_path_runs(results: str = RESULTS) -> str:
+    """``bench/serve_load.py --phases throughput``, runs alternated between two commits: the
+    recommend answers at saturation, the do-nothing route's in the same run, and their ratio."""
+    r = _load("serve_load_10k_plain_path_runs.json", results)
+    rows = ["| run | code | plain calls skip FastAPI | /recommend at saturation | do-nothing | ratio "
+            "| p99 at half saturation |", "|---|---|---|---|---|---|---|"]
+    for x in (r or {}).get("runs", []):
+        t = x["throughput"]
+        half = t["half_saturation"]
+        rows.append(f"| {x['run']} | {x['code']} | {'yes' if x['plain_path'] else 'no'} "
+                    f"| {t['saturation_rps']['recommend']:.0f} req/s | {t['saturation_rps']['noop']:.0f} req/s "
+                    f"| {t['ratio_at_saturation']:.2f} | {half['p99_ms']:.0f} ms ({half['connections']} connections) |")
+    return "\n".join(rows)
+
+
 def version_cost(results: str = RESULTS) -> str:
     """``bench/version_cost.py``: a published version whole against an overlay (a base put once and
     the rows moved since), per version, same learner and moments."""
@@ -587,7 +602,8 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "rare-item-rows": rare_item_rows, "checkpoint-scale": checkpoint_scale,
                                            "retention": retention, "retention-deployed": retention_deployed,
                                            "clean-pass": clean_pass, "inline-clean-runs": inline_clean_runs,
-                                           "version-cost": version_cost, "request-path": request_path}
+                                           "version-cost": version_cost, "request-path": request_path,
+                                           "plain-path-runs": plain_path_runs}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
