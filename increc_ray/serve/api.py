@@ -421,7 +421,8 @@ def _http_error(request: Request, e: HTTPException) -> JSONResponse:
 class _Telemetry:
     """Pure ASGI middleware: latency and count per route; a JSON 503 for an internal failure,
     and for a plain-text 5xx (Serve answers a downstream BackPressureError so); it also strips
-    a trailing slash, so ``/recommend/`` is ``/recommend``."""
+    a trailing slash, so ``/recommend/`` is ``/recommend``, and answers a plain recommend call
+    itself when ``build_api`` hands it ``fast_recommend``."""
 
     def __init__(self, app, fast_recommend=None) -> None:
         self.app = app
