@@ -130,7 +130,8 @@ def reliability(results: str = RESULTS) -> str:
 
 SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_10k_profile64.json", "serve_load_10k_batchwait2ms.json",
                     "serve_load_10k_batchwait0.json", "serve_load_1m.json", "serve_load_1m_overlay.json",
-                    "serve_load_1m_int8.json", "serve_load_1m_snapshots.json", "serve_load_1m_catchup.json")
+                    "serve_load_1m_int8.json", "serve_load_1m_snapshots.json", "serve_load_1m_catchup.json",
+                    "serve_load_1m_plain.json")
 
 
 def serve_load(results: str = RESULTS) -> str:
@@ -166,6 +167,8 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                                                   "every 2 s while catching up, degraded answers from the history copy"),
                    ("serve_load_1m_ready.json", "swaps only, as the catch-up run, a replica taking requests only once "
                                                 "it holds a fallback (a history copy or the popular list)"),
+                   ("serve_load_1m_plain.json", "all phases, as the catch-up run, replicas ready only with a fallback, "
+                                                "plain recommend calls past FastAPI"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
