@@ -367,9 +367,11 @@ class ServingConfig(_Section):
     local_history: bool = True
     history_lease_s: float = Field(3.0, gt=0)
     # Concurrent recommend calls scored in one forward pass: at most this many, waiting at most
-    # batch_wait_s for company (0 or 1: each call alone).
+    # batch_wait_s for company (max_batch_size 1: each call alone). 0: no wait, a batch is the
+    # calls that queued while the last one ran (as fast at saturation as 2 ms, and faster below
+    # it: README "Waiting for company").
     max_batch_size: int = Field(16, ge=1)
-    batch_wait_s: float = Field(0.002, ge=0)
+    batch_wait_s: float = Field(0.0, ge=0)
     # A new replica waits at most this long for the live weights and its history copy before it
     # takes requests (autoscaling adds replicas under load: they must not answer popularity).
     ready_timeout_s: float = Field(30.0, ge=0)

@@ -173,7 +173,7 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_job_clean_throughput.json", "load, profile ml-100k-fresh, every pass a Ray Data job"),
-                   ("serve_load_10k_batchwait2ms.json", "load, profile ml-100k-fresh as deployed (batch_wait_s 2 ms)"),
+                   ("serve_load_10k_batchwait2ms.json", "load, profile ml-100k-fresh with batch_wait_s 2 ms (the default then)"),
                    ("serve_load_10k_batchwait0.json", "load, profile ml-100k-fresh with batch_wait_s 0"))
 
 
@@ -470,6 +470,23 @@ def plain_path_runs(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
+def batch_wait_runs(results: str = RESULTS) -> str:
+    """``bench/serve_load.py --phases throughput``, runs alternated between two
+    ``serving.batch_wait_s``: low-load points, saturation and half of it."""
+    r = _load("serve_load_10k_batchwait_runs.json", results)
+    rows = ["| run | batch_wait_s | 1 connection: req/s, p50 / p99 ms | 4 connections: req/s, p50 / p99 ms "
+            "| saturation (ratio) | p99 at half saturation |", "|---|---|---|---|---|---|"]
+    for x in (r or {}).get("runs", []):
+        t = x["throughput"]
+        at = {w["connections"]: w["recommend"] for w in t["sweep"]}
+        point = lambda c: f"{at[c]['rps']:.0f}, {at[c]['p50_ms']:.1f} / {at[c]['p99_ms']:.0f}"  # noqa: E731
+        half = t["half_saturation"]
+        rows.append(f"| {x['run']} | {x['batch_wait_s']:g} | {point(1)} | {point(4)} "
+                    f"| {t['saturation_rps']['recommend']:.0f} req/s ({t['ratio_at_saturation']:.2f}) "
+                    f"| {half['p99_ms']:.0f} ms ({half['connections']} connections) |")
+    return "\n".join(rows)
+
+
 def version_cost(results: str = RESULTS) -> str:
     """``bench/version_cost.py``: a published version whole against an overlay (a base put once and
     the rows moved since), per version, same learner and moments."""
@@ -606,7 +623,7 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "retention": retention, "retention-deployed": retention_deployed,
                                            "clean-pass": clean_pass, "inline-clean-runs": inline_clean_runs,
                                            "version-cost": version_cost, "request-path": request_path,
-                                           "plain-path-runs": plain_path_runs}
+                                           "plain-path-runs": plain_path_runs, "batch-wait-runs": batch_wait_runs}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 

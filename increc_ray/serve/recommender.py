@@ -279,7 +279,7 @@ class Recommender:
         return {"user_id": user_id, "k": k, "source": source, "model_version": scorer.version if scorer else self._followed,
                 "degraded": degraded, "items": [{"item_id": i, "score": round(float(s), 6)} for i, s in items]}
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)  # both set from the config in __init__
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)  # both set from the config in __init__
     async def _score_batch(self, requests: list[tuple]) -> list[list[tuple[str, float]]]:
         """Concurrent calls' (scorer, history, k, seen), scored one forward pass per scorer (a swap
         mid-batch leaves two)."""
