@@ -46,34 +46,9 @@ from increc_ray.profiles import load  # noqa: E402
 from increc_ray.serve.history import UserHistoryIndex  # noqa: E402
 from increc_ray.serve.recommender import Recommender  # noqa: E402
 from increc_ray.serve.scorer import Scorer  # noqa: E402
+from increc_ray.serve.standin import Handle  # noqa: E402
 
 HERE = os.path.dirname(__file__)
-
-
-class _Call:
-    """A handle call's answer: ``.result()`` in a thread, ``await`` on the event loop."""
-
-    def __init__(self, answer) -> None:
-        self._answer = answer
-
-    def result(self, timeout_s: float | None = None):
-        return self._answer()
-
-    def __await__(self):
-        if False:
-            yield
-        return self._answer()
-
-
-class _Handle:
-    """``handle.method.remote(*args).result()`` answers ``answers[method](*args)``."""
-
-    def __init__(self, **answers) -> None:
-        self._answers = answers
-
-    def __getattr__(self, method: str):
-        answer = self._answers[method]
-        return type("Method", (), {"remote": staticmethod(lambda *a: _Call(lambda: answer(*a)))})()
 
 
 def build(cfg, items: int, users: int, events: int, updates: int):
@@ -98,16 +73,16 @@ def build(cfg, items: int, users: int, events: int, updates: int):
         stop.wait(timeout_s)
         return {"epoch": "e", "seq": 0, "rows": []}
 
-    history = _Handle(follow=follow, popular=lambda k, exclude: index.popular(k, exclude),
+    history = Handle(follow=follow, popular=lambda k, exclude: index.popular(k, exclude),
                       context=lambda user: index.get(user))
     def wait_newer(after, timeout_s):  # nothing newer is published while it runs
         stop.wait(timeout_s)
 
-    trainer = _Handle(wait_newer=wait_newer)
+    trainer = Handle(wait_newer=wait_newer)
     replica = Recommender.func_or_class.__new__(Recommender.func_or_class)
     config = cfg.model_dump()
     config["auth"]["required"] = False
-    asyncio.run(replica.__init__(config, _Handle(), history, trainer))
+    asyncio.run(replica.__init__(config, Handle(), history, trainer))
     replica._scorer = Scorer.from_published(weights, replica._index, None)
     replica._followed = 1
     known = sorted(set(clean.column("user_id").to_pylist()))

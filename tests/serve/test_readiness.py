@@ -7,41 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 from increc_ray.serve.recommender import Recommender
-
-TIMEOUT = "timed out"
-
-
-class _Call:
-    def __init__(self, answer) -> None:
-        self._answer = answer
-
-    def result(self, timeout_s: float | None = None):
-        got = self._answer()
-        if got is TIMEOUT:
-            time.sleep(min(timeout_s or 0.05, 0.05))
-            raise TimeoutError("no answer")
-        return got
+from increc_ray.serve.standin import TIMEOUT, Handle
 
 
-class _Handle:
-    """``handle.method.remote(*args).result()`` answers ``answers[method](*args)``."""
-
-    def __init__(self, **answers) -> None:
-        self._answers = answers
-
-    def __getattr__(self, method: str):
-        answer = self._answers[method]
-        return type("Method", (), {"remote": staticmethod(lambda *a: _Call(lambda: answer(*a)))})()
-
-
-def _replica(history: _Handle, config: dict | None = None):
+def _replica(history: Handle, config: dict | None = None):
     replica = Recommender.func_or_class.__new__(Recommender.func_or_class)
     cfg = {"serving": {"ready_timeout_s": 0.0, "history_lease_s": 0.3}, "auth": {"required": False}, **(config or {})}
-    trainer = _Handle(wait_newer=lambda after, timeout_s: None)  # nothing published yet
-    asyncio.run(replica.__init__(cfg, _Handle(), history, trainer))
+    trainer = Handle(wait_newer=lambda after, timeout_s: None)  # nothing published yet
+    asyncio.run(replica.__init__(cfg, Handle(), history, trainer))
     return replica
 
 
@@ -53,7 +28,7 @@ def test_not_ready_without_a_fallback_then_ready_once_the_popular_list_arrives()
     def popular(k, exclude):
         return [("i1", 3.0), ("i2", 1.0)] if up.is_set() else TIMEOUT
 
-    replica = _replica(_Handle(follow=lambda *a: TIMEOUT, popular=popular))
+    replica = _replica(Handle(follow=lambda *a: TIMEOUT, popular=popular))
     try:
         assert replica._weights_tried.wait(10.0) and replica._copy_tried.wait(10.0)  # both polls done
         assert not replica._wait_ready(0.5)
@@ -71,7 +46,7 @@ def test_a_history_copy_is_a_fallback_on_its_own():
 
     snapshot = pickle.dumps(UserHistoryIndex())
     follow = lambda sub, epoch, after, timeout_s: {"epoch": "e", "seq": 0, "snapshot": snapshot, "rows": []}  # noqa: E731
-    replica = _replica(_Handle(follow=follow, popular=lambda k, exclude: TIMEOUT))
+    replica = _replica(Handle(follow=follow, popular=lambda k, exclude: TIMEOUT))
     try:
         assert replica._wait_ready(5.0)
         assert replica._popular is None and replica._copy is not None
