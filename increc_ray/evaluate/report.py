@@ -447,10 +447,12 @@ def request_path(results: str = RESULTS) -> str:
                     f"| {routed_ms} | {x['noop']['cpu_ms_per_request']:.3f} "
                     f"| {x['cpu_ms_over_noop']:.3f} |")
     e = r["encoder"]
+    mm = (f", its matrix products {e['addmm_share']:.0%} of that time at {e['addmm_gmacs']} G/s (torch.profiler)"
+          if e.get("addmm_share") is not None else "")
     rows.append(f"\nEncoder (width {e['d_model']}, {e['layers']} layers, {e['positions']} positions): "
                 f"{e['macs_per_answer'] / 1e6:.2f} M multiply-adds an answer, {e['encoder_ms_per_answer']:.3f} ms an "
-                f"answer at batch {e['batch']} ({e['encoder_gmacs']} G/s); this core's matrix product of the MLP's "
-                f"shape: {e['matmul_gmacs']} G/s, so at best {e['floor_ms_per_answer']:.3f} ms an answer "
+                f"answer at batch {e['batch']} ({e['encoder_gmacs']} G/s){mm}; this core's matrix product of the "
+                f"MLP's shape: {e['matmul_gmacs']} G/s, so at best {e['floor_ms_per_answer']:.3f} ms an answer "
                 f"({r['items']:,} items, profile {r['profile']}).")
     return "\n".join(rows)
 

@@ -434,13 +434,8 @@ class _Telemetry:
         started = time.perf_counter()
         route = scope["path"].rstrip("/") or "/"
         scope = {**scope, "path": route}
-
-        async def plain_first(scope, receive, send) -> None:
-            if not await self.fast_recommend(scope, receive, send):
-                await self.app(scope, receive, send)
-
         fast = route == "/recommend" and scope["method"] == "GET" and self.fast_recommend is not None
-        app = plain_first if fast else self.app
+        app = self._plain_first if fast else self.app
         status, held, text = [0], [], []  # held: a non-JSON 5xx start, sent once its body is known
 
         async def send_json_errors(message) -> None:
@@ -469,6 +464,11 @@ class _Telemetry:
         finally:
             telemetry.observe("increc_request_latency_ms", (time.perf_counter() - started) * 1000, route=route)
             telemetry.inc("increc_requests_total", route=route, status=str(status[0] or 503))
+
+    async def _plain_first(self, scope, receive, send) -> None:
+        """A plain recommend call answered here; any other goes on to the FastAPI route."""
+        if not await self.fast_recommend(scope, receive, send):
+            await self.app(scope, receive, send)
 
 
 _REPLACED = (b"content-type", b"content-length")
