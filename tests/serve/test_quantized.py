@@ -80,3 +80,35 @@ def test_overlay_versions_share_one_quantized_base_and_score_their_moved_rows_ex
     got, want = scorer.recommend_batch(histories, 5), exact.recommend_batch(histories, 5)
     assert recall(got, want) >= 0.99
     assert len(vocab) > len(published.vocab_list(versions[0][0])), "no item came after the first base"
+
+
+@pytest.mark.parametrize("n_old, n_new, column_major", [(3000, 3000, True), (2500, 3000, True), (3000, 2000, False)])
+def test_a_build_from_the_last_table_quantizes_its_changed_rows_to_what_a_whole_build_gives(n_old, n_new, column_major):
+    g = torch.Generator().manual_seed(1)
+    old = torch.randn(max(n_old, n_new), 16, generator=g)
+    new = old.clone()
+    moved = torch.randperm(len(new), generator=g)[:300]
+    new[moved] += torch.randn(300, 16, generator=g)
+    new[7, 3] = float("nan")  # a NaN row differs from everything: quantized again
+    if column_major:  # as a version publishes its table (published.published_array)
+        old, new = old.t().contiguous().t(), new.t().contiguous().t()
+    old, new = old[:n_old], new[:n_new]
+    got = Int8Rows(new, (Int8Rows(old), old))
+    want = Int8Rows(new)
+    assert torch.equal(got.q, want.q)
+    torch.testing.assert_close(got.scale, want.scale, rtol=0, atol=0, equal_nan=True)  # row 7's is NaN
+    changed = int((moved < min(n_old, n_new)).sum()) + (7 not in moved.tolist())
+    assert got.quantized == changed + max(0, n_new - n_old), "rows equal to the last table's were quantized again"
+
+
+def test_the_index_builds_each_new_base_from_the_last():
+    g = torch.Generator().manual_seed(2)
+    index = Int8Index(Int8Settings(min_items=0))
+    first = torch.randn(4000, 8, generator=g)
+    second = first.clone()
+    second[[5, 17, 3999]] = 0.5
+    a = index.rows_of(("base", "a"), first, 4000)
+    assert index.rows_of(("base", "a"), first, 4000) is a and index.builds == 1
+    b = index.rows_of(("base", "b"), second, 4000)
+    assert index.builds == 2 and index.last_build_quantized == 3 and index.stats()["last_build_quantized"] == 3
+    assert torch.equal(b.q, Int8Rows(second).q)
