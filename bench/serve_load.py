@@ -247,25 +247,37 @@ def kill_orphaned_haproxy() -> None:
 
 # ---- the phases -------------------------------------------------------------------------------
 
-def batch_counts(base: str, token: str, tries: int = 24) -> dict[str, tuple[int, int]]:
-    """Each Recommender replica's (forward passes, answers they gave) so far, from ``/status``
-    read until every running replica has answered it (or ``tries`` reads)."""
-    got: dict[str, tuple[int, int]] = {}
+def replica_statuses(base: str, token: str, tries: int = 24) -> dict[str, dict]:
+    """Each Recommender replica's ``/status`` ``replica`` section, by tag, read until every running
+    replica has answered it (or ``tries`` reads)."""
+    got: dict[str, dict] = {}
     want = max(1, replicas())
     with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
         for _ in range(tries):
             r = c.get("/status").json()["replica"]
-            got[r["tag"]] = (r.get("batches", 0), r.get("batched_requests", 0))
+            got[r["tag"]] = r
             if len(got) >= want:
                 break
     return got
 
 
 def mean_batch(before: dict, after: dict) -> float | None:
-    """Answers per forward pass between two ``batch_counts``, over the replicas in both."""
-    passes = sum(after[t][0] - before[t][0] for t in after if t in before)
-    answers = sum(after[t][1] - before[t][1] for t in after if t in before)
+    """Answers per forward pass between two ``replica_statuses``, over the replicas in both."""
+    both = [t for t in after if t in before]
+    passes = sum(after[t].get("batches", 0) - before[t].get("batches", 0) for t in both)
+    answers = sum(after[t].get("batched_requests", 0) - before[t].get("batched_requests", 0) for t in both)
     return round(answers / passes, 2) if passes > 0 else None
+
+
+def gc_pauses(before: dict, after: dict) -> dict | None:
+    """The replicas' garbage collections between two ``replica_statuses`` (those in both): full
+    (generation 2) collections, their total ms, and collections of any generation over 10 ms."""
+    both = [t for t in after if t in before and "gc" in after[t] and "gc" in before[t]]
+    if not both:
+        return None
+    delta = lambda f: sum(f(after[t]["gc"]) - f(before[t]["gc"]) for t in both)  # noqa: E731
+    return {"full": delta(lambda g: g["collections"][2]), "full_ms": round(delta(lambda g: g["total_ms"][2]), 1),
+            "over_10ms": delta(lambda g: g["over_10ms"]), "replicas": len(both)}
 
 
 def throughput(base: str, token: str, n_users: int, connections: list[int], seconds: float, tmp: str) -> dict:
@@ -275,15 +287,17 @@ def throughput(base: str, token: str, n_users: int, connections: list[int], seco
     rows = []
     for conns in connections:
         noop = wrk(f"{base}/noop", conns, seconds)
-        before = batch_counts(base, token)
+        before = replica_statuses(base, token)
         rec = wrk(f"{base}/recommend", conns, seconds, script)
-        batch = mean_batch(before, batch_counts(base, token))
+        after = replica_statuses(base, token)
+        batch = mean_batch(before, after)
         rows.append({"connections": conns, "noop": noop, "recommend": rec,
-                     "ratio_rps": round(rec["rps"] / noop["rps"], 3), "replicas": replicas(), "mean_batch": batch})
+                     "ratio_rps": round(rec["rps"] / noop["rps"], 3), "replicas": replicas(), "mean_batch": batch,
+                     "gc": gc_pauses(before, after)})
         print(f"  {conns:3d} conns  do-nothing {noop['rps']:7.1f} req/s p99 {noop['p99_ms']:6.1f} ms | "
               f"recommend {rec['rps']:7.1f} req/s p50 {rec['p50_ms']:6.1f} p99 {rec['p99_ms']:6.1f} ms "
               f"errors {rec['errors']} | ratio {rows[-1]['ratio_rps']:.2f} | replicas {rows[-1]['replicas']} "
-              f"| batch {batch}", flush=True)
+              f"| batch {batch} | gc {rows[-1]['gc']}", flush=True)
     sat_noop = max(r["noop"]["rps"] for r in rows)
     sat_rec = max(r["recommend"]["rps"] for r in rows)
     half = min(rows, key=lambda r: abs(r["recommend"]["rps"] - sat_rec / 2))
@@ -606,6 +620,11 @@ def main() -> None:
             st = status(c)
             result["final_status"] = {k: v for k, v in st.items() if k in ("history", "replica", "counts", "ledger")}
             result["final_status"]["trainer_loop_seconds"] = st["trainer"]["progress"].get("loop_seconds")
+            result["final_status"]["ingest_gc"] = st["ingest"].get("gc")
+            try:  # every replica's own counters (the one above answered /status)
+                result["final_status"]["replicas"] = replica_statuses(base, token)
+            except httpx.TransportError as e:
+                result["final_status"]["replicas_error"] = repr(e)
     finally:
         poster.stop()
         result["events_posted_while_measuring"] = poster.sent

@@ -131,7 +131,7 @@ def reliability(results: str = RESULTS) -> str:
 SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_10k_profile64.json", "serve_load_10k_batchwait2ms.json",
                     "serve_load_10k_batchwait0.json", "serve_load_1m.json", "serve_load_1m_overlay.json",
                     "serve_load_1m_int8.json", "serve_load_1m_snapshots.json", "serve_load_1m_catchup.json",
-                    "serve_load_1m_plain.json")
+                    "serve_load_1m_plain.json", "serve_load_1m_int8_follow.json")
 
 
 def serve_load(results: str = RESULTS) -> str:
@@ -169,6 +169,8 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                                                 "it holds a fallback (a history copy or the popular list)"),
                    ("serve_load_1m_plain.json", "all phases, as the catch-up run, replicas ready only with a fallback, "
                                                 "plain recommend calls past FastAPI"),
+                   ("serve_load_1m_int8_follow.json", "all phases, as the plain run, each new int8 base built from "
+                                                      "the last"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
@@ -486,6 +488,27 @@ def batch_wait_runs(results: str = RESULTS) -> str:
         rows.append(f"| {x['run']} | {x['batch_wait_s']:g} | {point(1)} | {point(4)} "
                     f"| {t['saturation_rps']['recommend']:.0f} req/s ({t['ratio_at_saturation']:.2f}) "
                     f"| {half['p99_ms']:.0f} ms ({half['connections']} connections) |")
+    return "\n".join(rows)
+
+
+def gc_runs(results: str = RESULTS) -> str:
+    """``bench/serve_load.py --phases throughput``, runs alternated with and without
+    ``serving.gc_freeze``: saturation, the p99 at half of it, and the replicas' collections
+    during the /recommend sweep (``replica.gc`` in ``/status``)."""
+    r = _load("serve_load_10k_gc_runs.json", results)
+    rows = ["| run | gc_freeze | saturation (ratio) | p99 at half saturation | p99 at 4 / 8 connections "
+            "| full collections in the sweep (ms) | collections over 10 ms |", "|---|---|---|---|---|---|---|"]
+    for x in (r or {}).get("runs", []):
+        t = x["throughput"]
+        at = {w["connections"]: w["recommend"] for w in t["sweep"]}
+        gcs = [w["gc"] for w in t["sweep"] if w.get("gc")]
+        half = t["half_saturation"]
+        rows.append(f"| {x['run']} | {'yes' if x['gc_freeze'] else 'no'} "
+                    f"| {t['saturation_rps']['recommend']:.0f} req/s ({t['ratio_at_saturation']:.2f}) "
+                    f"| {half['p99_ms']:.0f} ms ({half['connections']} connections, {half['rps']:.0f} req/s) "
+                    f"| {at[4]['p99_ms']:.0f} / {at[8]['p99_ms']:.0f} ms "
+                    f"| {sum(g['full'] for g in gcs)} ({sum(g['full_ms'] for g in gcs):.0f}) "
+                    f"| {sum(g['over_10ms'] for g in gcs)} |")
     return "\n".join(rows)
 
 

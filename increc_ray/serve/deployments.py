@@ -27,6 +27,7 @@ from increc_ray.ingest.landing import CleanStore, LandingZone
 from increc_ray.ingest.pipeline import EventPipeline, pending_http_rows
 from increc_ray.learn.train import TrainerRunner
 from increc_ray.learn.versions import WeightArchive
+from increc_ray.serve import gcwatch
 from increc_ray.serve.history import HISTORY_COLUMNS, UserHistoryIndex
 from increc_ray.serve.registry import WeightRegistry
 from increc_ray.serve.sync import ChangeLog, Leases, Snapshots
@@ -54,6 +55,9 @@ class UserHistory:
         self._logged = asyncio.Condition()  # new log entries
         self._acked = asyncio.Condition()  # a subscriber acknowledged (or its lease may have run out)
         self._snapshots = Snapshots()  # one snapshot serves the copies starting within a minute
+        gcwatch.watch()  # its collections, timed from here on (``stats``)
+        if cfg.serving.gc_freeze:
+            gcwatch.freeze()
 
     async def append(self, events: pa.Table) -> int:
         added = self.index.append_new(events)
@@ -106,7 +110,7 @@ class UserHistory:
     def stats(self) -> dict:
         return {**self.index.stats(), "pid": os.getpid(), "log_seq": self.log.seq, "copies": self.leases.live(),
                 "snapshots": self._snapshots.made, "snapshots_reused": self._snapshots.reused,
-                "lease_expiries": self.leases.expired}
+                "lease_expiries": self.leases.expired, "gc": gcwatch.watch().stats()}
 
 
 @serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=64)
@@ -122,6 +126,9 @@ class EventIngest:
         self.last_error: str | None = None
         self.last_batch: dict = {}
         DataContext.get_current().enable_progress_bars = False
+        gcwatch.watch()  # its collections, timed from here on (``status``)
+        if self.cfg.serving.gc_freeze:
+            gcwatch.freeze()
         for kind in ("received", "applied", "quarantined", "duplicates", "pending", "applied_twice"):
             telemetry.watch("increc_ledger_events", lambda kind=kind: self.pipeline.ledger.snapshot()[kind], kind=kind)
         self._stop = threading.Event()
@@ -182,7 +189,7 @@ class EventIngest:
 
     def status(self) -> dict:
         return {**self.pipeline.status(), "last_batch": self.last_batch, "last_error": self.last_error,
-                "pid": os.getpid()}
+                "pid": os.getpid(), "gc": gcwatch.watch().stats()}
 
     def __del__(self) -> None:
         self._stop.set()

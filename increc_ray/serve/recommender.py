@@ -22,6 +22,7 @@ from ray.serve.handle import DeploymentHandle
 from increc_ray import telemetry
 from increc_ray.config import Config
 from increc_ray.errors import Unavailable
+from increc_ray.serve import gcwatch
 from increc_ray.serve.api import build_api, resolve_token
 
 logger = logging.getLogger("increc_ray.serve")
@@ -97,6 +98,9 @@ class Recommender:
         if not await asyncio.to_thread(self._wait_ready, serving.ready_timeout_s):
             logger.warning("replica starting before its first weights and history copy arrived "
                            "(serving.ready_timeout_s %.1f s)", serving.ready_timeout_s)
+        self._gc = gcwatch.watch()
+        if serving.gc_freeze:
+            logger.info("replica froze %d objects out of the collector's reach", gcwatch.freeze())
 
     def _wait_ready(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -326,7 +330,7 @@ class Recommender:
                             "stale_copy_answers": self.stale_copy_answers,
                             "batches": self.batches, "batched_requests": self.batched,
                             "history_copy": self._local_copy() is not None,
-                            "index": self._index_status()}}
+                            "index": self._index_status(), "gc": self._gc.stats()}}
 
     def _index_status(self) -> dict | None:
         """The HNSW index's (``serving.index: hnsw``) or int8 table's (``int8``) state, and whether
