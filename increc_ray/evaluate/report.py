@@ -491,24 +491,25 @@ def batch_wait_runs(results: str = RESULTS) -> str:
     return "\n".join(rows)
 
 
-def gc_runs(results: str = RESULTS) -> str:
-    """``bench/serve_load.py --phases throughput``, runs alternated with and without
-    ``serving.gc_freeze``: saturation, the p99 at half of it, and the replicas' collections
-    during the /recommend sweep (``replica.gc`` in ``/status``)."""
-    r = _load("serve_load_10k_gc_runs.json", results)
-    rows = ["| run | gc_freeze | saturation (ratio) | p99 at half saturation | p99 at 4 / 8 connections "
-            "| full collections in the sweep (ms) | collections over 10 ms |", "|---|---|---|---|---|---|---|"]
+def p99_runs(results: str = RESULTS) -> str:
+    """``bench/serve_load.py --phases throughput`` runs one after another, each with the setting
+    named: the p99 at and below half of saturation, and what might make it (the replicas' full
+    collections during the /recommend sweep, ``replica.gc`` in ``/status``; the trainer's work)."""
+    r = _load("serve_load_10k_p99_runs.json", results)
+    rows = ["| run | setting | saturation (ratio) | p99 at half saturation | p99 at 2 / 4 / 8 connections "
+            "| full collections in the sweep (ms) | events/s posted / learned |", "|---|---|---|---|---|---|---|"]
     for x in (r or {}).get("runs", []):
         t = x["throughput"]
         at = {w["connections"]: w["recommend"] for w in t["sweep"]}
         gcs = [w["gc"] for w in t["sweep"] if w.get("gc")]
-        half = t["half_saturation"]
-        rows.append(f"| {x['run']} | {'yes' if x['gc_freeze'] else 'no'} "
+        half, tr = t["half_saturation"], t["trainer"]
+        low = " / ".join(f"{at[c]['p99_ms']:.0f}" for c in (2, 4, 8))
+        rows.append(f"| {x['run']} | {x['setting']} "
                     f"| {t['saturation_rps']['recommend']:.0f} req/s ({t['ratio_at_saturation']:.2f}) "
                     f"| {half['p99_ms']:.0f} ms ({half['connections']} connections, {half['rps']:.0f} req/s) "
-                    f"| {at[4]['p99_ms']:.0f} / {at[8]['p99_ms']:.0f} ms "
+                    f"| {low} ms "
                     f"| {sum(g['full'] for g in gcs)} ({sum(g['full_ms'] for g in gcs):.0f}) "
-                    f"| {sum(g['over_10ms'] for g in gcs)} |")
+                    f"| {tr['events_per_s_posted']:g} / {tr['events_learned_per_s']:g} |")
     return "\n".join(rows)
 
 
@@ -648,7 +649,8 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "retention": retention, "retention-deployed": retention_deployed,
                                            "clean-pass": clean_pass, "inline-clean-runs": inline_clean_runs,
                                            "version-cost": version_cost, "request-path": request_path,
-                                           "plain-path-runs": plain_path_runs, "batch-wait-runs": batch_wait_runs}
+                                           "plain-path-runs": plain_path_runs, "batch-wait-runs": batch_wait_runs,
+                                           "p99-runs": p99_runs}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
