@@ -125,7 +125,7 @@ class _TrainWorker:
 
     def _keep(self, weights: dict) -> None:
         try:
-            self.archive.save(published.dense(weights))  # an overlay made whole: read back as ever
+            self.archive.save(weights)  # an overlay: its base once, then the rows moved (read back whole)
         except OSError:
             logger.exception("could not keep version %s for rollback", weights["version"])
 

@@ -61,6 +61,12 @@ class WeightArchive:
     ``<root>/<version>/`` each as safetensors plus JSON (``increc_ray.learn.serialize``): what
     ``POST /admin/rollback`` can return serving to. Fallback markers hold no weights and are not kept.
 
+    An overlay version (``learn.published``: a base shared by many versions, and the rows moved
+    since it) keeps its base once, under ``<root>/bases/<base id>/``, and its own folder the moved
+    rows: at 1M items a whole version was 500 MiB and 2 s of the trainer's CPU to write, and with
+    one written per publish the archive thread wanted a core of its own. ``load`` gives every
+    version back whole. A base goes once no kept version names it.
+
     >>> import tempfile, numpy as np
     >>> a = WeightArchive(tempfile.mkdtemp(), keep=2)
     >>> for v in (3, 5, 8):
@@ -70,6 +76,8 @@ class WeightArchive:
     """
 
     NAME = "weights"
+    BASES = "bases"  # <root>/bases/<base id>/: weights.* (the table), vocab.* (its vocabulary)
+    VOCAB = "vocab"
 
     def __init__(self, root: str, keep: int) -> None:
         self.root, self.keep = root, keep
@@ -81,27 +89,76 @@ class WeightArchive:
         return sorted(int(n) for n in os.listdir(self.root)
                       if n.isdigit() and serialize.exists(os.path.join(self.root, n), self.NAME))
 
+    def bases(self) -> list[str]:
+        """The ids of the overlay bases kept."""
+        from increc_ray.learn import serialize
+
+        folder = os.path.join(self.root, self.BASES)
+        return sorted(b for b in (os.listdir(folder) if os.path.isdir(folder) else [])
+                      if serialize.exists(os.path.join(folder, b), self.NAME))
+
     def save(self, weights: dict) -> None:
-        """Keep ``weights`` (written whole before it is listed), then drop the oldest beyond ``keep``."""
+        """Keep ``weights`` (written whole before it is listed; an overlay's base first, unless
+        kept already), then drop the oldest beyond ``keep`` and the bases no kept version names."""
         import shutil
 
-        from increc_ray.learn import serialize
+        from increc_ray.learn import published, serialize
 
         if weights.get("fallback"):
             return
+        if published.is_overlay(weights):
+            items = weights[published.ITEM_ROWS]
+            base_dir = os.path.join(self.root, self.BASES, str(items["base_id"]))
+            os.makedirs(base_dir, exist_ok=True)
+            if not serialize.exists(base_dir, self.NAME):  # the published base is column-major:
+                serialize.save_tree({"base_t": items["base"].T}, base_dir, self.NAME)  # its transpose is row-major
+            # the base's vocabulary, as every overlay of it that carries a tail has it (the first
+            # version of a base may carry a whole list instead)
+            if items.get("vocab_base") is not None and not serialize.exists(base_dir, self.VOCAB):
+                serialize.save_tree({"vocab_base": items["vocab_base"]}, base_dir, self.VOCAB)
+            weights = published.without_base(weights)
         folder = os.path.join(self.root, str(int(weights["version"])))
         os.makedirs(folder, exist_ok=True)
         serialize.save_tree(weights, folder, self.NAME)  # its JSON is written last: listed once whole
         for old in self.versions()[: -self.keep]:
             shutil.rmtree(os.path.join(self.root, str(old)), ignore_errors=True)
+        named = {self._base_of(v) for v in self.versions()}
+        for base in self.bases():
+            if base not in named:
+                shutil.rmtree(os.path.join(self.root, self.BASES, base), ignore_errors=True)
 
     def load(self, version: int) -> dict:
-        """The weights of ``version``; ``KeyError`` when it is not kept."""
-        from increc_ray.learn import serialize
+        """The weights of ``version``, whole; ``KeyError`` when it is not kept."""
+        import numpy as np
+
+        from increc_ray.learn import published, serialize
 
         if version not in self.versions():
             raise KeyError(version)
-        return serialize.load_tree(os.path.join(self.root, str(version)), self.NAME)
+        weights = serialize.load_tree(os.path.join(self.root, str(version)), self.NAME)
+        if not published.is_overlay(weights):
+            return weights
+        items = weights[published.ITEM_ROWS]
+        base = serialize.load_tree(os.path.join(self.root, self.BASES, str(items["base_id"])), self.NAME)
+        items = {**items, "base": np.asarray(base["base_t"]).T}
+        if "vocab_base" in items:
+            items["vocab_base"] = serialize.load_tree(
+                os.path.join(self.root, self.BASES, str(items["base_id"])), self.VOCAB)["vocab_base"]
+        return published.dense({**weights, published.ITEM_ROWS: items})
+
+    def _base_of(self, version: int) -> str | None:
+        """The base id a kept version names (None: a whole version); read from its JSON alone."""
+        import json
+
+        from increc_ray.learn import published
+
+        try:
+            with open(os.path.join(self.root, str(version), f"{self.NAME}.json"), encoding="utf-8") as f:
+                tree = json.load(f)["tree"]
+        except (OSError, ValueError, KeyError):
+            return None
+        items = tree.get(published.ITEM_ROWS) if isinstance(tree, dict) else None
+        return str(items["base_id"]) if isinstance(items, dict) and "base_id" in items else None
 
 
 class KeepNewest:

@@ -167,3 +167,29 @@ def test_a_snapshot_on_the_base_before_keeps_that_bases_id():
     third = bases.overlay(FrozenRows(torch.ones(8, 2)), ["a"])[0]["base_id"]
     assert third not in ids and bases.overlay(old, ["a"])[0]["base_id"] == ids[0], "the most recent two are kept"
     assert bases.overlay(new, ["a"])[0]["base_id"] not in ids, "more than two bases remembered"
+
+
+def test_the_archive_keeps_an_overlays_base_once_and_gives_every_kept_version_back_whole(tmp_path):
+    from increc_ray.learn.versions import WeightArchive
+
+    L = IncrementalLearner(SMALL, SAMPLED)
+    L._row_log = RowLog(rebase_share=1.0)
+    versions = _versions(L)
+    archive = WeightArchive(str(tmp_path), keep=3)
+    for w, _ in versions:
+        archive.save(w)
+    kept = archive.versions()
+    assert kept == [w["version"] for w, _ in versions[-3:]]
+    named = {w[published.ITEM_ROWS]["base_id"] for w, _ in versions[-3:]}
+    assert set(archive.bases()) == named, "a base no kept version names was kept, or a named one lost"
+    for w, table in versions[-3:]:
+        back, want = archive.load(w["version"]), published.dense(w)
+        assert back["vocab"] == want["vocab"]
+        assert set(back["state_dict"]) == set(want["state_dict"])
+        for k, v in want["state_dict"].items():
+            assert np.array_equal(back["state_dict"][k], v), k
+        assert np.array_equal(back["state_dict"][published.ITEM_KEY], table)
+    # a version on a kept base writes its moved rows, not the table again
+    base_bytes = (tmp_path / "bases" / sorted(named)[0] / "weights.safetensors").stat().st_size
+    on_base = [w for w, _ in versions[-3:] if w[published.ITEM_ROWS]["base_id"] == sorted(named)[0]]
+    assert all((tmp_path / str(w["version"]) / "weights.safetensors").stat().st_size < base_bytes for w in on_base)
