@@ -1,8 +1,8 @@
 """Gather ``bench/serve_load.py`` result files of runs made one after another into one file, each run
 labelled with the setting it varied (README's ``*-runs`` tables read these).
 
-    python bench/collect_runs.py --out bench/results/serve_load_10k_gc_runs.json \\
-        --what "..." --command "..." --field gc_freeze --code 1a2b3c4 \\
+    python bench/collect_runs.py --out bench/results/serve_load_10k_p99_runs.json \\
+        --what "..." --command "..." --field setting --code 1a2b3c4 \\
         /tmp/run1.json:true /tmp/run2.json:false ...
 
 Each ``FILE:VALUE`` gives a run in the order made; VALUE is read as JSON (``true``, ``0.002``),

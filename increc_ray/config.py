@@ -375,11 +375,6 @@ class ServingConfig(_Section):
     # A new replica waits at most this long for the live weights and its history copy before it
     # takes requests (autoscaling adds replicas under load: they must not answer popularity).
     ready_timeout_s: float = Field(30.0, ge=0)
-    # Once started, a Recommender replica (and the ingest and user-history replicas) moves every
-    # object alive then (Ray, FastAPI, torch, its first weights) out of the garbage collector's
-    # reach (gc.freeze), so a full collection no longer walks them while requests wait
-    # (increc_ray.serve.gcwatch; /status replica.gc, ingest.gc and history.gc time them).
-    gc_freeze: bool = False
     # Top-k: "exact" scans the item table per request; "hnsw" ranks exactly only what an HNSW
     # graph finds nearest (index_candidates) plus the rows changed since the graph was built,
     # from index_min_items items on (increc_ray.serve.index: meant for trainer.loss sampled);

@@ -56,8 +56,6 @@ class UserHistory:
         self._acked = asyncio.Condition()  # a subscriber acknowledged (or its lease may have run out)
         self._snapshots = Snapshots()  # one snapshot serves the copies starting within a minute
         gcwatch.watch()  # its collections, timed from here on (``stats``)
-        if cfg.serving.gc_freeze:
-            gcwatch.freeze()
 
     async def append(self, events: pa.Table) -> int:
         added = self.index.append_new(events)
@@ -127,8 +125,6 @@ class EventIngest:
         self.last_batch: dict = {}
         DataContext.get_current().enable_progress_bars = False
         gcwatch.watch()  # its collections, timed from here on (``status``)
-        if self.cfg.serving.gc_freeze:
-            gcwatch.freeze()
         for kind in ("received", "applied", "quarantined", "duplicates", "pending", "applied_twice"):
             telemetry.watch("increc_ledger_events", lambda kind=kind: self.pipeline.ledger.snapshot()[kind], kind=kind)
         self._stop = threading.Event()

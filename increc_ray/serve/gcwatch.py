@@ -5,9 +5,10 @@ included, so a full (generation 2) collection over a large heap (Ray, FastAPI, t
 modules: a few hundred thousand objects) is a stall of every request in flight. ``GcPauses``
 times each collection through ``gc.callbacks`` (the interpreter's own hook, called at its start
 and end, on whichever thread collects) so that ``/status`` can say whether collections are what a
-tail latency is made of. ``freeze`` (``serving.gc_freeze``) moves every object alive after the
-replica's start into the permanent generation, which no later collection traverses
-(``gc.freeze``, CPython 3.7+, meant for exactly this: long-lived state built at startup).
+tail latency is made of. Ray Serve 2.60 already moves the objects alive at the end of a replica's
+start out of every later collection's reach (``gc.freeze``, ``RAY_SERVE_FREEZE_GC_ON_STARTUP``,
+on by default; ``frozen_objects`` counts them): a second freeze of our own at the end of
+``__init__`` was measured and changed nothing (README, "The p99 at half of saturation").
 """
 
 from __future__ import annotations
@@ -65,11 +66,3 @@ def watch() -> GcPauses:
             _watch = GcPauses()
             gc.callbacks.append(_watch)
         return _watch
-
-
-def freeze() -> int:
-    """Collect once, then move every object still alive to the permanent generation; returns how
-    many objects it holds."""
-    gc.collect()
-    gc.freeze()
-    return gc.get_freeze_count()

@@ -99,8 +99,6 @@ class Recommender:
             logger.warning("replica starting before its first weights and history copy arrived "
                            "(serving.ready_timeout_s %.1f s)", serving.ready_timeout_s)
         self._gc = gcwatch.watch()
-        if serving.gc_freeze:
-            logger.info("replica froze %d objects out of the collector's reach", gcwatch.freeze())
 
     def _wait_ready(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
