@@ -110,8 +110,10 @@ class WeightArchive:
             items = weights[published.ITEM_ROWS]
             base_dir = os.path.join(self.root, self.BASES, str(items["base_id"]))
             os.makedirs(base_dir, exist_ok=True)
-            if not serialize.exists(base_dir, self.NAME):  # the published base is column-major:
-                serialize.save_tree({"base_t": items["base"].T}, base_dir, self.NAME)  # its transpose is row-major
+            if not serialize.exists(base_dir, self.NAME):
+                # the published base is column-major: its transpose is row-major, written without a
+                # transposing copy
+                serialize.save_tree({"base_t": items["base"].T}, base_dir, self.NAME)
             # the base's vocabulary, as every overlay of it that carries a tail has it (the first
             # version of a base may carry a whole list instead)
             if items.get("vocab_base") is not None and not serialize.exists(base_dir, self.VOCAB):
