@@ -28,20 +28,16 @@ import sys
 import time
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from increc_ray.evaluate.offline import write_result  # noqa: E402
-from increc_ray.evaluate.synthetic import SyntheticStream  # noqa: E402
-from increc_ray.ingest.clean import clean_batch  # noqa: E402
 from increc_ray.learn import published  # noqa: E402
-from increc_ray.learn.learner import IncrementalLearner  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
 from increc_ray.serve.quantized import Int8Rows  # noqa: E402
 
-from trainer_scale import _catalogue  # noqa: E402
+from trainer_scale import learner_knowing  # noqa: E402
 
 HERE = os.path.dirname(__file__)
 
@@ -64,16 +60,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cfg = load(args.profile)
     assert cfg.trainer.loss == "sampled", "only the sampled softmax publishes overlays"
-    stream = SyntheticStream(n_users=args.users, n_items=args.items, new_item_every=0, drift_every=0, seed=0)
-    learner = IncrementalLearner(cfg.model, cfg.trainer)
-    learner.observe(_catalogue(stream, args.items))
-    learner.update()
-    learner._reservoir.clear()
-
-    def events() -> pa.Table:
-        return clean_batch(pa.Table.from_pylist(stream.next_events(cfg.trainer.min_new_events)), cfg.cleaning,
-                           "bench").clean
-
+    learner, events = learner_knowing(cfg, args.items, args.users)
     last: tuple[str, torch.Tensor, Int8Rows] | None = None  # (base id, its table, its quantized rows)
     rows, since = [], 0
     for v in range(1, args.max_versions + 1):

@@ -33,6 +33,7 @@ import json
 import os
 import sys
 import time
+from typing import Callable
 
 import pyarrow as pa
 import torch
@@ -58,6 +59,22 @@ def _catalogue(stream: SyntheticStream, n_items: int) -> pa.Table:
     t = pa.array([int(stream.start_time * 1000)] * n, pa.timestamp("ms", tz="UTC"))
     return pa.table({"user_id": pa.array([f"c{i}" for i in range(n)]), "item_id": pa.array([f"i{i}" for i in range(n)]),
                      "timestamp": t, "label": pa.array([1] * n, pa.int8()), "weight": pa.array([1.0] * n, pa.float32())})
+
+
+def learner_knowing(cfg, n_items: int, users: int) -> tuple[IncrementalLearner, Callable[[], pa.Table]]:
+    """(a learner of ``cfg`` knowing ``n_items`` items, nothing replayed yet; a function giving the
+    next ``trainer.min_new_events`` clean events of the same synthetic stream)."""
+    stream = SyntheticStream(n_users=users, n_items=n_items, new_item_every=0, drift_every=0, seed=0)
+    learner = IncrementalLearner(cfg.model, cfg.trainer)
+    learner.observe(_catalogue(stream, n_items))
+    learner.update()  # the catalogue's users have one item each: no target, nothing is trained
+    learner._reservoir.clear()  # nor replayed
+
+    def events() -> pa.Table:
+        return clean_batch(pa.Table.from_pylist(stream.next_events(cfg.trainer.min_new_events)), cfg.cleaning,
+                           "bench").clean
+
+    return learner, events
 
 
 def _timed(fn) -> float:

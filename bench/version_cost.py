@@ -33,20 +33,16 @@ import sys
 import time
 
 import numpy as np
-import pyarrow as pa
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from increc_ray.evaluate.offline import write_result  # noqa: E402
-from increc_ray.evaluate.synthetic import SyntheticStream  # noqa: E402
-from increc_ray.ingest.clean import clean_batch  # noqa: E402
 from increc_ray.learn import published  # noqa: E402
-from increc_ray.learn.learner import IncrementalLearner  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
 from increc_ray.serve.scorer import Scorer  # noqa: E402
 
-from trainer_scale import _catalogue  # noqa: E402
+from trainer_scale import learner_knowing  # noqa: E402
 
 HERE = os.path.dirname(__file__)
 
@@ -78,16 +74,7 @@ def _score_ms(scorers: dict[str, Scorer], histories: list[list[str]], batch: int
 
 
 def _run(cfg, n_items: int, args) -> dict:
-    stream = SyntheticStream(n_users=args.users, n_items=n_items, new_item_every=0, drift_every=0, seed=0)
-    learner = IncrementalLearner(cfg.model, cfg.trainer)
-    learner.observe(_catalogue(stream, n_items))
-    learner.update()
-    learner._reservoir.clear()
-
-    def events() -> pa.Table:
-        return clean_batch(pa.Table.from_pylist(stream.next_events(cfg.trainer.min_new_events)), cfg.cleaning,
-                           "bench").clean
-
+    learner, events = learner_knowing(cfg, n_items, args.users)
     histories = [[f"i{int(i)}" for i in np.random.default_rng(u).integers(n_items, size=20)] for u in range(64)]
     ways = ("whole", "overlay")
     rows = {w: [] for w in ways}

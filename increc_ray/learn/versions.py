@@ -124,8 +124,9 @@ class WeightArchive:
         serialize.save_tree(weights, folder, self.NAME)  # its JSON is written last: listed once whole
         for old in self.versions()[: -self.keep]:
             shutil.rmtree(os.path.join(self.root, str(old)), ignore_errors=True)
-        named = {self._base_of(v) for v in self.versions()}
-        for base in self.bases():
+        bases = self.bases()
+        named = {self._base_of(v) for v in self.versions()} if bases else set()  # whole versions: no base
+        for base in bases:
             if base not in named:
                 shutil.rmtree(os.path.join(self.root, self.BASES, base), ignore_errors=True)
 

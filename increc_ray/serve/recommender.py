@@ -38,6 +38,7 @@ class Recommender:
         import torch
 
         torch.set_num_threads(1)  # many small requests: threads per request, not per matmul
+        self._gc = gcwatch.watch()  # this process's collections, timed from here on (/status replica.gc)
         self.cfg = Config.from_dict(config)
         self._token = resolve_token(self.cfg.auth)  # no token while one is required: the replica fails to start
         self.ingest, self.history, self.trainer = ingest, history, trainer
@@ -98,7 +99,6 @@ class Recommender:
         if not await asyncio.to_thread(self._wait_ready, serving.ready_timeout_s):
             logger.warning("replica starting before its first weights and history copy arrived "
                            "(serving.ready_timeout_s %.1f s)", serving.ready_timeout_s)
-        self._gc = gcwatch.watch()
 
     def _wait_ready(self, timeout_s: float) -> bool:
         deadline = time.monotonic() + timeout_s
