@@ -1,21 +1,23 @@
-"""What a trainer checkpoint costs as the catalogue grows, and what share of the trainer's time it
+"""What a trainer checkpoint costs as the catalogue grows, and what share of the trainer's loop it
 takes (Ray-free, one torch thread).
 
 For each catalogue size: a learner of the profile (default ``large-catalogue``: the sampled
 softmax, the loss for a large catalogue) that knows that many items and has made a few updates
 (``bench/trainer_scale.py``'s setup, so its AdamW moments exist), then, wall clock, median of
-``--repeat``:
+``--repeat`` after one untimed call:
 
-- ``checkpoint_s``: what the deployed trainer writes (``learner.state_dict()`` and
-  ``serialize.save_tree`` into a temporary folder; Ray Train's copy of that folder into its
-  storage comes on top and is not timed here);
-- ``checkpoint_before_s``, the baseline in the same run: the same with every tensor copied first,
-  as ``serialize`` did before (a second copy of the item table and both AdamW moments);
-- ``update_s``: one deployed update's observe + update (CPU seconds), and from it the share of
-  the trainer's time checkpoints took at ``trainer.checkpoint_every`` updates, against the bound
-  ``trainer.checkpoint_max_share`` now sets.
-
-Each write is timed ``--repeat`` times after one untimed write (``scoring_scale.timed``): the median.
+- ``checkpoint_s``, the baseline: the whole checkpoint, ``learner.state_dict()`` then
+  ``serialize.save_tree`` into a temporary folder, which the loop waited for before
+  ``resume.CheckpointWriter`` (Ray Train's copy of that folder into its storage came on top and
+  is not timed here; the writer reports a local checkpoint where it lies);
+- ``loop_s``, what the loop pays now: the snapshot, ``learner.state_dict(reuse=...)`` copying
+  into the last snapshot's tensors; ``write_s``: the writer thread's part, the write;
+- ``update_s``: one deployed update's observe + update alone, and ``update_while_writing_s``
+  while a write runs in a thread (wall clock both, in the same run: how much the thread slows
+  the loop on these cores);
+- the share of the loop's time checkpoints take at ``trainer.checkpoint_every`` updates with
+  the bound ``trainer.checkpoint_max_share`` sets (which counts the whole checkpoint, write
+  included), before and now.
 
     python bench/checkpoint_scale.py [--items 10000,100000,1000000] [--out bench/results/checkpoint_scale.json]
 """
@@ -27,6 +29,10 @@ import json
 import os
 import sys
 import tempfile
+import threading
+import time
+
+import pyarrow as pa
 
 import torch
 
@@ -37,20 +43,30 @@ from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.learn import serialize  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
 from scoring_scale import timed  # noqa: E402
+from increc_ray.evaluate.synthetic import SyntheticStream  # noqa: E402
+from increc_ray.ingest.clean import clean_batch  # noqa: E402
 from trainer_scale import _run  # noqa: E402
+
+
+def _events(cfg, learner, n_items: int):
+    """Slices of the stream ``_run`` learned from, as many events as an update takes."""
+    stream = SyntheticStream(n_users=500, n_items=n_items, new_item_every=0, drift_every=0, seed=1)
+    return lambda: clean_batch(pa.Table.from_pylist(stream.next_events(cfg.trainer.min_new_events)),
+                               cfg.cleaning, "bench").clean
 
 HERE = os.path.dirname(__file__)
 
 
-def _copied(obj):
-    """``obj`` with every tensor copied: what ``serialize._flatten`` did to each before."""
-    if isinstance(obj, torch.Tensor):
-        return obj.detach().clone()
-    if isinstance(obj, dict):
-        return {k: _copied(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_copied(v) for v in obj]
-    return obj
+def _updates_while(busy, learner, events, n_max: int = 50) -> tuple[float, int]:
+    """Mean wall seconds of one observe + update while ``busy()``, and how many ran."""
+    spent, n = 0.0, 0
+    while busy() and n < n_max:
+        ev = events()
+        t = time.perf_counter()
+        learner.observe(ev)
+        learner.update()
+        spent, n = spent + time.perf_counter() - t, n + 1
+    return spent / max(n, 1), n
 
 
 def main() -> None:
@@ -70,31 +86,40 @@ def main() -> None:
     rows = []
     for n_items in [int(x) for x in args.items.split(",")]:
         timing, learner, _ = _run(cfg, cfg.trainer, n_items, args)
-        update_s = timing["seconds_per_update"] + timing["observe_seconds_per_update"]
+        events = _events(cfg, learner, n_items)
         with tempfile.TemporaryDirectory() as tmp:
-            def now(learner=learner):
+            def whole(learner=learner):
                 serialize.save_tree({"learner": learner.state_dict()}, tmp, "ckpt")
 
-            def before(learner=learner):
-                serialize.save_tree(_copied({"learner": learner.state_dict()}), tmp, "ckpt")
+            kept = {"state": learner.state_dict()}
 
-            ckpt_s, before_s = timed(now, args.repeat), timed(before, args.repeat)
+            def snapshot(learner=learner):
+                kept["state"] = learner.state_dict(reuse=kept["state"])
+
+            def write():
+                serialize.save_tree({"learner": kept["state"]}, tmp, "ckpt")
+
+            ckpt_s, loop_s, write_s = timed(whole, args.repeat), timed(snapshot, args.repeat), timed(write, args.repeat)
             size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
+            alone, n_alone = _updates_while(lambda: True, learner, events, max(3, args.updates))
+            writer = threading.Thread(target=write)
+            writer.start()
+            during, n_during = _updates_while(writer.is_alive, learner, events)
+            writer.join()
+        between = max(every, int(ckpt_s * (1 / share - 1) / alone + 0.999))  # the bound counts the whole checkpoint
         row = {"items": n_items, "checkpoint_mib": round(size / 2**20, 1), "checkpoint_s": round(ckpt_s, 3),
-               "checkpoint_before_s": round(before_s, 3), "speedup": round(before_s / ckpt_s, 2),
-               "update_s": round(update_s, 4),
-               # every `checkpoint_every` updates, as before trainer.checkpoint_max_share
-               f"share_every_{every}_updates": round(ckpt_s / (ckpt_s + every * update_s), 3),
-               f"share_every_{every}_updates_before": round(before_s / (before_s + every * update_s), 3),
-               # with the bound: the rest between checkpoints is at least ckpt_s x (1 / share - 1)
-               "share_with_bound": round(ckpt_s / (ckpt_s + max(every * update_s, ckpt_s * (1 / share - 1))), 3),
-               "updates_between_checkpoints_with_bound": max(every, int(ckpt_s * (1 / share - 1) / update_s + 0.999))}
+               "loop_s": round(loop_s, 3), "write_s": round(write_s, 3), "loop_speedup": round(ckpt_s / loop_s, 1),
+               "update_s": round(alone, 4), "update_while_writing_s": round(during, 4),
+               "updates_while_writing": n_during, "update_slowdown_while_writing": round(during / alone, 2),
+               "updates_between_checkpoints_with_bound": between,
+               "loop_share_before": round(ckpt_s / (ckpt_s + between * alone), 3),
+               "loop_share_now": round(loop_s / (loop_s + between * alone), 3)}
         rows.append(row)
         print(json.dumps(row), flush=True)
-        del learner
+        del learner, kept
     out = {"bench": "checkpoint_scale", "profile": args.profile, "threads": 1, "checkpoint_every": every,
            "checkpoint_max_share": share, "d_model": cfg.model.d_model, "sizes": rows,
-           "baseline": "the same checkpoint with every tensor copied first (serialize before), same run"}
+           "baseline": "checkpoint_s: the whole checkpoint on the loop, as before CheckpointWriter (same run)"}
     print(f"wrote {write_result(out, os.path.dirname(args.out), os.path.basename(args.out))}")
 
 

@@ -318,17 +318,17 @@ def scoring_scale(results: str = RESULTS) -> str:
 
 
 def checkpoint_scale(results: str = RESULTS) -> str:
-    """``bench/checkpoint_scale.py``: a trainer checkpoint's cost and its share of the trainer's time."""
+    """``bench/checkpoint_scale.py``: a trainer checkpoint's cost, and what of it the loop waits for."""
     r = _load("checkpoint_scale.json", results)
-    rows = ["| items | checkpoint | write (copying every tensor first, before) | one update | share of the trainer's "
-            f"time, a checkpoint every {(r or {}).get('checkpoint_every', 10)} updates | share with "
-            f"checkpoint_max_share {(r or {}).get('checkpoint_max_share', 0.1)} (updates between checkpoints) |",
-            "|---|---|---|---|---|---|"]
+    rows = ["| items | checkpoint | whole checkpoint (the loop waited, before) | the loop's snapshot now | "
+            "the thread's write | one update alone / during a write | updates between checkpoints "
+            f"(checkpoint_max_share {(r or {}).get('checkpoint_max_share', 0.1)}) | the loop's share, before -> now |",
+            "|---|---|---|---|---|---|---|---|"]
     for s in (r or {}).get("sizes", []):
-        every = (r or {}).get("checkpoint_every", 10)
-        rows.append(f"| {s['items']:,} | {s['checkpoint_mib']:,} MiB | {s['checkpoint_s']} s ({s['checkpoint_before_s']} s) "
-                    f"| {s['update_s']} s | {s[f'share_every_{every}_updates']:.0%} | {s['share_with_bound']:.0%} "
-                    f"({s['updates_between_checkpoints_with_bound']}) |")
+        rows.append(f"| {s['items']:,} | {s['checkpoint_mib']:,} MiB | {s['checkpoint_s']} s | {s['loop_s']} s "
+                    f"({s['loop_speedup']}x less) | {s['write_s']} s | {s['update_s']} / {s['update_while_writing_s']} s "
+                    f"| {s['updates_between_checkpoints_with_bound']} | {s['loop_share_before']:.1%} -> "
+                    f"{s['loop_share_now']:.1%} |")
     return "\n".join(rows)
 
 

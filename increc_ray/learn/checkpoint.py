@@ -18,8 +18,13 @@ from increc_ray.errors import ConfigError
 STATE_FORMAT = 2  # 2: the item table has its own optimizer param group
 
 
-def learner_state(learner) -> dict:
-    """The resumable state of ``learner`` (an ``IncrementalLearner``)."""
+def learner_state(learner, reuse: dict | None = None) -> dict:
+    """The resumable state of ``learner`` (an ``IncrementalLearner``): a copy, which the learner's
+    later updates leave alone (a checkpoint is written from it in a thread of its own,
+    ``resume.CheckpointWriter``). ``reuse``, an earlier state nobody reads any more: its tensors
+    take the copies where their shapes match, so the copy needs no fresh memory (at 1M items the
+    item table and its AdamW moments are 1.5 GiB; fresh pages cost more than the copy)."""
+    reuse = reuse or {}
     seqs = learner._seqs
     users = list(seqs)
     lens = [len(seqs[u][0]) for u in users]
@@ -29,8 +34,8 @@ def learner_state(learner) -> dict:
         "model_config": learner.model_cfg.model_dump(),
         "trainer_config": learner.trainer_cfg.model_dump(),
         "capacity": learner.model.capacity,
-        "model": {k: v.detach().cpu().clone() for k, v in learner.model.state_dict().items()},
-        "optimizer": _to_cpu(learner.optimizer.state_dict()),
+        "model": _copy(learner.model.state_dict(), reuse.get("model")),
+        "optimizer": _copy(learner.optimizer.state_dict(), reuse.get("optimizer")),
         "vocab": learner.vocab.to_list(),
         "users": users,
         "seq_offsets": torch.as_tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.long),
@@ -46,13 +51,13 @@ def learner_state(learner) -> dict:
         "torch_rng": learner._torch_rng.clone(),
         "n_updates": learner.n_updates,
         "n_events": learner.n_events,
-        "ema": None if ema is None else {k: v.detach().cpu().clone() for k, v in ema.items()},
+        "ema": None if ema is None else _copy(ema, reuse.get("ema")),
         "ema_items": learner._ema.n_items,
-        "item_counts": torch.as_tensor(learner._item_counts),
+        "item_counts": torch.tensor(learner._item_counts),  # copies: the learner goes on counting
         # expiry (absent before it existed: everything counts as seen at the next pass)
         "clock": learner._clock,
         "last_expiry": learner._last_expiry,
-        "item_seen": torch.as_tensor(learner._item_seen),
+        "item_seen": torch.tensor(learner._item_seen),
         "user_seen": torch.as_tensor([learner._user_seen.get(u, 0) for u in users], dtype=torch.long),
         "expired": [learner.n_expired_users, learner.n_expired_items],
     }
@@ -180,11 +185,19 @@ def _shape(cfg: ModelConfig) -> dict:
     return {k: d[k] for k in ("arch", "d_model", "n_layers", "n_heads", "max_len")}
 
 
-def _to_cpu(obj):
+def _copy(obj, old=None):
+    """``obj`` (tensors, and dicts and lists of them) copied to the CPU, each tensor into ``old``'s
+    tensor at the same place where that has its shape and type."""
     if torch.is_tensor(obj):
-        return obj.detach().cpu().clone()
+        obj = obj.detach()
+        if (torch.is_tensor(old) and old.device.type == "cpu" and old.shape == obj.shape
+                and old.dtype == obj.dtype and old.is_contiguous()):
+            return old.copy_(obj)
+        return obj.cpu().clone()
     if isinstance(obj, dict):
-        return {k: _to_cpu(v) for k, v in obj.items()}
+        old = old if isinstance(old, dict) else {}
+        return {k: _copy(v, old.get(k)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_to_cpu(v) for v in obj]
+        old = old if isinstance(old, list) and len(old) == len(obj) else [None] * len(obj)
+        return [_copy(v, o) for v, o in zip(obj, old)]
     return obj

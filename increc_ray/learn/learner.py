@@ -314,9 +314,10 @@ class IncrementalLearner:
         """Positive events of each item index so far (index 0 is padding)."""
         return self._item_counts[: self.n_items + 1]
 
-    def state_dict(self) -> dict:
-        """Everything needed to resume exactly (see ``increc_ray.learn.checkpoint``)."""
-        return checkpoint.learner_state(self)
+    def state_dict(self, reuse: dict | None = None) -> dict:
+        """Everything needed to resume exactly, copied (see ``increc_ray.learn.checkpoint``;
+        ``reuse``: an earlier state whose tensors take the copies)."""
+        return checkpoint.learner_state(self, reuse)
 
     @classmethod
     def from_state_dict(cls, state: dict, device: str = "cpu", model_cfg: ModelConfig | None = None,

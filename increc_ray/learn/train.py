@@ -24,7 +24,7 @@ import uuid
 from increc_ray.config import Config
 from increc_ray.learn import published
 from increc_ray.learn.cursor import StreamCursor
-from increc_ray.learn.resume import RUN_NAME, checkpoint_due, restore, save_checkpoint
+from increc_ray.learn.resume import RUN_NAME, CheckpointWriter, checkpoint_due, restore
 
 logger = logging.getLogger("increc_ray.learn.train")
 
@@ -68,7 +68,8 @@ class _TrainWorker:
         self.registry = serve.get_deployment_handle(loop_config["registry_deployment"], loop_config["app_name"])
         self.stop_file = loop_config.get("stop_file")
         self.last_ckpt_updates = self.n_updates
-        self._ckpt_done, self._ckpt_s = time.monotonic(), 0.0  # when the last checkpoint ended, its seconds
+        # Registered: the parts before a checkpoint's offset are never read again (the ingest may prune them).
+        self._checkpoints = CheckpointWriter(cfg.checkpoint_dir, reported=self.cursor.store.write_consumed)
         self.loop_seconds: dict[str, float] = {}
         self.gate = Gate(cfg.gate)
         self.phase, self.full_pass_progress, self.last_full_pass = "", None, None
@@ -174,6 +175,9 @@ class _TrainWorker:
             "worker_pid": os.getpid(), "phase": self.phase,
             "unread_events": self._unread, "full_pass": self.full_pass_progress,
             "loop_seconds": {k: round(v, 2) for k, v in self.loop_seconds.items()},
+            "checkpoints": {"written": self._checkpoints.written, "failed": self._checkpoints.failed,
+                            "last_seconds": round(self._checkpoints.seconds, 2),
+                            "last_snapshot_seconds": round(self._checkpoints.snapshot_seconds, 2)},
             "archive_skipped": self._archiver.skipped, "coalesced_versions": self.coalesced,
             "last_full_pass": self.last_full_pass}), self._report
         self._report = call
@@ -253,19 +257,21 @@ class _TrainWorker:
             _log_decision(decision)
         self.checkpoint({"full_pass": True})
 
-    def checkpoint(self, metrics: dict) -> None:
-        t0 = time.monotonic()
-        save_checkpoint(self.learner, self.cursor, self.versions.last, self.n_updates, metrics,
-                         _live_artifact(self.learner, self.gate))
-        # Registered: the parts before this offset are never read again (the ingest may prune them).
-        self.cursor.store.write_consumed(self.cursor.offset())
+    def checkpoint(self, metrics: dict, wait: bool = False) -> None:
+        """Snapshot the trainer now and write it in the background (``wait``: and wait for it)."""
+        self._checkpoints.start(self.learner, self.cursor.offset(), self.versions.last, self.n_updates, metrics,
+                                _live_artifact(self.learner, self.gate))
         self.last_ckpt_updates = self.n_updates
-        self._ckpt_done = time.monotonic()
-        self._ckpt_s = self._ckpt_done - t0
+        if wait:
+            self._checkpoints.wait()
 
     def checkpoint_due(self) -> bool:
-        return checkpoint_due(self.cfg.trainer, self.n_updates - self.last_ckpt_updates,
-                              time.monotonic() - self._ckpt_done, self._ckpt_s)
+        """A checkpoint is due, none being written. Its share (``trainer.checkpoint_max_share``)
+        counts the whole write, not only the loop's snapshot: a write takes disk and a core too."""
+        ckpt = self._checkpoints
+        ckpt.collect()
+        return not ckpt.busy and checkpoint_due(self.cfg.trainer, self.n_updates - self.last_ckpt_updates,
+                                                time.monotonic() - ckpt.ended_at, ckpt.seconds)
 
     def run(self) -> None:
         from increc_ray import telemetry
@@ -355,7 +361,7 @@ class _TrainWorker:
                 with self._timed("checkpoint"):
                     self.checkpoint({k: v for k, v in metrics.items() if k != "offset"})
             self.report_progress()
-        self.checkpoint({"stopped": True})
+        self.checkpoint({"stopped": True}, wait=True)
         self._archiver.shutdown()  # the version published last is kept before the worker exits
 
 

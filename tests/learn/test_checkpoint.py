@@ -216,3 +216,102 @@ def test_the_archive_thread_writes_the_newest_version_and_skips_those_a_newer_on
     k.submit({"version": 6})
     k.shutdown()
     assert kept == [1, 5, 6]
+
+
+# ---- the checkpoint writer: a snapshot on the loop, the write in a thread ---------------------
+
+def test_a_checkpoint_holds_the_snapshot_even_when_the_learner_moves_on_during_the_write(tmp_path, monkeypatch):
+    """The write runs while the learner updates; what lands is the learner as it was at the
+    snapshot, reported once with the snapshot's offset, in a folder the listings saw only whole."""
+    import os
+    import threading
+
+    from increc_ray.config import Config
+    from increc_ray.learn import resume, serialize
+
+    cfg = Config.from_dict({"data_dir": str(tmp_path)})
+    release, real_save = threading.Event(), serialize.save_tree
+    listed_while_writing = []
+
+    def held_save(tree, directory, name):  # the write starts only once the learner has moved on
+        assert release.wait(10)
+        real_save(tree, directory, name)
+        listed_while_writing.append(resume.checkpoints_on_disk(cfg))
+
+    monkeypatch.setattr(serialize, "save_tree", held_save)
+    reports, consumed = [], []
+    writer = resume.CheckpointWriter(cfg.checkpoint_dir, reported=consumed.append,
+                                     report=lambda folder, name, metrics, local: reports.append((folder, name, metrics, local)))
+    L = _trained(TrainerConfig())
+    want = L.state_dict()
+    writer.start(L, {"seq": 4, "row": 2}, 3, 5, {"loss": 1.0}, None)
+    assert writer.busy and not writer.collect()  # under way: nothing to report yet
+    L.observe(events([("u1", "i3", 10**7), ("u1", "i4", 10**7 + 1), ("u2", "i5", 10**7 + 2)]))
+    assert L.update() is not None
+    moved = L.state_dict()
+    assert not _same_state(want["model"], moved["model"])  # the learner did move on
+    release.set()
+    assert writer.wait() and not writer.busy
+    folder = os.path.join(cfg.checkpoint_dir, resume.RUN_NAME, "checkpoint_v00000003_u00000005")
+    assert reports == [(folder, "checkpoint_v00000003_u00000005", {"loss": 1.0}, True)]
+    assert consumed == [{"seq": 4, "row": 2}]
+    assert listed_while_writing == [[]]  # written under a name the listings skip
+    back = resume.read_checkpoint(folder)
+    assert back["offset"] == {"seq": 4, "row": 2} and back["version"] == 3 and back["n_updates"] == 5
+    assert _same_state(want, back["learner"])
+    assert writer.written == 1 and writer.failed == 0 and writer.seconds >= writer.snapshot_seconds
+
+
+def test_the_next_snapshot_copies_into_the_last_ones_memory_and_a_taken_name_gets_a_suffix(tmp_path):
+    import os
+
+    from increc_ray.config import Config
+    from increc_ray.learn import resume
+
+    cfg = Config.from_dict({"data_dir": str(tmp_path)})
+    root = os.path.join(cfg.checkpoint_dir, resume.RUN_NAME)
+    os.makedirs(os.path.join(root, ".checkpoint_v00000001_u00000001.partial"))  # a killed writer's
+    writer = resume.CheckpointWriter(cfg.checkpoint_dir, report=lambda *a: None)
+    assert os.listdir(root) == []  # cleared at the start
+    L = _trained(TrainerConfig())
+    writer.start(L, {"seq": 0, "row": 0}, 1, 1, {}, None)
+    writer.wait()
+    first = writer._state["model"]["item_emb.weight"]
+    L.observe(events([("u1", "i3", 10**7), ("u1", "i4", 10**7 + 1)]))
+    L.update()
+    writer.start(L, {"seq": 0, "row": 9}, 1, 1, {}, None)  # the same version and updates: a stop after a checkpoint
+    writer.wait()
+    again = writer._state["model"]["item_emb.weight"]
+    assert again.data_ptr() == first.data_ptr()  # no fresh memory for the table
+    assert _same_state(writer._state, L.state_dict())  # and the values are the learner's now
+    assert [os.path.basename(p) for p in resume.checkpoints_on_disk(cfg)] == [
+        "checkpoint_v00000001_u00000001_1", "checkpoint_v00000001_u00000001"]
+    assert resume.read_checkpoint(resume.checkpoints_on_disk(cfg)[0])["offset"] == {"seq": 0, "row": 9}
+
+
+def test_a_failed_write_is_counted_and_reported_nowhere_and_the_next_one_lands(tmp_path, monkeypatch):
+    import os
+
+    from increc_ray.config import Config
+    from increc_ray.learn import resume, serialize
+
+    cfg = Config.from_dict({"data_dir": str(tmp_path)})
+    real_save, calls = serialize.save_tree, []
+
+    def failing_once(tree, directory, name):
+        calls.append(directory)
+        if len(calls) == 1:
+            raise OSError("disk full")
+        real_save(tree, directory, name)
+
+    monkeypatch.setattr(serialize, "save_tree", failing_once)
+    reports, consumed = [], []
+    writer = resume.CheckpointWriter(cfg.checkpoint_dir, reported=consumed.append,
+                                     report=lambda folder, *a: reports.append(folder))
+    L = _trained(TrainerConfig())
+    writer.start(L, {"seq": 1, "row": 0}, 1, 1, {}, None)
+    assert not writer.wait() and writer.failed == 1 and reports == [] and consumed == []
+    assert os.listdir(os.path.join(cfg.checkpoint_dir, resume.RUN_NAME)) == []  # nothing half-written left
+    writer.start(L, {"seq": 2, "row": 0}, 1, 2, {}, None)
+    assert writer.wait() and writer.written == 1 and consumed == [{"seq": 2, "row": 0}]
+    assert [p for p in resume.checkpoints_on_disk(cfg)] == reports

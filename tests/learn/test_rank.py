@@ -18,10 +18,12 @@ from test_learner import SMALL, events, feed
 
 def _case(seed: int, n_cols: int = 300, B: int = 40, C: int = 8):
     g = np.random.default_rng(seed)
-    table = torch.randn(n_cols, C, generator=torch.Generator().manual_seed(seed))
+    # small whole numbers: every score is exact, in any order a matmul kernel sums it (random
+    # floats made ranks differ by one at a tie on some CPUs, the chunks' kernels rounding otherwise)
+    table = torch.randint(-8, 9, (n_cols, C), generator=torch.Generator().manual_seed(seed)).float()
     table[7] = float("nan")  # a diverged row: NaN scores rank last
     table[11] = table[12]  # an exact tie
-    hidden = torch.randn(B, C, generator=torch.Generator().manual_seed(seed + 1))
+    hidden = torch.randint(-8, 9, (B, C), generator=torch.Generator().manual_seed(seed + 1)).float()
     holes = np.array([5, 50, 299])
     targets = g.integers(1, n_cols, B)
     targets[:4] = [7, 11, 5, 10**9]  # NaN row, a tie, a hole, an unknown item
