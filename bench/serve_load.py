@@ -388,6 +388,13 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
     Each stage is polled (``/status`` every 50 ms, ``/recommend`` every 10 ms): upper bounds."""
     out, timeouts, streak_out = [], 0, 0
     unread = []  # the trainer's unread events at each trial: growing means it cannot keep up with the rate
+    # the trainer's checkpoints at each trial's start, and after the last: one written during a trial
+    # shows as the count moving, and the loop's seconds on them (``checkpoint``) as those moving
+    checkpoints = []
+
+    def checkpoint_marks(progress: dict) -> dict:
+        return {"written": (progress.get("checkpoints") or {}).get("written"),
+                "loop_seconds": (progress.get("loop_seconds") or {}).get("checkpoint", 0.0)}
     stages = []  # per trial: seconds from the POST's answer until each stage was seen (polled every 50 ms)
     with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
         try:  # steady state: the trainer has caught up with the stream (what setup posted is learned)
@@ -398,7 +405,9 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
         for _ in range(trials):
             if streak_out >= 3:  # three timeouts in a row: the trainer is behind, more trials say nothing new
                 break
-            unread.append(status(c)["trainer"]["progress"].get("unread_events"))
+            progress = status(c)["trainer"]["progress"]
+            unread.append(progress.get("unread_events"))
+            checkpoints.append(checkpoint_marks(progress))
             with poster.lock:
                 events = poster.stream.next_events(100)
             c.post("/events", content=json.dumps(events)).raise_for_status()
@@ -439,10 +448,13 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
                            "on_every_replica": time.time() - t0})
             out.append(time.time() - t0)
             time.sleep(0.5)
+        checkpoints.append(checkpoint_marks(status(c)["trainer"]["progress"]))
     if not out:
-        return {"trials": len(unread), "timeouts": timeouts, "event_rate": poster.rate, "trainer_unread_events": unread}
+        return {"trials": len(unread), "timeouts": timeouts, "event_rate": poster.rate, "trainer_unread_events": unread,
+                "trainer_checkpoints": checkpoints}
     arr = np.asarray(out)
     return {"trials": len(unread), "timeouts": timeouts, "event_rate": poster.rate, "trainer_unread_events": unread,
+            "trainer_checkpoints": checkpoints,
             "p50_s": round(float(np.percentile(arr, 50)), 3),
             "p99_s": round(float(np.percentile(arr, 99)), 3), "max_s": round(float(arr.max()), 3),
             "seconds": [round(x, 3) for x in out],
@@ -620,6 +632,7 @@ def main() -> None:
             st = status(c)
             result["final_status"] = {k: v for k, v in st.items() if k in ("history", "replica", "counts", "ledger")}
             result["final_status"]["trainer_loop_seconds"] = st["trainer"]["progress"].get("loop_seconds")
+            result["final_status"]["trainer_checkpoints"] = st["trainer"]["progress"].get("checkpoints")
             result["final_status"]["ingest_gc"] = st["ingest"].get("gc")
             try:  # every replica's own counters (the one above answered /status)
                 result["final_status"]["replicas"] = replica_statuses(base, token)

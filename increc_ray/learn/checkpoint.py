@@ -8,6 +8,8 @@ but not another model shape, which would need the weights to be rebuilt.
 from __future__ import annotations
 
 import warnings
+from itertools import chain, repeat
+from operator import itemgetter
 
 import numpy as np
 import torch
@@ -25,9 +27,13 @@ def learner_state(learner, reuse: dict | None = None) -> dict:
     take the copies where their shapes match, so the copy needs no fresh memory (at 1M items the
     item table and its AdamW moments are 1.5 GiB; fresh pages cost more than the copy)."""
     reuse = reuse or {}
-    seqs = learner._seqs
-    users = list(seqs)
-    lens = [len(seqs[u][0]) for u in users]
+    # the sequences as flat arrays; map and chain loop in C: a learner that knows 1M users took
+    # 1.1 s here with comprehensions, on the loop (bench/checkpoint_scale.py)
+    users = list(learner._seqs)
+    seqs = list(learner._seqs.values())
+    items, weights = list(map(itemgetter(0), seqs)), list(map(itemgetter(1), seqs))
+    lens = np.fromiter(map(len, items), dtype=np.int64, count=len(items))
+    total = int(lens.sum())
     ema = learner._ema.state
     return {
         "format": STATE_FORMAT,
@@ -38,9 +44,9 @@ def learner_state(learner, reuse: dict | None = None) -> dict:
         "optimizer": _copy(learner.optimizer.state_dict(), reuse.get("optimizer")),
         "vocab": learner.vocab.to_list(),
         "users": users,
-        "seq_offsets": torch.as_tensor(np.concatenate([[0], np.cumsum(lens)]), dtype=torch.long),
-        "seq_items": torch.as_tensor([i for u in users for i in seqs[u][0]], dtype=torch.long),
-        "seq_weights": torch.as_tensor([w for u in users for w in seqs[u][1]], dtype=torch.float64),
+        "seq_offsets": torch.from_numpy(np.concatenate([[0], np.cumsum(lens)])),
+        "seq_items": torch.from_numpy(np.fromiter(chain.from_iterable(items), dtype=np.int64, count=total)),
+        "seq_weights": torch.from_numpy(np.fromiter(chain.from_iterable(weights), dtype=np.float64, count=total)),
         "pending": dict(learner._pending),
         "n_pending_targets": learner._n_pending_targets,
         "reservoir": list(learner._reservoir),
@@ -58,7 +64,8 @@ def learner_state(learner, reuse: dict | None = None) -> dict:
         "clock": learner._clock,
         "last_expiry": learner._last_expiry,
         "item_seen": torch.tensor(learner._item_seen),
-        "user_seen": torch.as_tensor([learner._user_seen.get(u, 0) for u in users], dtype=torch.long),
+        "user_seen": torch.from_numpy(np.fromiter(map(learner._user_seen.get, users, repeat(0)), dtype=np.int64,
+                                                  count=len(users))),
         "expired": [learner.n_expired_users, learner.n_expired_items],
     }
 
