@@ -458,8 +458,9 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
             "p50_s": round(float(np.percentile(arr, 50)), 3),
             "p99_s": round(float(np.percentile(arr, 99)), 3), "max_s": round(float(arr.max()), 3),
             "seconds": [round(x, 3) for x in out],
-            # where the time goes: each stage's p50, cumulative from the POST's answer
-            "stages_p50_s": {k: round(float(np.median([st[k] for st in stages])), 3) for k in stages[0]}}
+            # where the time goes: each stage's p50, cumulative from the POST's answer, and each trial's
+            "stages_p50_s": {k: round(float(np.median([st[k] for st in stages])), 3) for k in stages[0]},
+            "stages_s": [{k: round(v, 3) for k, v in st.items()} for st in stages]}
 
 
 def swaps_and_scaling(base: str, users: list[str], plan: list[tuple[int, float]]) -> dict:

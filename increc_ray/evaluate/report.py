@@ -132,7 +132,8 @@ SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_10k_profile64.json", "ser
                     "serve_load_10k_batchwait0.json", "serve_load_1m.json", "serve_load_1m_overlay.json",
                     "serve_load_1m_int8.json", "serve_load_1m_snapshots.json", "serve_load_1m_catchup.json",
                     "serve_load_1m_plain.json", "serve_load_1m_int8_follow.json", "serve_load_1m_archive.json",
-                    "serve_load_1m_archive_run2.json")
+                    "serve_load_1m_archive_run2.json", "serve_load_1m_ckpt_baseline.json",
+                    "serve_load_1m_ckpt_thread.json")
 
 
 def serve_load(results: str = RESULTS) -> str:
@@ -175,6 +176,9 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_1m_archive.json", "all phases, as the int8-follow run, the rollback archive keeping "
                                                   "each base once"),
                    ("serve_load_1m_archive_run2.json", "all phases, as the archive run (run 2)"),
+                   ("serve_load_1m_ckpt_baseline.json", "all phases, as the archive run, on this session's machine "
+                                                        "(the baseline of the next)"),
+                   ("serve_load_1m_ckpt_thread.json", "all phases, as the archive run, checkpoints written by a thread"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
