@@ -133,7 +133,7 @@ SERVE_LOAD_FILES = ("serve_load_10k.json", "serve_load_10k_profile64.json", "ser
                     "serve_load_1m_int8.json", "serve_load_1m_snapshots.json", "serve_load_1m_catchup.json",
                     "serve_load_1m_plain.json", "serve_load_1m_int8_follow.json", "serve_load_1m_archive.json",
                     "serve_load_1m_archive_run2.json", "serve_load_1m_ckpt_baseline.json",
-                    "serve_load_1m_ckpt_thread.json")
+                    "serve_load_1m_ckpt_thread.json", "serve_load_1m_ckpt_thread_run2.json")
 
 
 def serve_load(results: str = RESULTS) -> str:
@@ -179,6 +179,7 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_1m_ckpt_baseline.json", "all phases, as the archive run, on this session's machine "
                                                         "(the baseline of the next)"),
                    ("serve_load_1m_ckpt_thread.json", "all phases, as the archive run, checkpoints written by a thread"),
+                   ("serve_load_1m_ckpt_thread_run2.json", "all phases, as the checkpoint-thread run (run 2)"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
