@@ -305,6 +305,7 @@ class _TrainWorker:
                 events, written_at = self.cursor.next_slice(max(1, tcfg.min_new_events - waiting))
             learner = self.learner
             if events is None and not overdue():
+                self._checkpoints.collect()  # a write that finished while the stream is quiet is registered now
                 self.report_progress(idle=True)
                 poll_s = tcfg.clean_store_poll_interval_s
                 if waiting and tcfg.max_update_delay_s:  # look often enough to update on time
