@@ -2,9 +2,9 @@
 takes (Ray-free, one torch thread).
 
 For each catalogue size: a learner of the profile (default ``large-catalogue``: the sampled
-softmax, the loss for a large catalogue) that knows that many items and has made a few updates
-(``bench/trainer_scale.py``'s setup, so its AdamW moments exist), then, wall clock, median of
-``--repeat`` after one untimed call:
+softmax, the loss for a large catalogue) that knows that many items
+(``trainer_scale.learner_knowing``) and has made ``--warm`` updates, so its AdamW moments exist;
+then, wall clock, median of ``--repeat`` after one untimed call:
 
 - ``checkpoint_s``, the baseline: the whole checkpoint, ``learner.state_dict()`` then
   ``serialize.save_tree`` into a temporary folder, which the loop waited for before
@@ -32,8 +32,6 @@ import tempfile
 import threading
 import time
 
-import pyarrow as pa
-
 import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -43,16 +41,7 @@ from increc_ray.evaluate.offline import write_result  # noqa: E402
 from increc_ray.learn import serialize  # noqa: E402
 from increc_ray.profiles import load  # noqa: E402
 from scoring_scale import timed  # noqa: E402
-from increc_ray.evaluate.synthetic import SyntheticStream  # noqa: E402
-from increc_ray.ingest.clean import clean_batch  # noqa: E402
-from trainer_scale import _run  # noqa: E402
-
-
-def _events(cfg, learner, n_items: int):
-    """Slices of the stream ``_run`` learned from, as many events as an update takes."""
-    stream = SyntheticStream(n_users=500, n_items=n_items, new_item_every=0, drift_every=0, seed=1)
-    return lambda: clean_batch(pa.Table.from_pylist(stream.next_events(cfg.trainer.min_new_events)),
-                               cfg.cleaning, "bench").clean
+from trainer_scale import learner_knowing  # noqa: E402
 
 HERE = os.path.dirname(__file__)
 
@@ -75,8 +64,7 @@ def main() -> None:
     ap.add_argument("--items", default="10000,100000,1000000")
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--warm", type=int, default=3)
-    ap.add_argument("--updates", type=int, default=3)
-    ap.add_argument("--budget-s", type=float, default=30.0)
+    ap.add_argument("--updates", type=int, default=3, help="updates timed alone")
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--out", default=os.path.join(HERE, "results", "checkpoint_scale.json"))
     args = ap.parse_args()
@@ -85,8 +73,10 @@ def main() -> None:
     every, share = cfg.trainer.checkpoint_every, cfg.trainer.checkpoint_max_share
     rows = []
     for n_items in [int(x) for x in args.items.split(",")]:
-        timing, learner, _ = _run(cfg, cfg.trainer, n_items, args)
-        events = _events(cfg, learner, n_items)
+        learner, events = learner_knowing(cfg, n_items, args.users)
+        for _ in range(args.warm):  # the AdamW moments exist
+            learner.observe(events())
+            learner.update()
         with tempfile.TemporaryDirectory() as tmp:
             def whole(learner=learner):
                 serialize.save_tree({"learner": learner.state_dict()}, tmp, "ckpt")
@@ -101,7 +91,7 @@ def main() -> None:
 
             ckpt_s, loop_s, write_s = timed(whole, args.repeat), timed(snapshot, args.repeat), timed(write, args.repeat)
             size = sum(os.path.getsize(os.path.join(tmp, f)) for f in os.listdir(tmp))
-            alone, n_alone = _updates_while(lambda: True, learner, events, max(3, args.updates))
+            alone, _ = _updates_while(lambda: True, learner, events, args.updates)
             writer = threading.Thread(target=write)
             writer.start()
             during, n_during = _updates_while(writer.is_alive, learner, events)

@@ -269,7 +269,6 @@ class _TrainWorker:
         """A checkpoint is due, none being written. Its share (``trainer.checkpoint_max_share``)
         counts the whole write, not only the loop's snapshot: a write takes disk and a core too."""
         ckpt = self._checkpoints
-        ckpt.collect()
         return not ckpt.busy and checkpoint_due(self.cfg.trainer, self.n_updates - self.last_ckpt_updates,
                                                 time.monotonic() - ckpt.ended_at, ckpt.seconds)
 
@@ -291,6 +290,7 @@ class _TrainWorker:
             return bool(waiting and tcfg.max_update_delay_s and time.monotonic() - waiting_since >= tcfg.max_update_delay_s)
 
         while not self.stopping():
+            self._checkpoints.collect()  # a write that has finished is registered with Ray Train
             if self._rollback:
                 self.rollback()
             with self._timed("read"):
@@ -305,7 +305,6 @@ class _TrainWorker:
                 events, written_at = self.cursor.next_slice(max(1, tcfg.min_new_events - waiting))
             learner = self.learner
             if events is None and not overdue():
-                self._checkpoints.collect()  # a write that finished while the stream is quiet is registered now
                 self.report_progress(idle=True)
                 poll_s = tcfg.clean_store_poll_interval_s
                 if waiting and tcfg.max_update_delay_s:  # look often enough to update on time
