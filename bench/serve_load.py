@@ -159,6 +159,9 @@ class Poster(threading.Thread):
         with httpx.Client(base_url=self.url, timeout=60, headers={"Authorization": f"Bearer {self.token}"}) as c:
             while not self._halt.is_set():
                 t0 = time.time()
+                if self.rate <= 0:  # silent: each freshness trial's batch is the whole stream
+                    self._halt.wait(0.1)
+                    continue
                 if not self.paused.is_set():
                     with self.lock:
                         events = self.stream.next_events(self.batch)
@@ -522,6 +525,9 @@ def main() -> None:
     parser.add_argument("--event-rate", type=float, default=300.0, help="events/s posted while measuring")
     parser.add_argument("--fresh-trials", type=int, default=100)
     parser.add_argument("--model-trials", type=int, default=20)
+    parser.add_argument("--model-rates", type=float, nargs="*", default=[],
+                        help="after the freshness phase, model freshness again with the poster at each of these "
+                             "events/s (0: silent), in the same deployment (model_freshness_by_rate)")
     parser.add_argument("--phases", nargs="+", default=["throughput", "profile", "freshness", "swaps"])
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--profile", default=None, help="deploy this profile instead of serve_config.yaml's")
@@ -619,6 +625,16 @@ def main() -> None:
             result["model_freshness"] = model_freshness(base, token, poster, args.model_trials)
             print(f"model freshness: {json.dumps({k: v for k, v in result['model_freshness'].items() if k != 'seconds'})}",
                   flush=True)
+            # the same trials at other posting rates: where the trainer's backlog stops mattering, the
+            # floor of event -> every replica on this machine
+            for rate in args.model_rates:
+                poster.rate = rate
+                result.setdefault("model_freshness_by_rate", []).append(
+                    model_freshness(base, token, poster, args.model_trials))
+                print(f"model freshness at {rate}/s: "
+                      f"{json.dumps({k: v for k, v in result['model_freshness_by_rate'][-1].items() if k not in ('seconds', 'stages_s')})}",
+                      flush=True)
+            poster.rate = args.event_rate
         if "swaps" in args.phases:
             v0 = status(httpx.Client(base_url=base, headers=auth, timeout=30))["model_version"]
             result["swaps"] = swaps_and_scaling(base, users, [(4, 20.0), (48, 40.0), (1, 45.0)])
