@@ -188,39 +188,44 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                    ("serve_load_10k_batchwait0.json", "load, profile ml-100k-fresh with batch_wait_s 0"))
 
 
-def serve_goals(results: str = RESULTS) -> str:
-    """``bench/serve_load.py``: each of issue 13's goals against what the runs measured."""
-    rows = ["| goal | run (events/s posted meanwhile) | measured | target | met |", "|---|---|---|---|---|"]
+def _goal_rows(results: str) -> list[dict]:
+    """Each of issue 13's goals in each run of ``SERVE_GOAL_RUNS``: {goal, run, measured, target, met
+    (None: not a goal at this size), large (a 1M-item run), value (the figure, or None)}."""
+    out = []
     for name, label in SERVE_GOAL_RUNS:
         r = _load(name, results)
         if r is None:
             continue
         rate = (r.get("model_freshness") or {}).get("event_rate")
         run = f"`{name}`: {label}, {r['setup']['n_items']:,} items" + (f", {rate:.0f}/s" if rate else "")
+        large = r["items"] >= 500_000  # the goals: 0.7x at 10k items, 0.5x at 1M
 
-        def row(goal: str, measured: str, target: str, met: bool | None) -> None:
-            rows.append(f"| {goal} | {run} | {measured} | {target} | {'-' if met is None else 'yes' if met else 'no'} |")
+        def row(goal: str, measured: str, target: str, met: bool | None, value=None) -> None:
+            out.append({"goal": goal, "run": run, "measured": measured, "target": target, "met": met,
+                        "large": large, "value": value})
 
         if t := r.get("throughput"):
-            sat, large = t["saturation_rps"], r["items"] >= 500_000  # the goals: 0.7x at 10k items, 0.5x at 1M
+            sat = t["saturation_rps"]
             row("throughput / do-nothing at saturation", f"{t['ratio_at_saturation']:.2f} ({sat['recommend']:.0f} / "
                 f"{sat['noop']:.0f} req/s)", ">= 0.5" if large else ">= 0.7",
-                t["ratio_at_saturation"] >= (0.5 if large else 0.7))
+                t["ratio_at_saturation"] >= (0.5 if large else 0.7), (t["ratio_at_saturation"], "{:.2f}"))
             half = t["half_saturation"]
             row("p99 at half saturation", f"{half['p99_ms']:.0f} ms ({half['connections']} connections, "
                 f"{half['rps']:.0f} req/s)", "< 50 ms (a 10k-item goal)" if large else "< 50 ms",
-                None if large else half["p99_ms"] < 50)
+                None if large else half["p99_ms"] < 50, (half["p99_ms"], "{:.0f} ms"))
             share = t["model_share"]
             row("answers from the model, users with history", f"{share['model_share']:.1%} of {share['answers']}",
-                ">= 99%", share["model_share"] >= 0.99)
+                ">= 99%", share["model_share"] >= 0.99, (share["model_share"], "{:.1%}"))
         if h := r.get("history_freshness"):
             row("history freshness: next answer reflects the POST", f"{h['reflected']} of {h['trials']} "
-                f"({len(h['answers_per_replica'])} replicas)", "100%", h["reflected"] == h["trials"])
+                f"({len(h['answers_per_replica'])} replicas)", "100%", h["reflected"] == h["trials"],
+                (h["reflected"] / h["trials"], "{:.0%}"))
         if m := r.get("model_freshness"):
             if "p50_s" in m:
                 row("model freshness: event to a live version that learned it, on every replica",
                     f"p50 {m['p50_s']} s, p99 {m['p99_s']} s ({m['trials'] - m['timeouts']} of {m['trials']} trials)",
-                    "p50 < 1 s, p99 < 3 s", m["p50_s"] < 1 and m["p99_s"] < 3 and not m["timeouts"])
+                    "p50 < 1 s, p99 < 3 s", m["p50_s"] < 1 and m["p99_s"] < 3 and not m["timeouts"],
+                    (m["p99_s"], "{:.1f} s", "p99 "))
             else:
                 row("model freshness", f"no trial finished ({m['timeouts']} timeouts; trainer unread events "
                     f"{m.get('trainer_unread_events')})", "p50 < 1 s, p99 < 3 s", False)
@@ -229,11 +234,79 @@ def serve_goals(results: str = RESULTS) -> str:
             published = (f"{w['published_during']} versions published" if "published_during" in w
                          else f"{w['versions_seen']} versions answered")  # a run whose last /status timed out
             row("failed requests during swaps and scaling", f"{w['failed']} of {w['requests']:,} "
-                f"({published}, replicas {min(counts)} -> {max(counts)} -> {counts[-1]})", "0", w["failed"] == 0)
+                f"({published}, replicas {min(counts)} -> {max(counts)} -> {counts[-1]})", "0", w["failed"] == 0,
+                (w["failed"], "{:,}"))
             if w.get("swap_p99_ratio") is not None:
                 row("p99 during swaps / between them", f"{w['swap_p99_ratio']:.2f}x ({w['p99_ms_during_swaps']:.0f} / "
                     f"{w['p99_ms_between_swaps']:.0f} ms; longest stall {w['longest_stall_ms']:.0f} ms)", "<= 2x",
-                    w["swap_p99_ratio"] <= 2)
+                    w["swap_p99_ratio"] <= 2, (w["swap_p99_ratio"], "{:.2f}x"))
+    return out
+
+
+def serve_goals(results: str = RESULTS) -> str:
+    """``bench/serve_load.py``: each of issue 13's goals against what the runs measured."""
+    rows = ["| goal | run (events/s posted meanwhile) | measured | target | met |", "|---|---|---|---|---|"]
+    for g in _goal_rows(results):
+        met = g["met"]
+        rows.append(f"| {g['goal']} | {g['run']} | {g['measured']} | {g['target']} | "
+                    f"{'-' if met is None else 'yes' if met else 'no'} |")
+    return "\n".join(rows)
+
+
+def serve_goals_summary(results: str = RESULTS) -> str:
+    """``serve-goals`` by goal and catalogue: how many of the committed runs measured it, how many met
+    it, and the range of what they measured (every run counts, the early ones included)."""
+    rows = ["| goal | catalogue | target | runs | met in | measured, lowest - highest |", "|---|---|---|---|---|---|"]
+    groups: dict[tuple[str, bool], list[dict]] = {}
+    for g in _goal_rows(results):
+        key = ("model freshness: event to a live version that learned it, on every replica"
+               if g["goal"] == "model freshness" else g["goal"], g["large"])
+        groups.setdefault(key, []).append(g)
+    for (goal, large), gs in groups.items():
+        if all(g["met"] is None for g in gs):
+            continue
+        values = [g["value"] for g in gs if g["value"] is not None]  # (figure, format[, what it is])
+        fmt, what = (values[0][1], values[0][2] if len(values[0]) > 2 else "") if values else ("{}", "")
+        lo, hi = (min(v[0] for v in values), max(v[0] for v in values)) if values else (None, None)
+        measured = "-" if not values else what + (fmt.format(lo) if lo == hi else f"{fmt.format(lo)} - {fmt.format(hi)}")
+        unfinished = sum(g["value"] is None for g in gs)
+        if unfinished:
+            measured += f"; {unfinished} with no trial finished"
+        rows.append(f"| {goal} | {'1M' if large else '10k'} items | {gs[0]['target']} | {len(gs)} "
+                    f"| {sum(bool(g['met']) for g in gs)} | {measured} |")
+    return "\n".join(rows)
+
+
+# serve_load runs with ``--model-rates``: model freshness at several posting rates in one deployment
+FRESHNESS_RATE_FILES = ("serve_load_10k_rates.json", "serve_load_1m_rates.json")
+
+
+def _range(xs: list) -> str:
+    xs = [x for x in xs if x is not None]
+    return "-" if not xs else f"{min(xs):,}" if min(xs) == max(xs) else f"{min(xs):,}-{max(xs):,}"
+
+
+def freshness_rates(results: str = RESULTS) -> str:
+    """``bench/serve_load.py --model-rates``: model freshness against the events/s posted meanwhile,
+    each rate's trials in the same deployment, with each stage's p50 from the POST's answer."""
+    rows = ["| catalogue | profile | events/s posted | trials finished | trainer unread events at the trials "
+            "| p50 / p99 s | stages p50 s: cleaned / read / live / on every replica | p50 < 1 s, p99 < 3 s |",
+            "|---|---|---|---|---|---|---|---|"]
+    for name in FRESHNESS_RATE_FILES:
+        r = _load(name, results)
+        if r is None:
+            continue
+        for m in [r["model_freshness"], *r.get("model_freshness_by_rate", [])]:
+            done = m["trials"] - m["timeouts"]
+            if "p50_s" in m:
+                st = m["stages_p50_s"]
+                times = f"{m['p50_s']:.2f} / {m['p99_s']:.2f}"
+                stages = " / ".join(f"{st[k]:.2f}" for k in ("cleaned", "read", "live", "on_every_replica"))
+                met = "yes" if m["p50_s"] < 1 and m["p99_s"] < 3 and not m["timeouts"] else "no"
+            else:
+                times, stages, met = "-", "-", "no"
+            rows.append(f"| {r['setup']['n_items']:,} items | {r['profile']} | {m['event_rate']:.0f} | {done} of "
+                        f"{m['trials']} | {_range(m.get('trainer_unread_events', []))} | {times} | {stages} | {met} |")
     return "\n".join(rows)
 
 
@@ -659,7 +732,8 @@ TABLES: dict[str, Callable[[str], str]] = {"harness-vs-live": harness_vs_live, "
                                            "clean-pass": clean_pass, "inline-clean-runs": inline_clean_runs,
                                            "version-cost": version_cost, "request-path": request_path,
                                            "plain-path-runs": plain_path_runs, "batch-wait-runs": batch_wait_runs,
-                                           "p99-runs": p99_runs}
+                                           "p99-runs": p99_runs, "freshness-rates": freshness_rates,
+                                           "serve-goals-summary": serve_goals_summary}
 _REGION = re.compile(r"(<!-- table:(?P<name>[\w-]+) -->\n)(?P<body>.*?)\n?(<!-- /table -->)", re.S)
 
 
