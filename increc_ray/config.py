@@ -438,6 +438,14 @@ class Config(_Section):
         return self
 
     @model_validator(mode="after")
+    def _int8_kernel_takes_the_width(self) -> "Config":
+        # torch's CPU int8 matmul (serve.quantized) reads the width in blocks of 16: at any other
+        # width it answered garbage scores (24, 40, 56) or crashed the process (8), measured
+        if self.serving.index == "int8" and self.model.d_model % 16:
+            raise SectionError("serving.index", "int8", f"needs model.d_model a multiple of 16 (got {self.model.d_model})")
+        return self
+
+    @model_validator(mode="after")
     def _variants_are_trainer_overrides(self) -> "Config":
         for name, over in self.evaluation.variants.items():
             if "min_new_events" in over:

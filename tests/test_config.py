@@ -130,6 +130,7 @@ def test_renamed_keys_fail_naming_the_new_name(old, new):
     ({"evaluation": {"warmup_fraction": 1.0}}, "evaluation.warmup_fraction: 1.0 must be < 1"),
     ({"evaluation": {"variants": {"ogd": {"optimiser": "sgd"}}}}, "evaluation.variants.ogd"),
     ({"model": {"d_modle": 32}}, "unknown key 'model.d_modle' (allowed: arch, d_model,"),
+    ({"serving": {"index": "int8"}, "model": {"d_model": 24, "n_heads": 2}}, "needs model.d_model a multiple of 16 (got 24)"),
 ])
 def test_bad_values_name_the_key(data, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):

@@ -75,7 +75,7 @@ def is_overlay(weights: dict) -> bool:
     return ITEM_ROWS in weights
 
 
-def _tensor(array) -> torch.Tensor:
+def store_tensor(array) -> torch.Tensor:
     """A tensor over ``array`` without a copy: the object store's arrays are read-only, and nothing
     writes to a published version (torch warns about read-only arrays once per process)."""
     with warnings.catch_warnings():
@@ -89,13 +89,13 @@ def item_table(weights: dict) -> FrozenRows:
     fetches one that travelled as a reference)."""
     items = weights.get(ITEM_ROWS)
     if items is None:
-        return FrozenRows(_tensor(weights["state_dict"][ITEM_KEY]))
-    return FrozenRows(_tensor(items["base"]), _tensor(items["rows"]), _tensor(items["values"]))
+        return FrozenRows(store_tensor(weights["state_dict"][ITEM_KEY]))
+    return FrozenRows(store_tensor(items["base"]), store_tensor(items["rows"]), store_tensor(items["values"]))
 
 
 def small_state(weights: dict) -> dict[str, torch.Tensor]:
     """Every weight but the item table, as tensors over the artifact's arrays."""
-    return {k: _tensor(v) for k, v in weights["state_dict"].items() if k != ITEM_KEY}
+    return {k: store_tensor(v) for k, v in weights["state_dict"].items() if k != ITEM_KEY}
 
 
 def dense(weights: dict) -> dict:

@@ -29,6 +29,7 @@ from increc_ray.learn.train import TrainerRunner
 from increc_ray.learn.versions import WeightArchive
 from increc_ray.serve import gcwatch
 from increc_ray.serve.history import HISTORY_COLUMNS, UserHistoryIndex
+from increc_ray.serve.quantized import Int8Settings
 from increc_ray.serve.registry import WeightRegistry
 from increc_ray.serve.sync import ChangeLog, Leases, Snapshots
 
@@ -200,7 +201,10 @@ class ModelTrainer:
 
     def __init__(self, config: dict) -> None:
         self.cfg = Config.from_dict(config)
-        self.registry = WeightRegistry()
+        serving = self.cfg.serving
+        self.registry = WeightRegistry(int8=Int8Settings(min_items=serving.index_min_items,
+                                                         candidates=serving.index_candidates)
+                                       if serving.index == "int8" else None)
         self._progress: dict = {}
         self._rollback: dict | None = None  # {version, id} until the worker has published it
         self._rolled_back: dict[str, int] = {}  # request id -> the version it was published as
@@ -216,6 +220,9 @@ class ModelTrainer:
 
     async def wait_newer(self, after: int, timeout_s: float):
         return await self.registry.wait_newer(after, timeout_s)
+
+    async def int8_rows(self, base_id: str, timeout_s: float):
+        return await self.registry.int8_rows(base_id, timeout_s)
 
     def progress(self, progress: dict) -> dict | None:
         """The trainer's read position, sent after every slice it consumes; answered with the
@@ -250,7 +257,8 @@ class ModelTrainer:
         return {"model_version": self.registry.version,
                 "last_update_time": latest.published_at if latest else None,
                 "last_update": latest.metrics if latest else None,
-                "published": {**self.registry.counts, "weights_mib": round(self.registry.counts["weights_mib"], 1)},
+                "published": {**self.registry.counts, "weights_mib": round(self.registry.counts["weights_mib"], 1),
+                              **({"int8": self.registry.int8_counts} if self.cfg.serving.index == "int8" else {})},
                 "clean_parts_behind": max(0, store.last_seq() - consumed),
                 "progress": {k: v for k, v in self._progress.items() if k != "gate"},
                 "gate": self._progress.get("gate"),  # the champion/challenger decisions (learn.gate)

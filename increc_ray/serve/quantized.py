@@ -9,10 +9,14 @@ ranks them by their exact fp32 scores, so an answer's scores are exact and only 
 quantization pushed below the candidates can be missed (recall against the exact scan:
 ``bench/scoring_scale.py``, ``tests/serve/test_quantized.py``).
 
-A replica quantizes a table once per base: an overlay version's base (``learn.published``) is
-shared by the versions until the trainer rebases, and their moved rows are scored exactly
-besides it; a whole version is quantized when adopted. Each new table's rows that equal the last
-table's are copied from its quantized rows, not quantized again.
+A table is quantized once per base: an overlay version's base (``learn.published``) is shared by
+the versions until the trainer rebases, and their moved rows are scored exactly besides it; a
+whole version is quantized when adopted. Each new table's rows that equal the last table's are
+copied from its quantized rows, not quantized again. The registry (``serve.registry``) quantizes
+each base once and puts it into the object store beside the base (``Int8Rows.arrays``), and every
+replica adopts that copy (``Int8Index``'s ``shared``) where each used to build its own, at the
+same moment as the others, on the same cores; a replica builds one itself only when the
+registry has none (a whole version, a registry restarted).
 """
 
 from __future__ import annotations
@@ -20,8 +24,11 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
+
+from increc_ray.learn.published import store_tensor
 
 CHUNK_ROWS = 65_536  # rows quantized at a time: bounds the float temporaries
 
@@ -81,6 +88,26 @@ class Int8Rows:
     def __len__(self) -> int:
         return self.q.shape[0]
 
+    def arrays(self) -> dict:
+        """The quantized rows as numpy arrays for the object store (numpy has no bfloat16: the
+        scales travel as their bits, int16); ``from_arrays`` adopts them without a copy."""
+        return {"q": self.q.numpy(), "scale_bits": self.scale.view(torch.int16).numpy()}
+
+    def head(self, rows: int) -> "Int8Rows":
+        """The first ``rows`` rows, as views."""
+        made = Int8Rows.__new__(Int8Rows)
+        made.q, made.scale, made.quantized = self.q[:rows], self.scale[:rows], 0
+        return made
+
+    @classmethod
+    def from_arrays(cls, arrays: dict, rows: int | None = None) -> "Int8Rows":
+        """The first ``rows`` (all: None) of quantized rows made elsewhere (``arrays``), as views of
+        their memory (the object store's, read-only: nothing writes to a made table)."""
+        made = cls.__new__(cls)
+        made.q, made.scale = store_tensor(arrays["q"]), store_tensor(arrays["scale_bits"]).view(torch.bfloat16)
+        made.quantized = 0
+        return made if rows is None else made.head(rows)
+
     @torch.inference_mode()
     def scores(self, hidden: torch.Tensor) -> torch.Tensor:
         """Approximate scores (B, n) of ``hidden`` (B, C) against every row, in float32."""
@@ -102,11 +129,14 @@ class Int8Settings:
 
 
 class Int8Index:
-    """A replica's quantized tables: the one of the newest base (or whole version), made once, from
-    the one before it where rows stayed put."""
+    """A replica's quantized tables: the one of the newest base (or whole version), adopted from
+    ``shared`` (the registry's, for a key it knows: None otherwise) or made once, from the one before
+    it where rows stayed put."""
 
-    def __init__(self, settings: Int8Settings) -> None:
+    def __init__(self, settings: Int8Settings, shared: "Callable[[object], Int8Rows | None] | None" = None) -> None:
         self.settings = settings
+        self.shared = shared
+        self.adopted = 0  # tables taken from ``shared``, not built here
         self._lock = threading.Lock()
         self._key: object = None
         self._rows: Int8Rows | None = None
@@ -125,6 +155,13 @@ class Int8Index:
             if key == self._key and self._rows is not None:
                 return self._rows
             previous = (self._rows, self._table) if self._rows is not None else None
+        made = self.shared(key) if self.shared is not None else None
+        if made is not None and len(made) >= rows:
+            made = made.head(rows)
+            with self._lock:
+                self._key, self._rows, self._table = key, made, table[:rows]
+                self.adopted += 1
+            return made
         start = time.perf_counter()
         made = Int8Rows(table[:rows], previous)
         with self._lock:
@@ -137,5 +174,5 @@ class Int8Index:
     def stats(self) -> dict:
         with self._lock:
             return {"kind": "int8", "quantized_rows": len(self._rows) if self._rows is not None else 0,
-                    "builds": self.builds, "last_build_s": self.last_build_s,
+                    "builds": self.builds, "adopted": self.adopted, "last_build_s": self.last_build_s,
                     "last_build_quantized": self.last_build_quantized}

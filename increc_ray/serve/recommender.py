@@ -26,6 +26,9 @@ from increc_ray.serve import gcwatch
 from increc_ray.serve.api import build_api, resolve_token
 
 logger = logging.getLogger("increc_ray.serve")
+# how long a replica waits for the registry to quantize a new base before building the table itself:
+# the registry makes it once for every replica, at a replica's own cost (1.3-2.8 s at 1M items here)
+REGISTRY_INT8_WAIT_S = 30.0
 
 
 @serve.deployment(ray_actor_options={"num_cpus": 0.1}, max_ongoing_requests=100)
@@ -64,7 +67,8 @@ class Recommender:
         if serving.index == "int8":
             from increc_ray.serve.quantized import Int8Index, Int8Settings
 
-            self._index = Int8Index(Int8Settings(min_items=serving.index_min_items, candidates=serving.index_candidates))
+            self._index = Int8Index(Int8Settings(min_items=serving.index_min_items, candidates=serving.index_candidates),
+                                    shared=self._registry_int8)
         elif serving.index == "hnsw":
             from increc_ray.serve.index import IndexSettings, ItemIndex
 
@@ -106,6 +110,22 @@ class Recommender:
                    for ready in (self._weights_tried, self._copy_tried, self._can_fall_back))
 
     # ---- weights -----------------------------------------------------------------------------
+
+    def _registry_int8(self, key: object):
+        """The registry's quantized rows of the base ``key`` names (``serve.registry.int8_rows``),
+        or None (a whole version, none made there, or not in time): the index builds its own."""
+        import ray
+
+        from increc_ray.serve.quantized import Int8Rows
+
+        if not (isinstance(key, tuple) and key[0] == "base"):
+            return None
+        try:
+            got = self.trainer.int8_rows.remote(key[1], REGISTRY_INT8_WAIT_S).result()
+            return None if got is None else Int8Rows.from_arrays(ray.get(got[0]))
+        except Exception:
+            logger.exception("the registry's int8 rows of base %s could not be read; building them here", key[1])
+            return None
 
     def _follow_weights(self) -> None:
         import ray

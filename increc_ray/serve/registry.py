@@ -7,7 +7,9 @@ Serving replicas long-poll ``wait_newer`` and get back an ObjectRef: the
 weights travel through the shared-memory object store, not through the
 registry's RPC, and every replica on a node reads the same copy. An overlay version
 (``learn.published``) carries its item table's base by reference: the registry puts each base
-once, and ``resolve`` fetches it.
+once, and ``resolve`` fetches it. With ``serving.index: int8`` the registry also quantizes each
+base once, in a thread, from the base before it (``serve.quantized``), and puts the quantized rows
+beside it (``int8_rows``): every replica adopts them where each used to build its own.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 import ray
 
 from increc_ray.learn import published
+from increc_ray.serve.quantized import Int8Rows, Int8Settings
 
 
 KEEP_BASES = 2  # as the trainer's ``published.BaseCopies.KEEP``
@@ -38,8 +41,13 @@ class Published:
 class WeightRegistry:
     """Latest published weight version; waiters wake as soon as a newer one arrives."""
 
-    def __init__(self) -> None:
+    def __init__(self, int8: Int8Settings | None = None) -> None:
         self._latest: Published | None = None
+        self._int8_settings = int8  # quantize each base with more rows than its min_items (serving.index int8)
+        # base id -> the quantizing of it: a task whose result is the ref of its ``Int8Rows.arrays``
+        self._int8: dict[str, asyncio.Task] = {}
+        self._int8_last: tuple[ray.ObjectRef, ray.ObjectRef] | None = None  # (base, its quantized rows), newest
+        self.int8_counts = {"built": 0, "failed": 0, "last_build_s": None, "last_quantized": 0}
         self._changed = asyncio.Condition()
         # the newest overlay bases: id -> (its table's ref, its vocabulary's ref or None), oldest first
         self._bases: dict[str, tuple[ray.ObjectRef, ray.ObjectRef | None]] = {}
@@ -67,8 +75,11 @@ class WeightRegistry:
             if items["base"] is not None:
                 vocab = items.get("vocab_base")
                 self._bases[base_id] = (ray.put(items["base"]), None if vocab is None else ray.put(vocab))
+                self._quantize_later(base_id, self._bases[base_id][0], len(items["base"]))
                 while len(self._bases) > KEEP_BASES:
-                    self._bases.pop(next(iter(self._bases)))
+                    gone = next(iter(self._bases))
+                    self._bases.pop(gone)
+                    self._int8.pop(gone, None)
                 self.counts["bases"] += 1
                 put += items["base"].nbytes
             elif base_id not in self._bases or (items.get("vocab_tail") is not None and self._bases[base_id][1] is None):
@@ -87,6 +98,44 @@ class WeightRegistry:
             self.counts["weights_mib"] += put / 2**20
             self._changed.notify_all()
         return version
+
+    def _quantize_later(self, base_id: str, table_ref: ray.ObjectRef, rows: int) -> None:
+        """Start quantizing the base ``table_ref`` (the store's copy) in a thread, from the last base
+        quantized where rows stayed put; ``int8_rows`` answers with the result."""
+        if self._int8_settings is None or rows <= self._int8_settings.min_items:
+            return
+        previous = self._int8_last
+
+        async def quantize() -> ray.ObjectRef:
+            start = time.perf_counter()
+            table = published.store_tensor(await table_ref)  # a zero-copy view of the store's copy
+            prev = None
+            if previous is not None:
+                old_table, old_rows = await previous[0], await previous[1]
+                prev = (Int8Rows.from_arrays(old_rows), published.store_tensor(old_table))
+            try:
+                made = await asyncio.to_thread(Int8Rows, table, prev)  # torch leaves the GIL: requests go on
+            except Exception:
+                self.int8_counts["failed"] += 1
+                raise
+            ref = ray.put(made.arrays())
+            self._int8_last = (table_ref, ref)
+            self.int8_counts.update(built=self.int8_counts["built"] + 1, last_quantized=made.quantized,
+                                    last_build_s=round(time.perf_counter() - start, 3))
+            return ref
+
+        self._int8[base_id] = asyncio.get_running_loop().create_task(quantize())
+
+    async def int8_rows(self, base_id: str, timeout_s: float) -> list[ray.ObjectRef] | None:
+        """[the ref of base ``base_id``'s quantized rows] (``Int8Rows.arrays``), once made; None when
+        this registry is not making them (not int8, a base it no longer holds, a failed or slow build)."""
+        task = self._int8.get(base_id)
+        if task is None:
+            return None
+        try:
+            return [await asyncio.wait_for(asyncio.shield(task), timeout_s)]
+        except Exception:  # timed out, or failed: the replica builds its own
+            return None
 
     async def wait_newer(self, after: int, timeout_s: float) -> tuple[int, list[ray.ObjectRef]] | None:
         """(version, [ref]) of a version newer than ``after``, or None after ``timeout_s``.

@@ -112,3 +112,38 @@ def test_the_index_builds_each_new_base_from_the_last():
     b = index.rows_of(("base", "b"), second, 4000)
     assert index.builds == 2 and index.last_build_quantized == 3 and index.stats()["last_build_quantized"] == 3
     assert torch.equal(b.q, Int8Rows(second).q)
+
+
+def test_made_rows_travel_as_arrays_and_come_back_the_same():
+    table = torch.randn(300, 32, generator=torch.Generator().manual_seed(3))  # the kernel's width: 16s
+    made = Int8Rows(table)
+    back = Int8Rows.from_arrays(made.arrays())
+    assert torch.equal(back.q, made.q) and torch.equal(back.scale.float(), made.scale.float())
+    assert back.q.data_ptr() == made.q.data_ptr(), "adopted without a copy"
+    head = Int8Rows.from_arrays(made.arrays(), 120)
+    assert len(head) == 120 and torch.equal(head.scores(table[:2]), made.scores(table[:2])[:, :120])
+
+
+def test_the_index_adopts_a_shared_table_and_builds_only_without_one():
+    g = torch.Generator().manual_seed(4)
+    table = torch.randn(500, 8, generator=g)
+    offered = {("base", "a"): Int8Rows(table)}
+    asked = []
+
+    def shared(key):
+        asked.append(key)
+        return offered.get(key)
+
+    index = Int8Index(Int8Settings(min_items=0), shared=shared)
+    got = index.rows_of(("base", "a"), table, 400)
+    assert (index.adopted, index.builds) == (1, 0) and len(got) == 400
+    assert torch.equal(got.q, Int8Rows(table[:400]).q)
+    assert index.rows_of(("base", "a"), table, 400) is got and asked == [("base", "a")], "asked once per key"
+    second = table.clone()
+    second[7] = 1.0
+    built = index.rows_of(("base", "b"), second, 500)  # none offered: built here, from the adopted one
+    assert (index.adopted, index.builds, index.last_build_quantized) == (1, 1, 1 + 100)
+    assert torch.equal(built.q, Int8Rows(second).q)
+    offered[("base", "c")] = Int8Rows(second[:100])  # shorter than the rows asked for: not used
+    index.rows_of(("base", "c"), second, 500)
+    assert (index.adopted, index.builds) == (1, 2) and index.stats()["adopted"] == 1

@@ -53,3 +53,35 @@ def test_an_overlays_base_is_put_once_and_a_missing_one_is_asked_for(ray_cluster
     assert np.array_equal(whole, want)
     assert reg.counts["versions"] == 6 and reg.counts["overlays"] == 6 and reg.counts["bases"] == 3
     assert resolve({"version": 7, "fallback": True}) == {"version": 7, "fallback": True}
+
+
+def test_the_registry_quantizes_each_base_once_from_the_last_for_every_replica(ray_cluster):
+    import torch
+
+    from increc_ray.serve.quantized import Int8Rows, Int8Settings
+
+    ray = ray_cluster
+    g = np.random.default_rng(0)
+    first = np.asfortranarray(g.standard_normal((300, 32)).astype(np.float32))  # column-major, as published
+    second = first.copy(order="F")
+    second[[3, 250]] += 1.0
+
+    async def run():
+        reg = WeightRegistry(int8=Int8Settings(min_items=0))
+        assert await reg.publish(_overlay(1, "b1", first, [1])) == 1
+        a = await reg.int8_rows("b1", 30.0)
+        assert await reg.publish(published.without_base(_overlay(2, "b1", first, [1, 2]))) == 2
+        assert await reg.publish(_overlay(3, "b2", second, [])) == 3
+        b = await reg.int8_rows("b2", 30.0)
+        missing = await reg.int8_rows("b0", 1.0)
+        off = WeightRegistry()
+        await off.publish(_overlay(1, "b1", first, [1]))
+        return reg, a, b, missing, await off.int8_rows("b1", 1.0)
+
+    reg, (a,), (b,), missing, off = asyncio.run(run())
+    for ref, table in ((a, first), (b, second)):
+        got, want = Int8Rows.from_arrays(ray.get(ref)), Int8Rows(torch.from_numpy(table))
+        assert torch.equal(got.q, want.q) and torch.equal(got.scale.float(), want.scale.float())
+    assert reg.int8_counts["built"] == 2, "once per base, not per version"
+    assert reg.int8_counts["last_quantized"] == 2, "the second base quantized only the rows that moved"
+    assert missing is None and off is None, "a base not held, or a registry not quantizing: the replica builds"
