@@ -398,6 +398,7 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
     def checkpoint_marks(progress: dict) -> dict:
         return {"written": (progress.get("checkpoints") or {}).get("written"),
                 "loop_seconds": (progress.get("loop_seconds") or {}).get("checkpoint", 0.0)}
+    bases = []  # overlay bases published at each trial's start, and after the last: a trial's version was a rebase where it moved
     stages = []  # per trial: seconds from the POST's answer until each stage was seen (polled every 50 ms)
     with httpx.Client(base_url=base, timeout=30, headers={"Authorization": f"Bearer {token}"}) as c:
         try:  # steady state: the trainer has caught up with the stream (what setup posted is learned)
@@ -408,9 +409,11 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
         for _ in range(trials):
             if streak_out >= 3:  # three timeouts in a row: the trainer is behind, more trials say nothing new
                 break
-            progress = status(c)["trainer"]["progress"]
+            st0 = status(c)
+            progress = st0["trainer"]["progress"]
             unread.append(progress.get("unread_events"))
             checkpoints.append(checkpoint_marks(progress))
+            bases.append(st0["trainer"].get("published", {}).get("bases"))
             with poster.lock:
                 events = poster.stream.next_events(100)
             c.post("/events", content=json.dumps(events)).raise_for_status()
@@ -451,13 +454,15 @@ def model_freshness(base: str, token: str, poster: Poster, trials: int, timeout_
                            "on_every_replica": time.time() - t0})
             out.append(time.time() - t0)
             time.sleep(0.5)
-        checkpoints.append(checkpoint_marks(status(c)["trainer"]["progress"]))
+        st0 = status(c)
+        checkpoints.append(checkpoint_marks(st0["trainer"]["progress"]))
+        bases.append(st0["trainer"].get("published", {}).get("bases"))
     if not out:
         return {"trials": len(unread), "timeouts": timeouts, "event_rate": poster.rate, "trainer_unread_events": unread,
-                "trainer_checkpoints": checkpoints}
+                "trainer_checkpoints": checkpoints, "bases_published": bases}
     arr = np.asarray(out)
     return {"trials": len(unread), "timeouts": timeouts, "event_rate": poster.rate, "trainer_unread_events": unread,
-            "trainer_checkpoints": checkpoints,
+            "trainer_checkpoints": checkpoints, "bases_published": bases,
             "p50_s": round(float(np.percentile(arr, 50)), 3),
             "p99_s": round(float(np.percentile(arr, 99)), 3), "max_s": round(float(arr.max()), 3),
             "seconds": [round(x, 3) for x in out],
