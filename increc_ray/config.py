@@ -379,7 +379,8 @@ class ServingConfig(_Section):
     # graph finds nearest (index_candidates) plus the rows changed since the graph was built,
     # from index_min_items items on (increc_ray.serve.index: meant for trainer.loss sampled);
     # "int8" ranks exactly the index_candidates best rows of a scan of the table quantized to
-    # int8, from index_min_items items on (increc_ray.serve.quantized).
+    # int8, from index_min_items items on (increc_ray.serve.quantized; model.d_model a multiple
+    # of 16; the registry quantizes each base once for every replica).
     index: Literal["exact", "hnsw", "int8"] = "exact"
     index_min_items: int = Field(50_000, ge=0)
     index_candidates: int = Field(100, gt=0)

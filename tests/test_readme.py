@@ -51,5 +51,6 @@ def test_the_rates_table_has_a_row_per_rate(tmp_path, monkeypatch):
     run["model_freshness_by_rate"] = [{"trials": 3, "timeouts": 3, "event_rate": 0.0, "trainer_unread_events": [5]}]
     (tmp_path / "r.json").write_text(json.dumps(run))
     rows = report.freshness_rates(str(tmp_path)).splitlines()[2:]
-    assert rows == ["| 10,000 items | large-catalogue | 100 | 10 of 10 | 0-50 | 0.80 / 1.20 | 0.20 / 0.40 / 0.60 / 0.80 | yes |",
-                    "| 10,000 items | large-catalogue | 0 | 0 of 3 | 5 | - | - | no |"]
+    assert rows == ["| `r.json` | 10,000 items | large-catalogue | 100 | 10 of 10 | 0-50 | 0.80 / 1.20 "
+                    "| 0.20 / 0.40 / 0.60 / 0.80 | yes |",
+                    "| `r.json` | 10,000 items | large-catalogue | 0 | 0 of 3 | 5 | - | - | no |"]

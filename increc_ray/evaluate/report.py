@@ -180,6 +180,12 @@ SERVE_GOAL_RUNS = (("serve_load_10k.json", "load"), ("serve_load_10k_freshness.j
                                                         "(the baseline of the next)"),
                    ("serve_load_1m_ckpt_thread.json", "all phases, as the archive run, checkpoints written by a thread"),
                    ("serve_load_1m_ckpt_thread_run2.json", "all phases, as the checkpoint-thread run (run 2)"),
+                   ("serve_load_1m_rates.json", "freshness only, then at 50, 20 and 0 events/s too (`freshness-rates`), "
+                                                "as the checkpoint-thread run"),
+                   ("serve_load_1m_rates_int8_shared.json", "as the rates run, each int8 base quantized once by the "
+                                                            "registry"),
+                   ("serve_load_10k_rates.json", "freshness only, then at 300, 20 and 0 events/s too (`freshness-rates`), "
+                                                 "profile ml-100k-fresh"),
                    ("serve_load_10k_inline_clean_run1.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_run3.json", "freshness, profile ml-100k-fresh, small passes cleaned inline"),
                    ("serve_load_10k_inline_clean_throughput.json", "load, profile ml-100k-fresh, small passes cleaned inline"),
@@ -278,7 +284,7 @@ def serve_goals_summary(results: str = RESULTS) -> str:
 
 
 # serve_load runs with ``--model-rates``: model freshness at several posting rates in one deployment
-FRESHNESS_RATE_FILES = ("serve_load_10k_rates.json", "serve_load_1m_rates.json")
+FRESHNESS_RATE_FILES = ("serve_load_10k_rates.json", "serve_load_1m_rates.json", "serve_load_1m_rates_int8_shared.json")
 
 
 def _range(xs: list) -> str:
@@ -289,9 +295,9 @@ def _range(xs: list) -> str:
 def freshness_rates(results: str = RESULTS) -> str:
     """``bench/serve_load.py --model-rates``: model freshness against the events/s posted meanwhile,
     each rate's trials in the same deployment, with each stage's p50 from the POST's answer."""
-    rows = ["| catalogue | profile | events/s posted | trials finished | trainer unread events at the trials "
+    rows = ["| run | catalogue | profile | events/s posted | trials finished | trainer unread events at the trials "
             "| p50 / p99 s | stages p50 s: cleaned / read / live / on every replica | p50 < 1 s, p99 < 3 s |",
-            "|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|"]
     for name in FRESHNESS_RATE_FILES:
         r = _load(name, results)
         if r is None:
@@ -305,7 +311,7 @@ def freshness_rates(results: str = RESULTS) -> str:
                 met = "yes" if m["p50_s"] < 1 and m["p99_s"] < 3 and not m["timeouts"] else "no"
             else:
                 times, stages, met = "-", "-", "no"
-            rows.append(f"| {r['setup']['n_items']:,} items | {r['profile']} | {m['event_rate']:.0f} | {done} of "
+            rows.append(f"| `{name}` | {r['setup']['n_items']:,} items | {r['profile']} | {m['event_rate']:.0f} | {done} of "
                         f"{m['trials']} | {_range(m.get('trainer_unread_events', []))} | {times} | {stages} | {met} |")
     return "\n".join(rows)
 
