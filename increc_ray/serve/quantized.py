@@ -56,9 +56,9 @@ class Int8Rows:
     a row equal to the earlier table's is copied from its quantized rows, and only the others are
     quantized, the same values a whole build gives (a row's quantization depends on that row alone).
     A new overlay base at 1M items differs from the one before in the rows moved since it (at most
-    ``learn.frozen.REBASE_SHARE`` of them, plus those of the last update), so a replica's build per
-    base costs a comparison of the two tables and those rows, not the whole table
-    (``bench/int8_follow.py``)."""
+    ``learn.frozen.REBASE_SHARE`` of them, plus those of the last update), so a build per base (the
+    registry's, or a replica's own) costs a comparison of the two tables and those rows, not the
+    whole table (``bench/int8_follow.py``)."""
 
     def __init__(self, table: torch.Tensor, previous: "tuple[Int8Rows, torch.Tensor] | None" = None) -> None:
         n, c = table.shape
