@@ -655,6 +655,7 @@ def main() -> None:
             result["final_status"] = {k: v for k, v in st.items() if k in ("history", "replica", "counts", "ledger")}
             result["final_status"]["trainer_loop_seconds"] = st["trainer"]["progress"].get("loop_seconds")
             result["final_status"]["trainer_checkpoints"] = st["trainer"]["progress"].get("checkpoints")
+            result["final_status"]["published"] = st["trainer"].get("published")  # versions, bases, the registry's int8
             result["final_status"]["ingest_gc"] = st["ingest"].get("gc")
             try:  # every replica's own counters (the one above answered /status)
                 result["final_status"]["replicas"] = replica_statuses(base, token)
