@@ -108,17 +108,17 @@ class WeightRegistry:
 
         async def quantize() -> ray.ObjectRef:
             start = time.perf_counter()
-            table = published.store_tensor(await table_ref)  # a zero-copy view of the store's copy
-            prev = None
-            if previous is not None:
-                old_table, old_rows = await previous[0], await previous[1]
-                prev = (Int8Rows.from_arrays(old_rows), published.store_tensor(old_table))
             try:
+                table = published.store_tensor(await table_ref)  # a zero-copy view of the store's copy
+                prev = None
+                if previous is not None:
+                    old_table, old_rows = await previous[0], await previous[1]
+                    prev = (Int8Rows.from_arrays(old_rows), published.store_tensor(old_table))
                 made = await asyncio.to_thread(Int8Rows, table, prev)  # torch leaves the GIL: requests go on
+                ref = ray.put(made.arrays())
             except Exception:
                 self.int8_counts["failed"] += 1
                 raise
-            ref = ray.put(made.arrays())
             self._int8_last = (table_ref, ref)
             self.int8_counts.update(built=self.int8_counts["built"] + 1, last_quantized=made.quantized,
                                     last_build_s=round(time.perf_counter() - start, 3))
