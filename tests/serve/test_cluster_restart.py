@@ -182,8 +182,11 @@ def test_a_whole_cluster_crash_loses_nothing_and_resumes_from_the_checkpoint(tmp
             killed_at = time.time()
             cluster.start()
             cluster.deploy(str(config_path))
-            after = wait_until(lambda: (s := _status(url)) and s["served_version"] > before["served_version"] and s,
-                               300, interval_s=2.0, what="serving again after the restart")
+            # the restored trainer republishes its live version before its first progress report:
+            # wait for both, or the phase read below may not be there yet
+            after = wait_until(lambda: (s := _status(url)) and s["served_version"] > before["served_version"]
+                               and "phase" in s["trainer"]["progress"] and s,
+                               300, interval_s=2.0, what="serving again after the restart, the trainer reporting")
             back_s = time.time() - killed_at
             acked_at_restart = len(poster.acked)
             deadline = time.time() + 120
