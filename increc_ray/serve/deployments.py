@@ -201,10 +201,7 @@ class ModelTrainer:
 
     def __init__(self, config: dict) -> None:
         self.cfg = Config.from_dict(config)
-        serving = self.cfg.serving
-        self.registry = WeightRegistry(int8=Int8Settings(min_items=serving.index_min_items,
-                                                         candidates=serving.index_candidates)
-                                       if serving.index == "int8" else None)
+        self.registry = WeightRegistry(int8=Int8Settings.of(self.cfg.serving) if self.cfg.serving.index == "int8" else None)
         self._progress: dict = {}
         self._rollback: dict | None = None  # {version, id} until the worker has published it
         self._rolled_back: dict[str, int] = {}  # request id -> the version it was published as
@@ -258,7 +255,7 @@ class ModelTrainer:
                 "last_update_time": latest.published_at if latest else None,
                 "last_update": latest.metrics if latest else None,
                 "published": {**self.registry.counts, "weights_mib": round(self.registry.counts["weights_mib"], 1),
-                              **({"int8": self.registry.int8_counts} if self.cfg.serving.index == "int8" else {})},
+                              **({"int8": c} if (c := self.registry.int8_counts) else {})},
                 "clean_parts_behind": max(0, store.last_seq() - consumed),
                 "progress": {k: v for k, v in self._progress.items() if k != "gate"},
                 "gate": self._progress.get("gate"),  # the champion/challenger decisions (learn.gate)

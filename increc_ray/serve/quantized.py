@@ -127,6 +127,11 @@ class Int8Settings:
     min_items: int = 50_000  # below this many rows the exact scan is cheap: no first pass
     candidates: int = 100  # rows of the first pass ranked by their exact scores
 
+    @classmethod
+    def of(cls, serving) -> "Int8Settings":
+        """The settings of a ``ServingConfig``."""
+        return cls(min_items=serving.index_min_items, candidates=serving.index_candidates)
+
 
 class Int8Index:
     """A replica's quantized tables: the one of the newest base (or whole version), adopted from

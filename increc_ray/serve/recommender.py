@@ -67,8 +67,7 @@ class Recommender:
         if serving.index == "int8":
             from increc_ray.serve.quantized import Int8Index, Int8Settings
 
-            self._index = Int8Index(Int8Settings(min_items=serving.index_min_items, candidates=serving.index_candidates),
-                                    shared=self._registry_int8)
+            self._index = Int8Index(Int8Settings.of(serving), shared=self._registry_int8)
         elif serving.index == "hnsw":
             from increc_ray.serve.index import IndexSettings, ItemIndex
 

@@ -47,7 +47,8 @@ class WeightRegistry:
         # base id -> the quantizing of it: a task whose result is the ref of its ``Int8Rows.arrays``
         self._int8: dict[str, asyncio.Task] = {}
         self._int8_last: tuple[ray.ObjectRef, ray.ObjectRef] | None = None  # (base, its quantized rows), newest
-        self.int8_counts = {"built": 0, "failed": 0, "last_build_s": None, "last_quantized": 0}
+        # its builds (None when not quantizing: /status leaves them out)
+        self.int8_counts = None if int8 is None else {"built": 0, "failed": 0, "last_build_s": None, "last_quantized": 0}
         self._changed = asyncio.Condition()
         # the newest overlay bases: id -> (its table's ref, its vocabulary's ref or None), oldest first
         self._bases: dict[str, tuple[ray.ObjectRef, ray.ObjectRef | None]] = {}
